@@ -1,0 +1,46 @@
+"""The ``cola`` command line. Each subcommand lives in ``pipeline/commands/<name>.py`` and is imported only when
+used, so ``cola --help`` stays fast and commands needing Ray or Kafka do not slow down the others."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from operators.errors import ColaError
+
+# name -> (module under pipeline.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "classify": ("classify", "classify image files; one JSON line per image on stdout"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cola", description="Robust zero-shot content moderation (CLIP + COLA).")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: debug)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(f"pipeline.commands.{module_name}")
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.run(args))
+    except ColaError as exc:
+        print(f"cola {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

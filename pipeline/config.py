@@ -1,0 +1,63 @@
+"""Load a YAML pipeline config into frozen, validated sections.
+
+Unknown keys and bad values raise :class:`~operators.errors.ConfigError` naming the key path, e.g.
+``model.device: must be auto, cpu, cuda or cuda:N, got 'gpu'`` or ``taxonomy.lables: unknown key``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from operators.config import DecodeConfig, ModelConfig, Section, TaxonomyConfig
+from operators.errors import ConfigError
+
+
+class PipelineConfig(Section):
+    """The whole pipeline: one YAML file."""
+
+    model: ModelConfig = ModelConfig()
+    taxonomy: TaxonomyConfig
+    decode: DecodeConfig = DecodeConfig()
+
+
+def format_validation_error(error: ValidationError, *, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"]).lstrip(".")
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        if item["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"{path or '<root>'}: {message}")
+    return f"invalid config {source}:\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: Any, *, source: str = "<dict>", base_dir: Path | None = None) -> PipelineConfig:
+    """Validate an already-parsed mapping; relative ``model.path`` values starting with ``.`` resolve from
+    ``base_dir``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {source}: the top level must be a mapping, got {type(data).__name__}")
+    model = data.get("model")
+    if base_dir is not None and isinstance(model, dict) and str(model.get("path", "")).startswith("."):
+        data = {**data, "model": {**model, "path": str((base_dir / model["path"]).resolve())}}
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source=source)) from None
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and validate a YAML config file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {file}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {file} is not valid YAML: {exc}") from None
+    return parse_config(data, source=str(file), base_dir=file.parent)
