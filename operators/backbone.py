@@ -79,9 +79,10 @@ class ImageGeometry:
             size = crop
         if not isinstance(size, int):
             raise ModelLoadError(f"preprocessor_config.json has no usable crop_size/size: {crop!r}")
-        mean = tuple(config.get("image_mean", (0.48145466, 0.4578275, 0.40821073)))
-        std = tuple(config.get("image_std", (0.26862954, 0.26130258, 0.27577711)))
-        return cls(size=size, mean=mean, std=std)  # type: ignore[arg-type]
+        mean_r, mean_g, mean_b = (float(v) for v in config.get("image_mean", (0.48145466, 0.4578275, 0.40821073)))
+        std_r, std_g, std_b = (float(v) for v in config.get("image_std", (0.26862954, 0.26130258, 0.27577711)))
+        mean, std = (mean_r, mean_g, mean_b), (std_r, std_g, std_b)
+        return cls(size=size, mean=mean, std=std)
 
 
 class ClipBackbone:
@@ -112,13 +113,14 @@ class ClipBackbone:
         path = resolve_model_path(config.path)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
+        hub_kwargs: dict[str, Any] = {"revision": config.revision} if config.revision else {}
         try:
-            processor_file = cached_file(path, "preprocessor_config.json", revision=config.revision)
+            processor_file = cached_file(path, "preprocessor_config.json", **hub_kwargs)
             if processor_file is None:
                 raise OSError(f"{path} has no preprocessor_config.json")
             geometry = ImageGeometry.from_processor_config(json.loads(Path(processor_file).read_text()))
-            tokenizer = CLIPTokenizer.from_pretrained(path, revision=config.revision)
-            model = CLIPModel.from_pretrained(path, revision=config.revision, use_safetensors=True, dtype=dtype)
+            tokenizer = CLIPTokenizer.from_pretrained(path, **hub_kwargs)
+            model = CLIPModel.from_pretrained(path, use_safetensors=True, dtype=dtype, **hub_kwargs)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(
                 f"cannot load CLIP model {config.path!r}: {exc}. A hub id needs network access or a populated "

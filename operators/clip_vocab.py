@@ -54,4 +54,5 @@ def clip_tokenizer(*, max_length: int = 77) -> Any:
     from transformers import CLIPTokenizer
 
     vocab, merges = clip_bpe()
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+    # The tokenizers backend wants (first, second) tuples; transformers' annotation says strings.
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)  # type: ignore[arg-type]

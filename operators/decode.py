@@ -12,7 +12,6 @@ augmentations work in pixel space.
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,15 +39,13 @@ def open_image(data: bytes, *, size: int, config: DecodeConfig) -> Image.Image:
     if len(data) > config.max_bytes:
         raise DecodeError(f"input too large: {len(data)} bytes > decode.max_bytes={config.max_bytes}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise DecodeError(f"unrecognised image format (first bytes {data[:8]!r})") from None
     except Image.DecompressionBombError as exc:
-        raise DecodeError(f"too many pixels: {exc}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DecodeError(f"unreadable image header: {exc}") from None
+        raise DecodeError(f"too many pixels (limit decode.max_pixels={config.max_pixels}): {exc}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise _corrupt("header", exc) from None
     if image.format not in SUPPORTED_FORMATS:
         raise DecodeError(f"unsupported image format {image.format!r} (supported: {sorted(SUPPORTED_FORMATS)})")
     width, height = image.size
@@ -62,18 +59,20 @@ def open_image(data: bytes, *, size: int, config: DecodeConfig) -> Image.Image:
         # The JPEG decoder can scale by 1/2, 1/4 or 1/8 for free; it keeps both sides >= the requested size.
         image.draft(None, (size, size))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image.load()
-            image = ImageOps.exif_transpose(image) or image
-    except OSError as exc:
-        message = str(exc)
-        if "truncated" in message or "broken data stream" in message or "premature end" in message.lower():
-            raise DecodeError(f"truncated image data ({image.format}): {message}") from None
-        raise DecodeError(f"corrupt {image.format} data: {message}") from None
-    except (ValueError, SyntaxError, EOFError, IndexError, TypeError) as exc:
-        raise DecodeError(f"corrupt {image.format} data: {exc}") from None
-    return to_rgb(image)
+        image.load()
+        oriented: Image.Image = ImageOps.exif_transpose(image) or image
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError) as exc:
+        raise _corrupt(image.format, exc) from None
+    return to_rgb(oriented)
+
+
+def _corrupt(where: str | None, exc: BaseException) -> DecodeError:
+    message = str(exc) or type(exc).__name__
+    lowered = message.lower()
+    truncated = ("truncated", "premature end", "broken data stream", "truncated file read")
+    if isinstance(exc, EOFError) or any(marker in lowered for marker in truncated):
+        return DecodeError(f"truncated image data ({where}): {message}")
+    return DecodeError(f"corrupt image data ({where}): {message}")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -134,7 +133,8 @@ class ImageDecoder:
     def __init__(self, *, size: int, config: DecodeConfig | None = None) -> None:
         self.size = size
         self.config = config or DecodeConfig()
-        self._pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="decode") if self.config.workers > 1 else None
+        workers = self.config.workers
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers > 1 else None
 
     def _decode_one(self, data: bytes) -> torch.Tensor | DecodeError:
         try:
@@ -146,13 +146,13 @@ class ImageDecoder:
 
     def decode(self, items: Sequence[bytes]) -> DecodedBatch:
         results = list(self._pool.map(self._decode_one, items)) if self._pool else [self._decode_one(b) for b in items]
-        ok = [i for i, r in enumerate(results) if isinstance(r, torch.Tensor)]
+        tensors = {i: r for i, r in enumerate(results) if isinstance(r, torch.Tensor)}
         errors = {i: r for i, r in enumerate(results) if isinstance(r, DecodeError)}
-        if ok:
-            pixels = torch.stack([results[i] for i in ok])  # type: ignore[misc]
+        if tensors:
+            pixels = torch.stack(list(tensors.values()))
         else:
             pixels = torch.empty((0, 3, self.size, self.size))
-        return DecodedBatch(pixels=pixels, indices=tuple(ok), errors=errors)
+        return DecodedBatch(pixels=pixels, indices=tuple(tensors), errors=errors)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+from typing import Any
 
 from operators.errors import DecodeError
-from operators.moderator import Moderator
+from operators.moderator import Moderation, Moderator
 from pipeline.config import load_config
 
 
@@ -17,11 +17,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
 
 
-def _read(path: str) -> bytes | DecodeError:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        return DecodeError(f"cannot read {path}: {exc.strerror}")
+def result_line(path: str, result: Moderation | DecodeError) -> dict[str, Any]:
+    if isinstance(result, DecodeError):
+        return {"path": path, "error": str(result), "error_class": type(result).__name__}
+    return {"path": path, "label": result.label, "score": round(result.score, 6), "topk": result.topk_records(),
+            "method": result.method}
+
+
+def classify_files(moderator: Moderator, paths: list[str]) -> list[dict[str, Any]]:
+    """Classify ``paths``; unreadable or undecodable files give an error line instead of stopping the others."""
+    payloads: dict[int, bytes] = {}
+    results: dict[int, Moderation | DecodeError] = {}
+    for index, path in enumerate(paths):
+        try:
+            payloads[index] = Path(path).read_bytes()
+        except OSError as exc:
+            results[index] = DecodeError(f"cannot read {path}: {exc.strerror}")
+    verdicts = moderator.moderate(list(payloads.values()))
+    results.update(zip(payloads, verdicts, strict=True))
+    return [result_line(path, results[index]) for index, path in enumerate(paths)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,22 +44,9 @@ def run(args: argparse.Namespace) -> int:
     failed = False
     try:
         for start in range(0, len(args.images), config.model.batch_size):
-            paths = args.images[start : start + config.model.batch_size]
-            payloads = [_read(path) for path in paths]
-            readable = [i for i, p in enumerate(payloads) if isinstance(p, bytes)]
-            verdicts = moderator.moderate([payloads[i] for i in readable])  # type: ignore[misc]
-            results: list[object] = list(payloads)
-            for i, verdict in zip(readable, verdicts, strict=True):
-                results[i] = verdict
-            for path, result in zip(paths, results, strict=True):
-                if isinstance(result, DecodeError):
-                    failed = True
-                    line = {"path": path, "error": str(result), "error_class": type(result).__name__}
-                else:
-                    line = {"path": path, "label": result.label, "score": round(result.score, 6),  # type: ignore[union-attr]
-                            "topk": result.topk_records(), "method": result.method}  # type: ignore[union-attr]
+            for line in classify_files(moderator, args.images[start : start + config.model.batch_size]):
+                failed = failed or "error" in line
                 print(json.dumps(line), flush=True)
     finally:
         moderator.close()
     return 1 if failed else 0
-
