@@ -1,0 +1,69 @@
+"""Config sections of the connectors: ``kafka:`` and ``parquet:`` in the pipeline YAML (frozen, unknown keys
+rejected; :mod:`pipeline.config` composes them)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from operators.config import Section
+
+MiB = 1024 * 1024
+
+
+class KafkaConfig(Section):
+    """Topics, group, batching bounds and client settings of the Kafka source and sink."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    """Comma-separated ``host:port`` list; ``cola stream --bootstrap`` overrides it."""
+    input_topics: tuple[Annotated[str, Field(min_length=1)], ...] = ("cola.input",)
+    output_topic: Annotated[str, Field(min_length=1)] = "cola.output"
+    quarantine_topic: Annotated[str, Field(min_length=1)] = "cola.quarantine"
+    dead_letter_topic: Annotated[str, Field(min_length=1)] = "cola.dead_letter"
+    group_id: Annotated[str, Field(min_length=1)] = "cola-moderation"
+    value_format: Literal["raw", "json"] = "raw"
+    """``raw``: value = image bytes, key = id. ``json``: value = ``{"id", "image_b64", ...}``; other fields become
+    metadata."""
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    max_batch_records: Annotated[int, Field(ge=1, le=100_000)] = 64
+    max_batch_bytes: Annotated[int, Field(ge=1)] = 64 * MiB
+    max_batch_wait_ms: Annotated[int, Field(ge=0)] = 200
+    session_timeout_ms: Annotated[int, Field(ge=1000)] = 6000
+    heartbeat_interval_ms: Annotated[int, Field(ge=100)] = 1500
+    max_poll_interval_ms: Annotated[int, Field(ge=1000)] = 300_000
+    fetch_max_bytes: Annotated[int, Field(ge=1)] = 64 * MiB
+    max_partition_fetch_bytes: Annotated[int, Field(ge=1)] = 16 * MiB
+    max_request_size: Annotated[int, Field(ge=1024)] = 16 * MiB
+    """Largest produce request; dead letters whose original bytes do not fit are written without the bytes (header
+    ``payload.dropped`` = original size)."""
+    producer_retries: Annotated[int, Field(ge=0, le=100)] = 5
+    linger_ms: Annotated[int, Field(ge=0)] = 5
+    request_timeout_ms: Annotated[int, Field(ge=1000)] = 30_000
+    flush_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    client_options: dict[str, Any] = {}
+    """Passed untouched to both kafka-python clients (``security_protocol``, ``sasl_mechanism``,
+    ``sasl_plain_username``, ``ssl_cafile``, ...). They override the settings above."""
+
+    @model_validator(mode="after")
+    def _check_timing(self) -> KafkaConfig:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError(f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be at most a third of "
+                             f"session_timeout_ms ({self.session_timeout_ms})")
+        if len(set(self.input_topics) & {self.output_topic, self.quarantine_topic, self.dead_letter_topic}):
+            raise ValueError("input_topics must not contain the output, quarantine or dead-letter topic")
+        return self
+
+
+class ParquetConfig(Section):
+    """Columns and batching of the Parquet source and sink."""
+
+    id_column: Annotated[str, Field(min_length=1)] = "id"
+    """Used when present in the input; otherwise ids are ``file:row``."""
+    image_column: Annotated[str, Field(min_length=1)] = "image"
+    """binary / large_binary image bytes, or string paths / ``file://`` URIs (relative paths resolve from the input
+    file's directory)."""
+    batch_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 64
+    max_batch_bytes: Annotated[int, Field(ge=1)] = 64 * MiB
+    """Rows per batch are lowered (from the file's row-group statistics) so a batch stays near this size."""
+    compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = "zstd"

@@ -1,0 +1,121 @@
+"""The records that flow between sources, the pipeline and sinks.
+
+* :class:`InputRecord` - one upload as a source read it: ``id``, the image ``payload`` bytes, passthrough
+  ``metadata`` (JSON-able: other Parquet columns, JSON-envelope fields, Kafka headers decoded as text) and the
+  ``source`` position (:class:`KafkaPosition` or :class:`FilePosition`).
+* :class:`DeadLetter` - an input that produced no output, with the error that stopped it.
+* :class:`Route` - where a processed record goes. The pipeline turns each model result into an output record dict
+  (``id, label, score, topk, action, ..., source, processed_at, latency_ms`` + passthrough metadata, see DESIGN.md)
+  and hands the sink ``(Route.OUTPUT | Route.QUARANTINE, record)`` pairs plus :class:`DeadLetter` objects.
+* :class:`Batch` - what :meth:`connectors.base.Source.poll` returns: records, the source-stage dead letters, a stable
+  ``key`` (file sinks name their part files after it) and an opaque commit position.
+
+Every input ends in exactly one of output / quarantine / dead-letter.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from operators.errors import error_fields
+
+Headers = tuple[tuple[str, bytes], ...]
+"""Kafka headers in arrival order (keys may repeat)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaPosition:
+    """Where a Kafka message came from."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+
+    def default_id(self) -> str:
+        """``topic:partition:offset``: the id of a message that has none."""
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class FilePosition:
+    """Where a Parquet row came from: the input file as given (resolved path) and the 0-based row in that file."""
+
+    file: str
+    row: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "row": self.row}
+
+    def default_id(self) -> str:
+        """``file:row``: the id of a row that has none."""
+        return f"{self.file}:{self.row}"
+
+
+SourcePosition = KafkaPosition | FilePosition
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    """One input: ``payload`` is the image bytes; ``metadata`` is JSON-able passthrough; ``headers`` are the raw Kafka
+    headers (empty for files), kept byte-exact for dead letters."""
+
+    id: str
+    payload: bytes
+    metadata: Mapping[str, Any]
+    source: SourcePosition
+    headers: Headers = ()
+
+
+class Route(enum.Enum):
+    """Destination of a record. ``QUARANTINE`` is an output route chosen by the policy action; ``DEAD_LETTER`` is for
+    inputs that produced no output (sinks take those as :class:`DeadLetter`, via ``Sink.add_dead_letter``)."""
+
+    OUTPUT = "output"
+    QUARANTINE = "quarantine"
+    DEAD_LETTER = "dead_letter"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An input that produced no output. ``record.payload`` is the original bytes: the message value as received
+    for source-stage failures (e.g. a malformed JSON envelope), the image bytes for later stages."""
+
+    record: InputRecord
+    error_class: str
+    error_message: str
+    error_stage: str
+
+    @classmethod
+    def from_exception(cls, record: InputRecord, exc: BaseException, *, stage: str | None = None) -> DeadLetter:
+        """Dead letter for ``record`` failed by ``exc``; ``stage`` defaults to the exception's own ``stage``."""
+        fields = error_fields(exc, stage=stage)
+        return cls(record, fields["error.class"], fields["error.message"], fields["error.stage"])
+
+    def error_fields(self) -> dict[str, str]:
+        return {"error.class": self.error_class, "error.message": self.error_message,
+                "error.stage": self.error_stage}
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A bounded batch from a source. ``records`` and ``dead_letters`` together hold every input the batch covers;
+    committing the batch acknowledges all of them. ``key`` is stable across reruns for file sources (Kafka: a
+    description, not stable). ``position`` is the source's opaque commit token."""
+
+    key: str
+    records: tuple[InputRecord, ...]
+    dead_letters: tuple[DeadLetter, ...] = ()
+    position: Any = field(default=None, compare=False, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.records) + len(self.dead_letters)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(r.payload) for r in self.records) + sum(len(d.record.payload) for d in self.dead_letters)
