@@ -106,3 +106,93 @@ class DecodeConfig(Section):
     """Let the JPEG decoder downscale by 1/2, 1/4 or 1/8 while decoding when the target size allows."""
     workers: Annotated[int, Field(ge=1, le=64)] = 2
     """Threads decoding a batch in parallel (Pillow releases the GIL while decoding and resizing)."""
+
+
+class ViewsConfig(Section):
+    """The N image views COLA scores: the original image plus ``count - 1`` seeded augmentations."""
+
+    enabled: bool = True
+    """Off: score the original image only (N = 1)."""
+    count: Annotated[int, Field(ge=1, le=64)] = 5
+    """N, including the original view."""
+    crop_scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (0.75, 1.0)
+    """Range of the crop's area as a fraction of the image (random resized crop)."""
+    crop_ratio: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (0.8, 1.25)
+    """Range of the crop's aspect ratio (width / height)."""
+    flip_probability: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """Chance that an augmented view is mirrored left-right."""
+    seed: int = 0
+    """Seeds the view parameters: the same image always gets the same views, whatever batch it arrives in."""
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> ViewsConfig:
+        for name in ("crop_scale", "crop_ratio"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ValueError(f"{name}: lower bound {low} exceeds upper bound {high}")
+        return self
+
+
+class ProjectionConfig(Section):
+    """Projection of image embeddings onto the subspace spanned by the class text embeddings."""
+
+    enabled: bool = True
+    rank: Annotated[int, Field(ge=1)] | None = None
+    """C, the subspace rank (capped at the texts' numerical rank); ``None`` picks C by ``energy``."""
+    energy: Annotated[float, Field(gt=0, le=1)] = 0.99
+    """With ``rank: null``: the smallest C whose singular values keep this share of the squared spectrum."""
+    center: bool = False
+    """Subtract the mean text embedding before the SVD and project affinely around it (the paper leaves it open)."""
+
+
+class TransportConfig(Section):
+    """Entropic optimal transport between view and text distributions, one problem per (image, class)."""
+
+    enabled: bool = True
+    """Off: distance = view-weighted mean of ``1 - cos`` to the class-mean text embedding (plain CLIP's weights)."""
+    eps: Annotated[float, Field(gt=0)] = 0.1
+    """Entropic regularisation (Sinkhorn's epsilon), in units of the cost ``1 - cos``."""
+    max_iter: Annotated[int, Field(ge=1)] = 100
+    tol: Annotated[float, Field(gt=0)] = 1e-4
+    """Convergence: largest L2 error of the view marginal over the batch (POT's stopping rule); missing it within
+    ``max_iter`` is a warning and a flag, never an error."""
+    method: Literal["auto", "sinkhorn", "log_sinkhorn"] = "auto"
+    """``auto``: the faster scaling iterations when eps >= 0.03 (no underflow), log-domain iterations below."""
+    gradient: Literal["envelope", "autodiff"] = "envelope"
+    """``envelope``: d value / d cost = optimal plan (cheap); ``autodiff``: differentiate through every iteration."""
+
+
+class ColaConfig(Section):
+    """COLA: cross-modality alignment of N image views and M texts per class by optimal transport."""
+
+    views: ViewsConfig = ViewsConfig()
+    projection: ProjectionConfig = ProjectionConfig()
+    transport: TransportConfig = TransportConfig()
+    view_weighting: Literal["entropy", "uniform"] = "entropy"
+    """``entropy``: a = softmax(-H_n / view_tau), H_n the entropy of view n's plain-CLIP class distribution."""
+    view_tau: Annotated[float, Field(gt=0)] = 0.5
+    text_weighting: Literal["entropy", "uniform"] = "entropy"
+    """``entropy``: b_y = softmax(-H_ym / text_tau), H_ym the entropy when class y's logit uses text m alone."""
+    text_tau: Annotated[float, Field(gt=0)] = 0.5
+    temperature: Annotated[float, Field(gt=0)] | None = None
+    """Confidence = softmax(-d / temperature); ``None`` = 1 / the model's logit scale, which reproduces plain CLIP's
+    probabilities when views, projection and transport are all off."""
+    cascade_margin: Annotated[float, Field(ge=0, le=1)] = 0.2
+    """``method: cascade`` re-scores with COLA when plain CLIP's top-1 minus top-2 probability is below this."""
+
+
+class DetectorConfig(Section):
+    """Adversarial-upload detector: a score in [0, 1] per image from signals the operator computes anyway."""
+
+    enabled: bool = True
+    threshold: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """``suspected_adversarial`` = score >= threshold."""
+    off_subspace_weight: float = 1.0
+    """Weight of the image embedding's energy outside the text subspace (standardised, see ``off_subspace_*``)."""
+    off_subspace_center: float = 0.5
+    off_subspace_scale: Annotated[float, Field(gt=0)] = 0.1
+    disagreement_weight: float = 2.0
+    """Weight of CLIP and COLA predicting different labels (only where COLA ran)."""
+    margin_weight: float = 1.0
+    """Weight of the drop in top-1 probability from CLIP to COLA (only where COLA ran)."""
+    bias: float = -2.0
