@@ -7,13 +7,16 @@ Unknown keys and bad values raise :class:`~operators.errors.ConfigError` naming 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import ValidationError
+from pydantic import ValidationError, model_validator
 
-from operators.config import DecodeConfig, ModelConfig, Section, TaxonomyConfig
+from connectors.config import KafkaConfig, ParquetConfig
+from operators.config import ColaConfig, DecodeConfig, DetectorConfig, ModelConfig, Section, TaxonomyConfig
 from operators.errors import ConfigError
+from operators.policy import PolicyConfig
+from pipeline.ray_config import RayConfig, ServeConfig, StreamConfig
 
 
 class PipelineConfig(Section):
@@ -22,6 +25,25 @@ class PipelineConfig(Section):
     model: ModelConfig = ModelConfig()
     taxonomy: TaxonomyConfig
     decode: DecodeConfig = DecodeConfig()
+    method: Literal["clip", "cola", "cascade"] = "cascade"
+    """``clip``: plain zero-shot; ``cola``: COLA on every input; ``cascade``: COLA only where plain CLIP is unsure
+    or the detector flags the input."""
+    cola: ColaConfig = ColaConfig()
+    detector: DetectorConfig = DetectorConfig()
+    policy: PolicyConfig = PolicyConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    parquet: ParquetConfig = ParquetConfig()
+    ray: RayConfig = RayConfig()
+    serve: ServeConfig = ServeConfig()
+    stream: StreamConfig = StreamConfig()
+
+    @model_validator(mode="after")
+    def _policy_labels_exist(self) -> PipelineConfig:
+        try:
+            self.policy.check_labels(self.taxonomy.label_names)
+        except ValueError as exc:
+            raise ValueError(f"policy: {exc}") from None
+        return self
 
 
 def format_validation_error(error: ValidationError, *, source: str) -> str:

@@ -1,0 +1,76 @@
+"""``ray:``, ``serve:`` and ``stream:`` config sections: where workers run and how Serve scales them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from operators.config import Section
+
+MiB = 1024 * 1024
+
+
+class RayConfig(Section):
+    """Cluster connection and the resources each model worker reserves."""
+
+    address: str | None = None
+    """None: start a private cluster on 127.0.0.1 (or join ``RAY_ADDRESS`` if set); ``auto`` or ``host:port``: connect
+    to an existing cluster. ``cola batch|stream|serve --address`` overrides it."""
+    namespace: str = "cola-moderation"
+    include_dashboard: bool = False
+    num_cpus: Annotated[int, Field(ge=1)] | None = None
+    """CPUs of a private local cluster (default: all cores)."""
+    worker_num_cpus: Annotated[float, Field(gt=0)] = 1.0
+    """CPUs reserved by each model worker (actor or replica). Keep it below the node's CPUs so decode and read tasks
+    can still run: on a 2-core machine a pool reserving both CPUs starves them."""
+    worker_num_gpus: Annotated[float, Field(ge=0)] = 0.0
+    """GPUs per model worker; fractions share a GPU between replicas. Checked against the cluster before
+    scheduling (asking for a GPU a cluster lacks would otherwise wait forever)."""
+    worker_resources: dict[str, float] = {}
+    """Custom resources each worker requires (e.g. ``{model_node: 1}`` to place workers on labelled nodes)."""
+    decode_num_cpus: Annotated[float, Field(gt=0)] = 0.5
+    """CPUs per decode task of the batch job."""
+    actor_pool_min: Annotated[int, Field(ge=1)] = 1
+    actor_pool_max: Annotated[int, Field(ge=1)] = 1
+
+    @model_validator(mode="after")
+    def _pool(self) -> RayConfig:
+        if self.actor_pool_max < self.actor_pool_min:
+            raise ValueError(f"actor_pool_max ({self.actor_pool_max}) must be >= actor_pool_min ({self.actor_pool_min})")
+        return self
+
+
+class ServeConfig(Section):
+    """The Ray Serve deployment: HTTP, request batching and replica autoscaling."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    min_replicas: Annotated[int, Field(ge=0)] = 1
+    initial_replicas: Annotated[int, Field(ge=0)] | None = None
+    max_replicas: Annotated[int, Field(ge=1)] = 2
+    target_ongoing_requests: Annotated[float, Field(gt=0)] = 2.0
+    upscale_delay_s: Annotated[float, Field(ge=0)] = 2.0
+    downscale_delay_s: Annotated[float, Field(ge=0)] = 30.0
+    max_ongoing_requests: Annotated[int, Field(ge=1)] = 16
+    max_batch_size: Annotated[int, Field(ge=1)] = 16
+    """``@serve.batch``: single HTTP requests are grouped into model batches of up to this many images ..."""
+    batch_wait_timeout_s: Annotated[float, Field(ge=0)] = 0.01
+    """... waiting at most this long for a batch to fill."""
+    max_request_bytes: Annotated[int, Field(ge=1)] = 16 * MiB
+
+    @model_validator(mode="after")
+    def _replicas(self) -> ServeConfig:
+        initial = self.initial_replicas if self.initial_replicas is not None else self.min_replicas
+        if not self.min_replicas <= initial <= self.max_replicas:
+            raise ValueError(f"need min_replicas ({self.min_replicas}) <= initial_replicas ({initial}) <= "
+                             f"max_replicas ({self.max_replicas})")
+        return self
+
+
+class StreamConfig(Section):
+    """The stream job: Kafka consumer actors feeding the Serve deployment."""
+
+    consumers: Annotated[int, Field(ge=1, le=256)] = 1
+    """Consumer actors in one group (more than the input partitions leaves some idle)."""
+    consumer_num_cpus: Annotated[float, Field(gt=0)] = 0.25
