@@ -59,7 +59,8 @@ class EmbeddedBroker:
     """A Tansu broker process on ``127.0.0.1:port`` (memory storage).
 
     :meth:`start` returns once a Kafka client has fetched the cluster metadata (the broker answers the Kafka
-    protocol, not just TCP). :meth:`stop` signals the broker's PID (SIGINT, then SIGTERM, then SIGKILL). Not guaranteed: data survives :meth:`stop` (memory storage).
+    protocol, not just TCP). :meth:`stop` signals the broker's PID (SIGINT, then SIGTERM, then SIGKILL).
+    Not guaranteed: that data survives :meth:`stop` (memory storage).
     """
 
     def __init__(self, *, port: int | None = None, host: str = HOST, start_timeout_s: float = 20.0,

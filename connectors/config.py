@@ -41,7 +41,7 @@ class KafkaConfig(Section):
     linger_ms: Annotated[int, Field(ge=0)] = 5
     request_timeout_ms: Annotated[int, Field(ge=1000)] = 30_000
     flush_timeout_s: Annotated[float, Field(gt=0)] = 60.0
-    client_options: dict[str, Any] = {}
+    client_options: dict[str, Any] = Field(default_factory=dict)
     """Passed untouched to both kafka-python clients (``security_protocol``, ``sasl_mechanism``,
     ``sasl_plain_username``, ``ssl_cafile``, ...). They override the settings above."""
 

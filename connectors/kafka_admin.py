@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -23,10 +24,8 @@ def ensure_topics(bootstrap_servers: str, partitions: Mapping[str, int], *, time
         existing = set(admin.list_topics())
         missing = [NewTopic(name, count, 1) for name, count in partitions.items() if name not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently
                 admin.create_topics(missing, timeout_ms=int(timeout_s * 1000))
-            except TopicAlreadyExistsError:
-                pass  # created concurrently
         deadline = time.monotonic() + timeout_s
         while not set(partitions) <= set(admin.list_topics()):
             if time.monotonic() > deadline:

@@ -168,9 +168,8 @@ class KafkaSource(Source):
                             "its records will be delivered again", tp, offset)
                 continue
             self._acked[tp] = max(offset, self._acked.get(tp, 0))
-        if self._acked:
-            if self._commit_offsets(dict(self._acked), reason="acknowledged batch"):
-                self._acked.clear()
+        if self._acked and self._commit_offsets(dict(self._acked), reason="acknowledged batch"):
+            self._acked.clear()
 
     def _commit_offsets(self, offsets: Mapping[Any, int], *, reason: str) -> bool:
         try:
@@ -202,7 +201,7 @@ class KafkaSource(Source):
         self._consumer.close(autocommit=False)
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Listener(ConsumerRebalanceListener):
     """Forwards kafka-python's rebalance callbacks to the source."""
 
     def __init__(self, source: KafkaSource) -> None:

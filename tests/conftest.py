@@ -29,3 +29,13 @@ def tiny_backbone(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     from operators.config import ModelConfig
 
     return ClipBackbone.load(ModelConfig(path=str(tiny_model_dir), device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def kafka_broker():  # type: ignore[no-untyped-def]
+    """An embedded Tansu broker on a free 127.0.0.1 port for the whole session (memory storage); tests use their
+    own topic names and consumer groups."""
+    from connectors.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        yield broker
