@@ -193,6 +193,6 @@ class DetectorConfig(Section):
     off_subspace_scale: Annotated[float, Field(gt=0)] = 0.1
     disagreement_weight: float = 2.0
     """Weight of CLIP and COLA predicting different labels (only where COLA ran)."""
-    margin_weight: float = 1.0
-    """Weight of the drop in top-1 probability from CLIP to COLA (only where COLA ran)."""
+    confidence_drop_weight: float = 1.0
+    """Weight of CLIP's top-1 probability minus COLA's probability for that label (only where COLA ran)."""
     bias: float = -2.0

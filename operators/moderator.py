@@ -1,7 +1,16 @@
-"""The moderation operator: decode -> CLIP image encoder -> class scores, for a batch of encoded images.
+"""The moderation operator: decode -> CLIP image encoder -> plain CLIP / COLA / cascade scores -> detector.
 
 One instance serves the CLI, the batch job, the stream job and the HTTP endpoint. Build it once per worker (it holds
-the model and the encoded class texts) and call :meth:`Moderator.moderate` per batch.
+the model, the encoded class texts, the text subspace and the view parameters) and call :meth:`Moderator.moderate`
+per batch.
+
+Methods:
+
+* ``clip``: plain zero-shot CLIP (one encoder pass per image).
+* ``cola``: COLA on every image (N encoder passes per image).
+* ``cascade``: plain CLIP first; COLA re-scores only the images the detector's single-pass pre-screen flags or
+  whose CLIP top-1 minus top-2 probability is below ``cola.cascade_margin``, so clean, confidently classified traffic
+  costs little more than plain CLIP. The original view's embedding is reused, so an escalated image costs N passes.
 """
 
 from __future__ import annotations
@@ -9,17 +18,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from operators.backbone import ClipBackbone
-from operators.config import DecodeConfig, ModelConfig, TaxonomyConfig
+from operators.cola import ColaScorer
+from operators.config import ColaConfig, DecodeConfig, DetectorConfig, ModelConfig, TaxonomyConfig
 from operators.decode import ImageDecoder
-from operators.errors import DecodeError
+from operators.detector import AdversarialDetector
+from operators.errors import ConfigError, DecodeError
 from operators.text_bank import TextBank
 from operators.zeroshot import Scores, ZeroShotClassifier
 
 log = logging.getLogger(__name__)
+
+Method = Literal["clip", "cola", "cascade"]
+METHODS: tuple[str, ...] = ("clip", "cola", "cascade")
 
 
 @dataclass(frozen=True)
@@ -30,26 +45,52 @@ class Moderation:
     score: float
     topk: tuple[tuple[str, float], ...]
     method: str
+    """The configured method (``clip``, ``cola`` or ``cascade``)."""
+    adversarial_score: float = 0.0
+    """Detector score in [0, 1]; higher = more likely an adversarially manipulated upload."""
+    suspected_adversarial: bool = False
+    """``adversarial_score >= detector.threshold``."""
+    cola_applied: bool = False
+    """Whether COLA produced the label (always for ``cola``, for escalated images under ``cascade``)."""
 
     def topk_records(self) -> list[dict[str, object]]:
         return [{"label": label, "score": score} for label, score in self.topk]
 
 
-class Moderator:
-    """Decode + classify batches of encoded images."""
+@dataclass(frozen=True)
+class BatchVerdict:
+    """Tensors behind a batch of :class:`Moderation`: final ``scores``, detector ``adversarial_scores`` ``[B]``,
+    ``suspected`` ``[B]`` bool and ``cola_applied`` ``[B]`` bool (used by evaluation code that needs numbers)."""
 
-    def __init__(self, backbone: ClipBackbone, *, taxonomy: TaxonomyConfig, decode: DecodeConfig | None = None) -> None:
+    scores: Scores
+    adversarial_scores: torch.Tensor
+    suspected: torch.Tensor
+    cola_applied: torch.Tensor
+
+
+class Moderator:
+    """Decode + classify batches of encoded images with the configured method, and score them for manipulation."""
+
+    def __init__(self, backbone: ClipBackbone, *, taxonomy: TaxonomyConfig, decode: DecodeConfig | None = None,
+                 method: str = "clip", cola: ColaConfig | None = None, detector: DetectorConfig | None = None) -> None:
+        if method not in METHODS:
+            raise ConfigError(f"method: must be one of {', '.join(METHODS)}, got {method!r}")
         self.backbone = backbone
         self.taxonomy = taxonomy
+        self.method = method
         self.bank = TextBank.build(backbone, taxonomy)
         self.zero_shot = ZeroShotClassifier(self.bank, logit_scale=backbone.logit_scale)
+        self.cola = ColaScorer(self.bank, cola or ColaConfig(), logit_scale=backbone.logit_scale)
+        self.detector = AdversarialDetector(detector)
         self.decoder = ImageDecoder(size=backbone.geometry.size, config=decode)
         self.batch_size = 32
 
     @classmethod
-    def from_config(cls, *, model: ModelConfig, taxonomy: TaxonomyConfig,
-                    decode: DecodeConfig | None = None) -> Moderator:
-        moderator = cls(ClipBackbone.load(model), taxonomy=taxonomy, decode=decode)
+    def from_config(cls, *, model: ModelConfig, taxonomy: TaxonomyConfig, decode: DecodeConfig | None = None,
+                    method: str = "clip", cola: ColaConfig | None = None,
+                    detector: DetectorConfig | None = None) -> Moderator:
+        moderator = cls(ClipBackbone.load(model), taxonomy=taxonomy, decode=decode, method=method, cola=cola,
+                        detector=detector)
         moderator.batch_size = model.batch_size
         return moderator
 
@@ -61,12 +102,42 @@ class Moderator:
         """Plain CLIP class probabilities for ``[B, 3, S, S]`` pixels in [0, 1]."""
         return self.zero_shot.scores(self.backbone.encode_images(pixels))
 
+    def verdict(self, pixels: torch.Tensor, *, method: str | None = None) -> BatchVerdict:
+        """Score one batch of ``[B, 3, S, S]`` pixels in [0, 1] with ``method`` (default: the configured one)."""
+        method = method or self.method
+        features = self.backbone.encode_images(pixels)
+        clip = self.zero_shot.scores(features)
+        residual = self.cola.subspace.residual_energy(features)
+        batch = pixels.shape[0]
+        if method == "clip":
+            escalate = torch.zeros(batch, dtype=torch.bool, device=features.device)
+        elif method == "cola":
+            escalate = torch.ones(batch, dtype=torch.bool, device=features.device)
+        else:
+            prescreen = self.detector.flag(self.detector.score(residual, clip.probs))
+            escalate = prescreen | (clip.margin() < self.cola.config.cascade_margin)
+        probs = clip.probs.clone()
+        adversarial = self.detector.score(residual, clip.probs)
+        index = escalate.nonzero().squeeze(-1)
+        if index.numel():
+            with torch.inference_mode():
+                cola = self.cola.score_pixels(self.backbone, pixels[index.to(pixels.device)],
+                                              original=features[index])
+            probs[index] = cola.scores.probs
+            adversarial[index] = self.detector.score(residual[index], clip.probs[index], cola.scores.probs)
+        return BatchVerdict(scores=Scores(labels=clip.labels, probs=probs), adversarial_scores=adversarial,
+                            suspected=self.detector.flag(adversarial), cola_applied=escalate)
+
     def classify_pixels(self, pixels: torch.Tensor) -> list[Moderation]:
         results: list[Moderation] = []
         for start in range(0, pixels.shape[0], self.batch_size):
-            scores = self.scores(pixels[start : start + self.batch_size])
-            for topk in scores.top_k(self.taxonomy.top_k):
-                results.append(Moderation(label=topk[0][0], score=topk[0][1], topk=tuple(topk), method="clip"))
+            verdict = self.verdict(pixels[start : start + self.batch_size])
+            rows = zip(verdict.scores.top_k(self.taxonomy.top_k), verdict.adversarial_scores.tolist(),
+                       verdict.suspected.tolist(), verdict.cola_applied.tolist(), strict=True)
+            for topk, adversarial, suspected, applied in rows:
+                results.append(Moderation(label=topk[0][0], score=topk[0][1], topk=tuple(topk), method=self.method,
+                                          adversarial_score=float(adversarial), suspected_adversarial=bool(suspected),
+                                          cola_applied=bool(applied)))
         return results
 
     def moderate(self, items: Sequence[bytes]) -> list[Moderation | DecodeError]:

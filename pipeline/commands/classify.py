@@ -1,4 +1,5 @@
-"""``cola classify --config C IMAGE...``: one JSON line per image; undecodable images get an error line."""
+"""``cola classify --config C [--method clip|cola|cascade] IMAGE...``: one JSON line per image; undecodable images
+get an error line."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pipeline.config import load_config
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="pipeline YAML config")
+    parser.add_argument("--method", choices=("clip", "cola", "cascade"), default=None,
+                        help="override the config's method: plain CLIP, COLA on every image, or the cascade")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
 
 
@@ -21,7 +24,8 @@ def result_line(path: str, result: Moderation | DecodeError) -> dict[str, Any]:
     if isinstance(result, DecodeError):
         return {"path": path, "error": str(result), "error_class": type(result).__name__}
     return {"path": path, "label": result.label, "score": round(result.score, 6), "topk": result.topk_records(),
-            "method": result.method}
+            "method": result.method, "adversarial_score": round(result.adversarial_score, 6),
+            "suspected_adversarial": result.suspected_adversarial}
 
 
 def classify_files(moderator: Moderator, paths: list[str]) -> list[dict[str, Any]]:
@@ -40,7 +44,8 @@ def classify_files(moderator: Moderator, paths: list[str]) -> list[dict[str, Any
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    moderator = Moderator.from_config(model=config.model, taxonomy=config.taxonomy, decode=config.decode)
+    moderator = Moderator.from_config(model=config.model, taxonomy=config.taxonomy, decode=config.decode,
+                                      method=args.method or config.method, cola=config.cola, detector=config.detector)
     failed = False
     try:
         for start in range(0, len(args.images), config.model.batch_size):

@@ -74,3 +74,15 @@ def test_bad_config_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_help_lists_subcommands() -> None:
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "classify" in result.stdout
+
+
+@pytest.mark.parametrize("method", ["clip", "cola", "cascade"])
+def test_classify_method_flag_and_detector_fields(tiny_config: Path, tmp_path: Path, method: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    paths = write_images(tmp_path)[:2]
+    assert main(["classify", "--config", str(tiny_config), "--method", method, *map(str, paths)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for line in lines:
+        assert line["method"] == method
+        assert 0.0 <= line["adversarial_score"] <= 1.0
+        assert isinstance(line["suspected_adversarial"], bool)

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from operators.backbone import ClipBackbone
+from operators.config import ColaConfig, DetectorConfig, TaxonomyConfig
+from operators.errors import ConfigError, DecodeError
+from operators.moderator import Moderation, Moderator
+
+TAXONOMY = TaxonomyConfig(labels=["cat", "dog", "car"], templates=("a photo of a {}.", "a sketch of a {}."), top_k=2)
+
+
+def _png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("method", ["clip", "cola", "cascade"])
+def test_every_method_returns_one_verdict_per_input(tiny_backbone: ClipBackbone, method: str) -> None:
+    moderator = Moderator(tiny_backbone, taxonomy=TAXONOMY, method=method)
+    results = moderator.moderate([_png(0), b"not an image", _png(1)])
+    assert isinstance(results[1], DecodeError)
+    for result in (results[0], results[2]):
+        assert isinstance(result, Moderation)
+        assert result.method == method
+        assert result.label in TAXONOMY.label_names and len(result.topk) == 2
+        assert 0.0 <= result.adversarial_score <= 1.0
+        assert result.cola_applied == (method == "cola") or method == "cascade"
+    moderator.close()
+
+
+def test_cascade_escalates_only_unsure_or_flagged_images(tiny_backbone: ClipBackbone) -> None:
+    pixels = torch.rand(8, 3, tiny_backbone.geometry.size, tiny_backbone.geometry.size,
+                        generator=torch.Generator().manual_seed(0))
+    never = Moderator(tiny_backbone, taxonomy=TAXONOMY, method="cascade", cola=ColaConfig(cascade_margin=0.0),
+                      detector=DetectorConfig(enabled=False))
+    clip = Moderator(tiny_backbone, taxonomy=TAXONOMY, method="clip")
+    verdict = never.verdict(pixels)
+    assert not bool(verdict.cola_applied.any())
+    torch.testing.assert_close(verdict.scores.probs, clip.verdict(pixels).scores.probs)
+    always = Moderator(tiny_backbone, taxonomy=TAXONOMY, method="cascade", cola=ColaConfig(cascade_margin=1.0),
+                       detector=DetectorConfig(enabled=False))
+    cola = Moderator(tiny_backbone, taxonomy=TAXONOMY, method="cola", detector=DetectorConfig(enabled=False))
+    escalated = always.verdict(pixels)
+    assert bool(escalated.cola_applied.all())
+    torch.testing.assert_close(escalated.scores.probs, cola.verdict(pixels).scores.probs)
+    # a mid margin escalates exactly the images whose CLIP margin is below it
+    margins = clip.scores(pixels).margin()
+    middle = float(margins.median())
+    mixed = Moderator(tiny_backbone, taxonomy=TAXONOMY, method="cascade", cola=ColaConfig(cascade_margin=middle),
+                      detector=DetectorConfig(enabled=False)).verdict(pixels)
+    assert mixed.cola_applied.tolist() == (margins < middle).tolist()
+
+
+def test_suspected_follows_the_threshold(tiny_backbone: ClipBackbone) -> None:
+    pixels = torch.rand(4, 3, tiny_backbone.geometry.size, tiny_backbone.geometry.size)
+    everything = Moderator(tiny_backbone, taxonomy=TAXONOMY, method="cola", detector=DetectorConfig(threshold=0.0))
+    assert bool(everything.verdict(pixels).suspected.all())
+    nothing = Moderator(tiny_backbone, taxonomy=TAXONOMY, method="cola", detector=DetectorConfig(threshold=1.0))
+    verdict = nothing.verdict(pixels)
+    assert not bool(verdict.suspected.any())
+    assert bool(((verdict.adversarial_scores >= 0) & (verdict.adversarial_scores < 1)).all())
+
+
+def test_unknown_method_is_a_config_error(tiny_backbone: ClipBackbone) -> None:
+    with pytest.raises(ConfigError, match="method: must be one of clip, cola, cascade, got 'robust'"):
+        Moderator(tiny_backbone, taxonomy=TAXONOMY, method="robust")
