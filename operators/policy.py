@@ -38,7 +38,7 @@ class PolicyConfig(Section):
 
     version: Annotated[str, Field(min_length=1)] = "default-1"
     """Written into every record, so downstream consumers know which rules produced an action."""
-    rules: dict[str, LabelRule] = {}
+    rules: dict[str, LabelRule] = Field(default_factory=dict)
     """label -> thresholds. Labels must exist in the taxonomy."""
     default_action: Action = "allow"
     adversarial_action: Action = "review"

@@ -27,7 +27,7 @@ class RayConfig(Section):
     worker_num_gpus: Annotated[float, Field(ge=0)] = 0.0
     """GPUs per model worker; fractions share a GPU between replicas. Checked against the cluster before
     scheduling (asking for a GPU a cluster lacks would otherwise wait forever)."""
-    worker_resources: dict[str, float] = {}
+    worker_resources: dict[str, float] = Field(default_factory=dict)
     """Custom resources each worker requires (e.g. ``{model_node: 1}`` to place workers on labelled nodes)."""
     decode_num_cpus: Annotated[float, Field(gt=0)] = 0.5
     """CPUs per decode task of the batch job."""
@@ -37,7 +37,8 @@ class RayConfig(Section):
     @model_validator(mode="after")
     def _pool(self) -> RayConfig:
         if self.actor_pool_max < self.actor_pool_min:
-            raise ValueError(f"actor_pool_max ({self.actor_pool_max}) must be >= actor_pool_min ({self.actor_pool_min})")
+            raise ValueError(f"actor_pool_max ({self.actor_pool_max}) must be >= actor_pool_min "
+                             f"({self.actor_pool_min})")
         return self
 
 

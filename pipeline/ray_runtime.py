@@ -1,0 +1,111 @@
+"""Starting or joining a Ray cluster, and checking it can host the workers before anything is scheduled.
+
+Defaults suit a laptop or CI box: a private cluster bound to 127.0.0.1, no dashboard, no usage stats. For a real
+cluster pass ``--address`` (or set ``ray.address`` / ``RAY_ADDRESS``); nothing else changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from operators.errors import ColaError
+from pipeline.ray_config import RayConfig
+
+log = logging.getLogger(__name__)
+
+# Environment Ray reads at start-up (inherited by the raylet and workers of a private cluster). setdefault: an
+# operator's own settings win.
+RAY_ENV_DEFAULTS = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # else Ray binds a non-loopback address on these machines
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S": "1",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1",  # num_gpus=0 workers must not see (and grab) GPUs
+    "RAY_DEDUP_LOGS": "1",
+}
+
+
+class ClusterResourceError(ColaError, RuntimeError):
+    """The cluster cannot host the requested workers (Ray would otherwise wait forever)."""
+
+    stage = "scheduling"
+
+
+def init_ray(config: RayConfig, *, address: str | None = None) -> dict[str, Any]:
+    """Connect to (``address`` / ``ray.address`` / ``RAY_ADDRESS``) or start a loopback Ray cluster; idempotent.
+
+    Returns ``ray.cluster_resources()``.
+    """
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    if not ray.is_initialized():
+        target = address or config.address or os.environ.get("RAY_ADDRESS")
+        common: dict[str, Any] = {"namespace": config.namespace, "log_to_driver": True,
+                                  "logging_level": logging.WARNING}
+        if target:
+            log.info("connecting to the Ray cluster at %s", target)
+            ray.init(address=target, **common)
+        else:
+            log.info("starting a private Ray cluster on 127.0.0.1")
+            ray.init(num_cpus=config.num_cpus, include_dashboard=config.include_dashboard,
+                     _node_ip_address="127.0.0.1", **common)
+    return dict(ray.cluster_resources())
+
+
+def node_resources() -> list[dict[str, float]]:
+    """Total resources of each live node."""
+    import ray
+
+    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+
+
+def check_worker_resources(config: RayConfig, *, workers: int, reserve_cpus: float = 0.0,
+                           nodes: list[dict[str, float]] | None = None) -> None:
+    """Fail fast, naming the config key, if ``workers`` model workers cannot all be placed.
+
+    ``reserve_cpus`` is what the job needs besides the workers (decode/read tasks, consumers): a pool that takes
+    every CPU starves them and the job hangs.
+    """
+    nodes = node_resources() if nodes is None else nodes
+    demand = {"CPU": config.worker_num_cpus, "GPU": config.worker_num_gpus, **config.worker_resources}
+    demand = {key: value for key, value in demand.items() if value > 0}
+    placeable = sum(_fits(node, demand) for node in nodes)
+    if placeable == 0:
+        offered = {key: max((n.get(key, 0.0) for n in nodes), default=0.0) for key in demand}
+        missing = {key: value for key, value in demand.items() if offered[key] < value}
+        key_names = {"CPU": "ray.worker_num_cpus", "GPU": "ray.worker_num_gpus"}
+        named = ", ".join(f"{key_names.get(k, f'ray.worker_resources.{k}')}={v}" for k, v in missing.items())
+        raise ClusterResourceError(
+            f"no node can host a model worker: {named or demand} requested, the largest node offers {offered}"
+            + (" (this cluster has no GPU: set ray.worker_num_gpus: 0 and model.device: cpu)"
+               if "GPU" in missing and offered.get("GPU", 0) == 0 else "")
+        )
+    total = {key: sum(n.get(key, 0.0) for n in nodes) for key in demand}
+    for key, per_worker in demand.items():
+        if per_worker * workers > total[key] + 1e-9:
+            raise ClusterResourceError(
+                f"{workers} workers x {per_worker} {key} exceed the cluster's {total[key]:g} {key}; lower the worker "
+                "count (ray.actor_pool_max / serve.max_replicas) or the per-worker resources"
+            )
+    total_cpu = sum(n.get("CPU", 0.0) for n in nodes)
+    if reserve_cpus > 0 and config.worker_num_cpus * workers + reserve_cpus > total_cpu + 1e-9:
+        raise ClusterResourceError(
+            f"{workers} workers x ray.worker_num_cpus={config.worker_num_cpus} leave less than the {reserve_cpus:g} "
+            f"CPU the job's other tasks need on a cluster of {total_cpu:g} CPUs; the job would hang. Lower "
+            "ray.worker_num_cpus (fractions are fine)"
+        )
+
+
+def _fits(node: dict[str, float], demand: dict[str, float]) -> bool:
+    return all(node.get(key, 0.0) >= value for key, value in demand.items())
+
+
+def worker_options(config: RayConfig) -> dict[str, Any]:
+    """``num_cpus``/``num_gpus``/``resources`` options for a model actor or replica."""
+    options: dict[str, Any] = {"num_cpus": config.worker_num_cpus, "num_gpus": config.worker_num_gpus}
+    if config.worker_resources:
+        options["resources"] = dict(config.worker_resources)
+    return options
