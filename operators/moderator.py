@@ -25,7 +25,7 @@ import torch
 from operators.backbone import ClipBackbone
 from operators.cola import ColaScorer
 from operators.config import ColaConfig, DecodeConfig, DetectorConfig, ModelConfig, TaxonomyConfig
-from operators.decode import ImageDecoder
+from operators.decode import DecodedBatch, ImageDecoder
 from operators.detector import AdversarialDetector
 from operators.errors import ConfigError, DecodeError
 from operators.text_bank import TextBank
@@ -72,13 +72,17 @@ class Moderator:
     """Decode + classify batches of encoded images with the configured method, and score them for manipulation."""
 
     def __init__(self, backbone: ClipBackbone, *, taxonomy: TaxonomyConfig, decode: DecodeConfig | None = None,
-                 method: str = "clip", cola: ColaConfig | None = None, detector: DetectorConfig | None = None) -> None:
+                 method: str = "clip", cola: ColaConfig | None = None, detector: DetectorConfig | None = None,
+                 bank: TextBank | None = None) -> None:
+        """``bank``: precomputed class text embeddings for ``taxonomy`` (default: encode the taxonomy's texts)."""
         if method not in METHODS:
             raise ConfigError(f"method: must be one of {', '.join(METHODS)}, got {method!r}")
         self.backbone = backbone
         self.taxonomy = taxonomy
         self.method = method
-        self.bank = TextBank.build(backbone, taxonomy)
+        self.bank = bank if bank is not None else TextBank.build(backbone, taxonomy)
+        if self.bank.labels != taxonomy.label_names:
+            raise ConfigError("Moderator: the text bank's labels differ from taxonomy.labels")
         self.zero_shot = ZeroShotClassifier(self.bank, logit_scale=backbone.logit_scale)
         self.cola = ColaScorer(self.bank, cola or ColaConfig(), logit_scale=backbone.logit_scale)
         self.detector = AdversarialDetector(detector)
@@ -142,8 +146,12 @@ class Moderator:
 
     def moderate(self, items: Sequence[bytes]) -> list[Moderation | DecodeError]:
         """One result per input, in order: a :class:`Moderation`, or the :class:`DecodeError` that stopped it."""
-        decoded = self.decoder.decode(items)
-        results: list[Moderation | DecodeError] = [*[DecodeError("not decoded")] * len(items)]
+        return self.moderate_decoded(self.decoder.decode(items), len(items))
+
+    def moderate_decoded(self, decoded: DecodedBatch, count: int) -> list[Moderation | DecodeError]:
+        """Like :meth:`moderate` for inputs decoded elsewhere (e.g. in the batch job's CPU tasks); ``count`` is the
+        number of inputs ``decoded`` covers."""
+        results: list[Moderation | DecodeError] = [*[DecodeError("not decoded")] * count]
         for index, error in decoded.errors.items():
             results[index] = error
         for index, verdict in zip(decoded.indices, self.classify_pixels(decoded.pixels), strict=True):

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.records import DeadLetter, InputRecord, Route
+from operators.decode import DecodedBatch
 from operators.errors import DecodeError
 from operators.moderator import Moderator
 from operators.policy import Policy
 from pipeline.config import PipelineConfig
+from pipeline.metrics import WorkerMetrics, worker_metrics
 from pipeline.records import output_record
 
 
@@ -36,14 +38,18 @@ class WorkerResult:
 class ModerationWorker:
     """Routes each input to exactly one of output / quarantine / dead-letter."""
 
-    def __init__(self, config: PipelineConfig) -> None:
+    def __init__(self, config: PipelineConfig, *, job: str = "local") -> None:
         self.config = config
+        self.job = job
         self.policy = Policy(config.policy)
         self._moderator: Moderator | None = None
+        self._metrics: WorkerMetrics | None = None
 
     def start(self) -> Moderator:
+        """Build the model (once, in the calling process) and the metrics when running inside Ray."""
         if self._moderator is None:
             self._moderator = build_moderator(self.config)
+            self._metrics = worker_metrics(self.job)
         return self._moderator
 
     @property
@@ -55,10 +61,18 @@ class ModerationWorker:
         return self.config.model.path
 
     def process(self, records: Sequence[InputRecord], *, received_at: float | None = None) -> WorkerResult:
-        received_at = time.time() if received_at is None else received_at
+        """Decode and moderate ``records``; every one ends up routed or dead-lettered."""
         moderator = self.start()
         started = time.perf_counter()
-        verdicts = moderator.moderate([record.payload for record in records])
+        decoded = moderator.decoder.decode([record.payload for record in records])
+        return self.process_decoded(records, decoded, received_at=received_at, started=started)
+
+    def process_decoded(self, records: Sequence[InputRecord], decoded: DecodedBatch, *,
+                        received_at: float | None = None, started: float | None = None) -> WorkerResult:
+        """Moderate ``records`` whose payloads were decoded elsewhere (``decoded`` covers them all, in order)."""
+        received_at = time.time() if received_at is None else received_at
+        started = time.perf_counter() if started is None else started
+        verdicts = self.start().moderate_decoded(decoded, len(records))
         result = WorkerResult(model_seconds=time.perf_counter() - started)
         for record, verdict in zip(records, verdicts, strict=True):
             if isinstance(verdict, DecodeError):
@@ -68,6 +82,8 @@ class ModerationWorker:
             routed = output_record(record, verdict, decision, model=self.model_name,
                                    policy_version=self.policy.version, received_at=received_at)
             result.routed.append((Route.QUARANTINE if decision.quarantine else Route.OUTPUT, routed))
+        if self._metrics is not None:
+            self._metrics.observe(result)
         return result
 
     def close(self) -> None:

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from connectors.records import FilePosition, InputRecord, Route
+from pipeline.config import PipelineConfig, parse_config
+from pipeline.records import SCHEMA_VERSION
+from pipeline.worker import ModerationWorker
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_model_dir: Path) -> ModerationWorker:
+    config = parse_config({
+        "model": {"path": str(tiny_model_dir), "device": "cpu"},
+        "taxonomy": {"labels": ["cat", "dog", "car"], "templates": ["a photo of a {}."], "top_k": 3},
+        "method": "clip",
+        # The random tiny model's detector scores are meaningless; route on a label rule instead.
+        "detector": {"enabled": False},
+        "policy": {"version": "test-9", "rules": {"car": {"review": 0.0}}, "quarantine_actions": ["review"]},
+    })
+    return ModerationWorker(config)
+
+
+def png(seed: int) -> bytes:
+    array = np.random.default_rng(seed).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def record(index: int, payload: bytes) -> InputRecord:
+    return InputRecord(f"id-{index}", payload, {"uploader": f"u{index}"}, FilePosition("in.parquet", index))
+
+
+def test_every_input_is_routed_exactly_once(worker: ModerationWorker) -> None:
+    records = [record(0, png(0)), record(1, b""), record(2, png(2)), record(3, b"GIF89a-broken")]
+    result = worker.process(records, received_at=0.0)
+    assert len(result) == 4
+    assert sorted(d.record.id for d in result.dead_letters) == ["id-1", "id-3"]
+    assert {d.error_stage for d in result.dead_letters} == {"decode"}
+    assert "empty" in result.dead_letters[0].error_message
+    routed_ids = sorted(r["id"] for _, r in result.routed)
+    assert routed_ids == ["id-0", "id-2"]
+
+
+def test_output_record_schema_v1(worker: ModerationWorker) -> None:
+    (route, out), = worker.process([record(7, png(7))]).routed
+    assert set(out) == {"schema_version", "id", "label", "score", "topk", "action", "adversarial_score",
+                        "suspected_adversarial", "method", "model", "policy_version", "source", "processed_at",
+                        "latency_ms", "metadata"}
+    assert out["schema_version"] == SCHEMA_VERSION
+    assert out["source"] == {"file": "in.parquet", "row": 7}
+    assert out["metadata"] == {"uploader": "u7"}
+    assert out["policy_version"] == "test-9" and out["method"] == "clip"
+    assert out["label"] == out["topk"][0]["label"] and len(out["topk"]) == 3
+    assert out["latency_ms"] >= 0
+    # top_k covers every label and the "car" rule fires at any score: review, routed to quarantine
+    assert out["action"] == "review" and route is Route.QUARANTINE
+
+
+def test_policy_labels_are_validated_up_front(tiny_model_dir: Path) -> None:
+    from operators.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"policy: .*\['truck'\]"):
+        parse_config({"taxonomy": {"labels": ["cat", "dog"]}, "policy": {"rules": {"truck": {"block": 0.5}}}})
+    assert isinstance(parse_config({"taxonomy": {"labels": ["cat", "dog"]}}), PipelineConfig)
