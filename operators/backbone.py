@@ -85,6 +85,29 @@ class ImageGeometry:
         return cls(size=size, mean=mean, std=std)
 
 
+def _load_error(config: ModelConfig, exc: BaseException) -> ModelLoadError:
+    return ModelLoadError(
+        f"cannot load CLIP model {config.path!r}: {exc}. A hub id needs network access or a populated "
+        "Hugging Face cache (set HF_HUB_OFFLINE=1 to use the cache only); a directory must hold "
+        "model.safetensors, config.json, the tokenizer files and preprocessor_config.json"
+    )
+
+
+def load_geometry(config: ModelConfig) -> ImageGeometry:
+    """Read only the checkpoint's ``preprocessor_config.json`` (no weights): what decoders must produce."""
+    from transformers.utils import cached_file
+
+    path = resolve_model_path(config.path)
+    hub_kwargs: dict[str, Any] = {"revision": config.revision} if config.revision else {}
+    try:
+        processor_file = cached_file(path, "preprocessor_config.json", **hub_kwargs)
+        if processor_file is None:
+            raise OSError(f"{path} has no preprocessor_config.json")
+        return ImageGeometry.from_processor_config(json.loads(Path(processor_file).read_text()))
+    except (OSError, ValueError) as exc:
+        raise _load_error(config, exc) from exc
+
+
 class ClipBackbone:
     """A loaded CLIP model with its tokenizer and image geometry, on one device.
 
@@ -108,25 +131,17 @@ class ClipBackbone:
     @classmethod
     def load(cls, config: ModelConfig) -> ClipBackbone:
         from transformers import CLIPModel, CLIPTokenizer
-        from transformers.utils import cached_file
 
         path = resolve_model_path(config.path)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
         hub_kwargs: dict[str, Any] = {"revision": config.revision} if config.revision else {}
+        geometry = load_geometry(config)
         try:
-            processor_file = cached_file(path, "preprocessor_config.json", **hub_kwargs)
-            if processor_file is None:
-                raise OSError(f"{path} has no preprocessor_config.json")
-            geometry = ImageGeometry.from_processor_config(json.loads(Path(processor_file).read_text()))
             tokenizer = CLIPTokenizer.from_pretrained(path, **hub_kwargs)
             model = CLIPModel.from_pretrained(path, use_safetensors=True, dtype=dtype, **hub_kwargs)
         except (OSError, ValueError) as exc:
-            raise ModelLoadError(
-                f"cannot load CLIP model {config.path!r}: {exc}. A hub id needs network access or a populated "
-                "Hugging Face cache (set HF_HUB_OFFLINE=1 to use the cache only); a directory must hold "
-                "model.safetensors, config.json, the tokenizer files and preprocessor_config.json"
-            ) from exc
+            raise _load_error(config, exc) from exc
         log.info("loaded %s on %s as %s (image size %d)", config.path, device, config.dtype, geometry.size)
         return cls(model, tokenizer, geometry, name=config.path, device=device, dtype=dtype)
 
