@@ -15,6 +15,7 @@ from operators.errors import ColaError
 # name -> (module under pipeline.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("classify", "classify image files; one JSON line per image on stdout"),
+    "batch": ("batch", "Parquet in -> Parquet out on Ray (resumable)"),
     "broker": ("broker", "run the embedded Kafka-compatible broker (Tansu) on 127.0.0.1 until Ctrl-C"),
 }
 

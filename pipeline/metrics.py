@@ -48,6 +48,8 @@ class WorkerMetrics:
 
     def observe(self, result: Any) -> None:
         """Record one :class:`pipeline.worker.WorkerResult`."""
+        if not len(result):
+            return  # Ray counters refuse increments of 0
         self.records_in.inc(len(result), tags=self.tags)
         self.batch_size.observe(len(result), tags=self.tags)
         self.model_latency.observe(result.model_seconds * 1000.0, tags=self.tags)

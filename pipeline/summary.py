@@ -1,0 +1,65 @@
+"""Run summaries of the batch and stream jobs: counts per route, label and action, flags, dead letters, speed."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunSummary:
+    """What a run wrote. Fed one record at a time by the job that writes them."""
+
+    inputs: int = 0
+    skipped_batches: int = 0
+    routes: Counter[str] = field(default_factory=Counter)
+    labels: Counter[str] = field(default_factory=Counter)
+    actions: Counter[str] = field(default_factory=Counter)
+    flagged: int = 0
+    dead_letter_errors: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def add_output(self, route: str, record: Mapping[str, Any]) -> None:
+        self.inputs += 1
+        self.routes[route] += 1
+        self.labels[str(record["label"])] += 1
+        self.actions[str(record["action"])] += 1
+        self.flagged += bool(record["suspected_adversarial"])
+
+    def add_dead_letter(self, stage: str, error_class: str) -> None:
+        self.inputs += 1
+        self.routes["dead_letter"] += 1
+        self.dead_letter_errors[f"{stage}: {error_class}"] += 1
+
+    @property
+    def throughput(self) -> float:
+        return self.inputs / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"inputs": self.inputs, "skipped_batches": self.skipped_batches, "routes": dict(self.routes),
+                "labels": dict(self.labels), "actions": dict(self.actions), "flagged": self.flagged,
+                "dead_letter_errors": dict(self.dead_letter_errors), "seconds": round(self.seconds, 3),
+                "throughput": round(self.throughput, 2)}
+
+    def table(self, title: str) -> str:
+        """A plain-text report for terminals."""
+        lines = [title, "=" * len(title)]
+
+        def section(name: str, counts: Mapping[str, int]) -> None:
+            lines.append(f"{name}:")
+            if not counts:
+                lines.append("  (none)")
+            for key, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+                lines.append(f"  {key:<32} {count:>7}")
+
+        lines.append(f"inputs processed: {self.inputs}" + (f"  (skipped {self.skipped_batches} batches already "
+                                                            "written)" if self.skipped_batches else ""))
+        section("routes", self.routes)
+        section("labels", self.labels)
+        section("actions", self.actions)
+        lines.append(f"flagged as suspected adversarial: {self.flagged}")
+        section("dead letters", self.dead_letter_errors)
+        lines.append(f"time: {self.seconds:.1f} s   throughput: {self.throughput:.1f} images/s")
+        return "\n".join(lines)
