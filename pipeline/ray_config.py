@@ -75,3 +75,6 @@ class StreamConfig(Section):
     consumers: Annotated[int, Field(ge=1, le=256)] = 1
     """Consumer actors in one group (more than the input partitions leaves some idle)."""
     consumer_num_cpus: Annotated[float, Field(gt=0)] = 0.25
+    max_in_flight: Annotated[int, Field(ge=1, le=64)] = 2
+    """Batches per consumer sent to the deployment before the oldest must be written (pipelining lets Serve see
+    the stream's load and overlaps Kafka I/O with the model)."""

@@ -1,0 +1,157 @@
+"""``cola stream``: Kafka -> Ray Serve deployment -> Kafka, at least once.
+
+Consumer actors (``stream.consumers`` of them, one consumer-group member each) poll bounded batches from the input
+topics and send them to the moderation deployment through its Serve handle, so replica autoscaling follows the
+stream's load. Up to ``stream.max_in_flight`` batches per consumer are in flight; results are written in poll order
+to the output / quarantine / dead-letter topics, the producer is flushed (acks=all), and only then is the batch's
+offset committed. A crash re-delivers at most the uncommitted batches.
+
+Stopping: ``--max-records N`` stops once at least N inputs were written (the batches in flight finish);
+``--idle-timeout S`` once no input arrived for S seconds; SIGINT/SIGTERM finish the batches in flight, commit what
+was written, and stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from connectors.kafka_sink import KafkaSink
+from connectors.kafka_source import KafkaSource
+from connectors.records import Batch
+from pipeline.config import PipelineConfig
+from pipeline.summary import RunSummary
+
+log = logging.getLogger(__name__)
+
+
+class StreamConsumer:
+    """One consumer-group member: poll -> moderate (via ``moderate``) -> write -> flush -> commit, in order.
+
+    ``moderate(records, received_at)`` returns a future-like object with ``.result()`` giving a
+    :class:`~pipeline.worker.WorkerResult` (a Serve ``DeploymentResponse`` in the stream job).
+    """
+
+    def __init__(self, config: PipelineConfig, *, bootstrap_servers: str | None = None, name: str = "consumer-0",
+                 moderate: Callable[[Any, float], Any] | None = None) -> None:
+        self.config = config
+        self.bootstrap_servers = bootstrap_servers
+        self.name = name
+        self._moderate = moderate
+        self._stop = threading.Event()
+        self.summary = RunSummary()
+        self.last_input = time.monotonic()
+        self._started = time.monotonic()
+        self._joined_at: float | None = None
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish the batches in flight and return (callable from another thread)."""
+        self._stop.set()
+
+    def progress(self) -> tuple[int, float]:
+        """(inputs written, seconds since the last input arrived)."""
+        return self.summary.inputs, time.monotonic() - self.last_input
+
+    def _handle(self) -> Callable[[Any, float], Any]:
+        if self._moderate is None:
+            from pipeline.serve_app import moderation_handle
+
+            handle = moderation_handle()
+            self._moderate = lambda records, received_at: handle.process_records.remote(records, received_at)
+        return self._moderate
+
+    def run(self, *, max_records: int | None = None, idle_timeout_s: float | None = None) -> RunSummary:
+        moderate = self._handle()
+        started = time.perf_counter()
+        self._started = time.monotonic()
+        in_flight: deque[InFlight] = deque()
+        limit = self.config.stream.max_in_flight
+        source = KafkaSource(self.config.kafka, bootstrap_servers=self.bootstrap_servers, client_id=self.name)
+        sink = KafkaSink(self.config.kafka, bootstrap_servers=self.bootstrap_servers, client_id=f"{self.name}-sink")
+        self.last_input = time.monotonic()
+        self._joined_at = None
+        try:
+            while not self._stop.is_set():
+                if max_records is not None and self.summary.inputs + _pending(in_flight) >= max_records:
+                    break
+                if idle_timeout_s is not None and not in_flight and self._idle_for(source) > idle_timeout_s:
+                    break
+                batch = source.poll()
+                if len(batch):
+                    self.last_input = time.monotonic()
+                    response = moderate(list(batch.records), time.time()) if batch.records else None
+                    in_flight.append(InFlight(batch, response))
+                # write finished batches in poll order; wait for the oldest when the window is full
+                while in_flight and (len(in_flight) >= limit or in_flight[0].ready()):
+                    self._write(source, sink, in_flight.popleft())
+            while in_flight:  # graceful stop: finish what was sent, commit what was written
+                self._write(source, sink, in_flight.popleft())
+        finally:
+            sink.close()
+            source.close()
+            self.summary.seconds = time.perf_counter() - started
+        return self.summary
+
+    def _idle_for(self, source: KafkaSource) -> float:
+        """Seconds without input, counted from the group join: joining takes a few seconds and is not idleness. A
+        member that gets no partition counts from its start plus two session timeouts."""
+        now = time.monotonic()
+        if self._joined_at is None and source.assignment():
+            self._joined_at = now
+        grace = 2 * self.config.kafka.session_timeout_ms / 1000
+        start = self._joined_at if self._joined_at is not None else self._started + grace
+        return now - max(self.last_input, start)
+
+    def _write(self, source: KafkaSource, sink: KafkaSink, item: InFlight) -> None:
+        batch, result = item.batch, item.result()
+        for dead in batch.dead_letters:
+            sink.add_dead_letter(dead)
+        if result is not None:
+            for route, record in result.routed:
+                sink.add(route, record)
+            for dead in result.dead_letters:
+                sink.add_dead_letter(dead)
+        sink.flush(batch)  # raises SinkWriteError: the batch is not committed and will be re-delivered
+        source.commit(batch)
+        for dead in batch.dead_letters:
+            self.summary.add_dead_letter(dead.error_stage, dead.error_class)
+        if result is not None:
+            for route, record in result.routed:
+                self.summary.add_output(route.value, record)
+            for dead in result.dead_letters:
+                self.summary.add_dead_letter(dead.error_stage, dead.error_class)
+
+
+class InFlight:
+    """A batch sent for moderation, with its (future) result."""
+
+    def __init__(self, batch: Batch, response: Any) -> None:
+        self.batch = batch
+        self.response = response  # None when the batch has no records (only source dead letters)
+        self._result: Any = None
+        self._fetched = response is None
+
+    def ready(self) -> bool:
+        """Whether the result has arrived (never blocks)."""
+        if not self._fetched:
+            try:
+                self._result = self.response.result(timeout_s=0)
+                self._fetched = True
+            except TimeoutError:
+                return False
+        return True
+
+    def result(self) -> Any:
+        """The :class:`~pipeline.worker.WorkerResult` (``None`` for a batch without records); blocks."""
+        if not self._fetched:
+            self._result = self.response.result()
+            self._fetched = True
+        return self._result
+
+
+def _pending(in_flight: deque[InFlight]) -> int:
+    return sum(len(item.batch) for item in in_flight)
