@@ -33,6 +33,17 @@ class RunSummary:
         self.routes["dead_letter"] += 1
         self.dead_letter_errors[f"{stage}: {error_class}"] += 1
 
+    def merge(self, other: RunSummary) -> None:
+        """Add another worker's counts (times: the longer run)."""
+        self.inputs += other.inputs
+        self.skipped_batches += other.skipped_batches
+        self.routes.update(other.routes)
+        self.labels.update(other.labels)
+        self.actions.update(other.actions)
+        self.flagged += other.flagged
+        self.dead_letter_errors.update(other.dead_letter_errors)
+        self.seconds = max(self.seconds, other.seconds)
+
     @property
     def throughput(self) -> float:
         return self.inputs / self.seconds if self.seconds else 0.0

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from pipeline.demo import ground_truth_report
+from pipeline.summary import RunSummary
+
+
+def record(label: str, action: str = "allow", flagged: bool = False) -> dict[str, object]:
+    return {"label": label, "action": action, "suspected_adversarial": flagged}
+
+
+def test_counts_merge_and_table() -> None:
+    first, second = RunSummary(seconds=2.0), RunSummary(seconds=4.0)
+    first.add_output("output", record("bag"))
+    first.add_output("quarantine", record("bag", "review", True))
+    second.add_output("output", record("coat"))
+    second.add_dead_letter("decode", "DecodeError")
+    first.merge(second)
+    assert first.inputs == 4 and first.seconds == 4.0 and first.throughput == 1.0
+    assert first.routes == {"output": 2, "quarantine": 1, "dead_letter": 1}
+    assert first.labels == {"bag": 2, "coat": 1} and first.flagged == 1
+    table = first.table("demo")
+    assert "decode: DecodeError" in table and "bag" in table and "1.0 images/s" in table
+    assert first.as_dict()["routes"]["dead_letter"] == 1
+
+
+def test_ground_truth_report() -> None:
+    rows = [{**record("bag"), "true_label": "bag", "attacked": False},
+            {**record("coat"), "true_label": "bag", "attacked": False},
+            {**record("coat", flagged=True), "true_label": "bag", "attacked": True},
+            {**record("coat"), "true_label": None, "attacked": False}]
+    report = ground_truth_report(rows)
+    assert "1/2 labelled correctly (50.0%)" in report
+    assert "1/1 flagged (100.0%), 0 still labelled correctly" in report
