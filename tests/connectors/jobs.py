@@ -1,0 +1,129 @@
+"""A minimal source -> trivial processing -> sink loop, importable by tests and runnable as a subprocess that the
+crash tests SIGKILL (``python -m tests.connectors.jobs kafka|parquet ...``).
+
+Processing: payloads starting with a PNG or JPEG signature become output records (``label`` = the format); a header
+or column ``route`` = ``quarantine`` sends them to the quarantine route; anything else becomes a dead letter with a
+``DecodeError`` (stage ``decode``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from connectors.base import Sink, Source
+from connectors.records import Batch, DeadLetter, InputRecord, Route
+from operators.errors import DecodeError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+JPEG = b"\xff\xd8\xff"
+
+
+def process(record: InputRecord, *, run: int = 0) -> tuple[Route, dict[str, Any]] | DeadLetter:
+    if record.payload.startswith(PNG):
+        label = "png"
+    elif record.payload.startswith(JPEG):
+        label = "jpeg"
+    else:
+        head = record.payload[:8].hex()
+        return DeadLetter.from_exception(record, DecodeError(f"{record.id}: not a PNG or JPEG (starts {head})"))
+    metadata = dict(record.metadata)
+    route_hint = metadata.get("route") or metadata.get("headers", {}).get("route")
+    route = Route.QUARANTINE if route_hint == "quarantine" else Route.OUTPUT
+    return route, {"schema_version": 1, "id": record.id, "label": label, "score": 1.0,
+                   "topk": [{"label": label, "score": 1.0}], "action": route.value, "method": "magic",
+                   "source": record.source.as_dict(), "processed_at": time.time(), "latency_ms": 0.0,
+                   "run": run, "metadata": metadata}
+
+
+def handle(batch: Batch, sink: Sink, *, run: int = 0) -> None:
+    for dead in batch.dead_letters:
+        sink.add_dead_letter(dead)
+    for record in batch.records:
+        result = process(record, run=run)
+        if isinstance(result, DeadLetter):
+            sink.add_dead_letter(result)
+        else:
+            sink.add(*result)
+    sink.flush(batch)
+
+
+def drain(source: Source, sink: Sink, *, run: int = 0, idle_exit_s: float = 3.0, max_inputs: int | None = None,
+          sleep_per_batch_s: float = 0.0, commit_log: Path | None = None) -> int:
+    """Loop until the source is exhausted, idle for ``idle_exit_s``, or ``max_inputs`` inputs were committed.
+    Returns the number of inputs committed."""
+    done = 0
+    idle_since = time.monotonic()
+    while max_inputs is None or done < max_inputs:
+        batch = source.poll()
+        if batch is None:
+            break
+        if not len(batch):
+            if hasattr(source, "assignment") and not source.assignment():
+                idle_since = time.monotonic()  # still joining the consumer group
+            if time.monotonic() - idle_since > idle_exit_s:
+                break
+            continue
+        if sleep_per_batch_s:  # slow "processing": a kill often lands inside a batch, flushed or not
+            time.sleep(sleep_per_batch_s / 2)
+        handle(batch, sink, run=run)
+        if sleep_per_batch_s:
+            time.sleep(sleep_per_batch_s / 2)
+        source.commit(batch)
+        done += len(batch)
+        idle_since = time.monotonic()
+        if commit_log is not None:
+            offsets = {f"{tp.topic}:{tp.partition}": off for tp, (_epoch, off) in (batch.position or {}).items()} \
+                if isinstance(batch.position, dict) else {}
+            with open(commit_log, "a") as log:
+                log.write(json.dumps({"run": run, "key": batch.key, "offsets": offsets, "inputs": len(batch)}) + "\n")
+                log.flush()
+                os.fsync(log.fileno())
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=["kafka", "parquet"])
+    parser.add_argument("--config", required=True, help="JSON of the KafkaConfig / ParquetConfig section")
+    parser.add_argument("--bootstrap")
+    parser.add_argument("--input", nargs="*")
+    parser.add_argument("--output")
+    parser.add_argument("--run", type=int, default=0)
+    parser.add_argument("--idle-exit", type=float, default=3.0)
+    parser.add_argument("--sleep-per-batch", type=float, default=0.0)
+    parser.add_argument("--commit-log", type=Path)
+    args = parser.parse_args(argv)
+    source: Source
+    sink: Sink
+    if args.kind == "kafka":
+        from connectors.config import KafkaConfig
+        from connectors.kafka_sink import KafkaSink
+        from connectors.kafka_source import KafkaSource
+
+        kafka = KafkaConfig.model_validate(json.loads(args.config))
+        source = KafkaSource(kafka, bootstrap_servers=args.bootstrap)
+        sink = KafkaSink(kafka, bootstrap_servers=args.bootstrap)
+    else:
+        from connectors.config import ParquetConfig
+        from connectors.parquet_sink import ParquetSink
+        from connectors.parquet_source import ParquetSource
+
+        parquet = ParquetConfig.model_validate(json.loads(args.config))
+        parquet_sink = ParquetSink(args.output, parquet)
+        source, sink = ParquetSource(args.input, parquet, skip=parquet_sink.is_complete), parquet_sink
+    with source, sink:
+        done = drain(source, sink, run=args.run, idle_exit_s=args.idle_exit, sleep_per_batch_s=args.sleep_per_batch,
+                     commit_log=args.commit_log)
+    skipped = getattr(source, "skipped_batches", 0)
+    print(json.dumps({"committed_inputs": done, "skipped_batches": skipped}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
