@@ -123,4 +123,9 @@ class KafkaSink(Sink):
             self._errors.clear()
 
     def close(self) -> None:
-        self._producer.close(timeout=5)
+        """Close the producer, giving records still buffered 5 s to go out (they belong to uncommitted batches, so
+        losing them only means re-delivery)."""
+        try:
+            self._producer.close(timeout=5)
+        except KafkaError as exc:
+            log.warning("Kafka producer closed with records unsent (their batches were not committed): %s", exc)

@@ -1,0 +1,31 @@
+"""Connector config sections: defaults from DESIGN.md, validation messages naming the key."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from connectors.config import KafkaConfig, ParquetConfig
+
+
+def test_defaults() -> None:
+    kafka = KafkaConfig()
+    assert (kafka.session_timeout_ms, kafka.heartbeat_interval_ms) == (6000, 1500)
+    assert kafka.max_request_size >= 5 * 1024 * 1024 and kafka.max_partition_fetch_bytes >= 5 * 1024 * 1024
+    assert ParquetConfig().id_column == "id" and ParquetConfig().image_column == "image"
+
+
+def test_client_options_pass_through_untouched() -> None:
+    options = {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_plain_username": "u"}
+    assert KafkaConfig(client_options=options).client_options == options
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"heartbeat_interval_ms": 3000}, "at most a third of session_timeout_ms"),
+    ({"input_topics": ["cola.output"]}, "must not contain the output"),
+    ({"value_format": "avro"}, "value_format"),
+    ({"bootstrap": "x"}, "bootstrap"),
+])
+def test_rejects(values: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        KafkaConfig(**values)
