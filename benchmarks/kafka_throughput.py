@@ -1,0 +1,90 @@
+"""Kafka stream path throughput against the embedded broker over TCP: KafkaSource -> magic-byte check -> KafkaSink
+(acks=all, flush + commit per batch), next to a bare kafka-python consumer reading the same topic (no processing,
+no producing, no commits) as the ceiling.
+
+    .venv/bin/python benchmarks/kafka_throughput.py [--messages 20000] [--kb 10] [--batch 256]
+
+Timing starts at the first non-empty batch (the ~3 s group join is excluded). Not part of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kafka import KafkaConsumer
+
+from connectors.broker import EmbeddedBroker
+from connectors.kafka_sink import KafkaSink
+from connectors.kafka_source import KafkaSource
+from tests.connectors.jobs import handle
+from tests.connectors.kafka_util import produce, topics_config
+
+
+def ours(config, total: int) -> float:  # type: ignore[no-untyped-def]
+    done, started = 0, None
+    with KafkaSource(config) as source, KafkaSink(config) as sink:
+        while done < total:
+            batch = source.poll()
+            if not len(batch):
+                continue
+            started = started or time.perf_counter()
+            handle(batch, sink)
+            source.commit(batch)
+            done += len(batch)
+    return time.perf_counter() - (started or time.perf_counter())
+
+
+def bare(config, total: int) -> float:  # type: ignore[no-untyped-def]
+    consumer = KafkaConsumer(*config.input_topics, bootstrap_servers=config.bootstrap_servers,
+                             group_id=f"bare-{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest",
+                             enable_auto_commit=False, session_timeout_ms=6000, heartbeat_interval_ms=1500,
+                             fetch_max_bytes=config.fetch_max_bytes,
+                             max_partition_fetch_bytes=config.max_partition_fetch_bytes)
+    done, started = 0, None
+    try:
+        while done < total:
+            got = sum(len(v) for v in consumer.poll(timeout_ms=200, max_records=config.max_batch_records).values())
+            if got:
+                started = started or time.perf_counter()
+                done += got
+    finally:
+        consumer.close()
+    return time.perf_counter() - (started or time.perf_counter())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--kb", type=float, default=10.0)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--partitions", type=int, default=2)
+    args = parser.parse_args()
+    size = int(args.kb * 1024)
+    with EmbeddedBroker() as broker:
+        config = topics_config(broker.bootstrap_servers, partitions=args.partitions, max_batch_records=args.batch)
+        body = os.urandom(size)
+        messages = [(f"m{i}".encode(), (b"\x89PNG\r\n\x1a\n" if i % 50 else b"BAD") + body, []) for i in
+                    range(args.messages)]
+        started = time.perf_counter()
+        produce(broker.bootstrap_servers, config.input_topics[0], messages)
+        produced = time.perf_counter() - started
+        ceiling = bare(config, args.messages)
+        ours_s = ours(config, args.messages)
+    mib = args.messages * size / 1024 / 1024
+    print(f"{args.messages} messages of {args.kb:g} KiB, {args.partitions} partitions, batches of {args.batch}")
+    print(f"  producing the input (kafka-python, acks=all): {args.messages / produced:8.0f} msgs/s")
+    print(f"  bare consumer, no processing / commits:       {args.messages / ceiling:8.0f} msgs/s "
+          f"({mib / ceiling:.0f} MiB/s)")
+    print(f"  KafkaSource -> check -> KafkaSink + commit:   {args.messages / ours_s:8.0f} msgs/s "
+          f"({mib / ours_s:.0f} MiB/s in)  = {ceiling / ours_s:.2f}x the bare consumer's rate")
+
+
+if __name__ == "__main__":
+    main()
