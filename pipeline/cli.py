@@ -16,6 +16,8 @@ from operators.errors import ColaError
 COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("classify", "classify image files; one JSON line per image on stdout"),
     "batch": ("batch", "Parquet in -> Parquet out on Ray (resumable)"),
+    "stream": ("stream", "Kafka in -> Kafka out (output, quarantine, dead-letter) on Ray Serve, at least once"),
+    "demo": ("demo", "the embedded default: sample data through the pipeline, offline, with the reference model"),
     "broker": ("broker", "run the embedded Kafka-compatible broker (Tansu) on 127.0.0.1 until Ctrl-C"),
 }
 

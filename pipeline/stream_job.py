@@ -14,6 +14,7 @@ was written, and stop.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections import deque
@@ -155,3 +156,57 @@ class InFlight:
 
 def _pending(in_flight: deque[InFlight]) -> int:
     return sum(len(item.batch) for item in in_flight)
+
+
+def run_stream_job(config: PipelineConfig, *, bootstrap_servers: str | None = None, max_records: int | None = None,
+                   idle_timeout_s: float | None = None, address: str | None = None,
+                   stop_event: threading.Event | None = None) -> RunSummary:
+    """Deploy the moderation service, run ``stream.consumers`` consumer actors until a stop condition, and return
+    what they wrote. SIGINT/SIGTERM (or ``stop_event``) stop the consumers gracefully."""
+    from pipeline.ray_runtime import check_worker_resources, init_ray
+
+    init_ray(config.ray, address=address)  # before importing ray/serve: Ray reads its environment at import
+    import ray
+
+    from pipeline.serve_app import deploy_moderation, shutdown_moderation, uses_private_cluster
+
+    stream = config.stream
+    check_worker_resources(config.ray, workers=config.serve.max_replicas,
+                           reserve_cpus=stream.consumers * stream.consumer_num_cpus)
+    private = uses_private_cluster(config, address)
+    deploy_moderation(config, address=address, http=False)
+    actor: Any = ray.remote(StreamConsumer).options(num_cpus=stream.consumer_num_cpus, max_concurrency=2)
+    consumers: list[Any] = [actor.remote(config, bootstrap_servers=bootstrap_servers, name=f"cola-consumer-{i}")
+                 for i in range(stream.consumers)]
+    stop_event = stop_event or threading.Event()
+    stopping = False
+
+    def stop_all(*_: Any) -> None:
+        stop_event.set()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        runs = [c.run.remote(max_records=max_records, idle_timeout_s=idle_timeout_s) for c in consumers]
+        pending = list(runs)
+        while pending:
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+            if pending and not stopping and max_records is not None:
+                written = sum(count for count, _ in ray.get([c.progress.remote() for c in consumers]))
+                if written >= max_records:
+                    stop_event.set()
+            if stop_event.is_set() and not stopping:
+                stopping = True
+                log.info("stopping the consumers: in-flight batches finish and are committed")
+                ray.get([c.stop.remote() for c in consumers])
+        summary = RunSummary()
+        for part in ray.get(runs):
+            summary.merge(part)
+        return summary
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for consumer in consumers:
+            ray.kill(consumer)
+        shutdown_moderation(private_cluster=private)

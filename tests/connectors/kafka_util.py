@@ -1,16 +1,15 @@
-"""Test helpers: produce inputs and read whole topics back over TCP with plain kafka-python clients."""
+"""Test helpers: fresh topics per test (produce/read_topic live in connectors.kafka_tools)."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Sequence
 from typing import Any
-
-from kafka import KafkaConsumer, KafkaProducer
 
 from connectors.config import KafkaConfig
 from connectors.kafka_admin import ensure_topics
+from connectors.kafka_tools import produce, read_topic
+
+__all__ = ["produce", "read_topic", "topics_config"]
 
 
 def topics_config(bootstrap: str, *, partitions: int = 1, **overrides: Any) -> KafkaConfig:
@@ -22,40 +21,3 @@ def topics_config(bootstrap: str, *, partitions: int = 1, **overrides: Any) -> K
     ensure_topics(bootstrap, {config.input_topics[0]: partitions, config.output_topic: 1,
                               config.quarantine_topic: 1, config.dead_letter_topic: 1})
     return config
-
-
-def produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, bytes, list[tuple[str, bytes]]]],
-            ) -> list[tuple[int, int]]:
-    """Send (key, value, headers) messages; returns (partition, offset) of each."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=16 << 20, linger_ms=5)
-    try:
-        futures = [producer.send(topic, key=key, value=value, headers=headers) for key, value, headers in messages]
-        producer.flush(60)
-        return [(meta.partition, meta.offset) for meta in (future.get(timeout=60) for future in futures)]
-    finally:
-        producer.close()
-
-
-def read_topic(bootstrap: str, topic: str, *, expect: int, timeout_s: float = 60.0, idle_s: float = 1.5) -> list[Any]:
-    """All messages of ``topic`` from the start: read until ``expect`` messages arrived and then ``idle_s`` passed
-    without more (to catch duplicates), or ``timeout_s``. (Tansu's end offsets are unreliable, so no seek_to_end.)"""
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"reader-{uuid.uuid4().hex[:8]}",
-                             auto_offset_reset="earliest", enable_auto_commit=False, session_timeout_ms=6000,
-                             heartbeat_interval_ms=1500, fetch_max_bytes=64 << 20,
-                             max_partition_fetch_bytes=16 << 20)
-    messages: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    last = time.monotonic()
-    try:
-        while time.monotonic() < deadline:
-            batch = consumer.poll(timeout_ms=200)
-            for records in batch.values():
-                messages.extend(records)
-                last = time.monotonic()
-            if not consumer.assignment():
-                last = time.monotonic()  # still joining the group
-            if len(messages) >= expect and time.monotonic() - last > idle_s:
-                break
-    finally:
-        consumer.close()
-    return messages
