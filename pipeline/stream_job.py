@@ -48,6 +48,7 @@ class StreamConsumer:
         self.last_input = time.monotonic()
         self._started = time.monotonic()
         self._joined_at: float | None = None
+        self._last_commit = time.monotonic()
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish the batches in flight and return (callable from another thread)."""
@@ -67,7 +68,7 @@ class StreamConsumer:
 
     def run(self, *, max_records: int | None = None, idle_timeout_s: float | None = None) -> RunSummary:
         moderate = self._handle()
-        started = time.perf_counter()
+        first_input: float | None = None
         self._started = time.monotonic()
         in_flight: deque[InFlight] = deque()
         limit = self.config.stream.max_in_flight
@@ -84,6 +85,7 @@ class StreamConsumer:
                 batch = source.poll()
                 if len(batch):
                     self.last_input = time.monotonic()
+                    first_input = self.last_input if first_input is None else first_input
                     response = moderate(list(batch.records), time.time()) if batch.records else None
                     in_flight.append(InFlight(batch, response))
                 # write finished batches in poll order; wait for the oldest when the window is full
@@ -94,7 +96,8 @@ class StreamConsumer:
         finally:
             sink.close()
             source.close()
-            self.summary.seconds = time.perf_counter() - started
+            # active time: first input polled to last batch committed (the group join and idle tail excluded)
+            self.summary.seconds = self._last_commit - first_input if first_input is not None else 0.0
         return self.summary
 
     def _idle_for(self, source: KafkaSource) -> float:
@@ -118,6 +121,7 @@ class StreamConsumer:
                 sink.add_dead_letter(dead)
         sink.flush(batch)  # raises SinkWriteError: the batch is not committed and will be re-delivered
         source.commit(batch)
+        self._last_commit = time.monotonic()
         for dead in batch.dead_letters:
             self.summary.add_dead_letter(dead.error_stage, dead.error_class)
         if result is not None:
