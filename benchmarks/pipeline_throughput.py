@@ -1,0 +1,131 @@
+"""In-process vs batch job vs stream job throughput on one config, side by side; stream latency at half load.
+
+    ./dev bench pipeline_throughput [--config configs/reference.yaml] [--images 4000]
+
+1. raw: ModerationWorker.process in this process (decode + model + policy + records), the ceiling;
+2. batch: ``cola batch`` (Ray Data read -> decode tasks -> model actor pool -> Parquet) on the same images;
+3. stream: ``cola stream`` (embedded broker -> consumer actors -> Serve deployment -> broker), active time;
+4. stream end-to-end latency (input message timestamp -> output message timestamp) at half the measured stream
+   rate, p50 / p99.
+Goals (issue 7): batch / raw >= 0.85, stream / raw >= 0.8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import _common  # noqa: F401  (sets the offline environment)
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from connectors.records import FilePosition, InputRecord
+from pipeline.config import PipelineConfig, load_config
+from pipeline.demo import DEFAULT_CONFIG, SAMPLE
+
+
+def sample_images(count: int) -> list[tuple[str, bytes, str]]:
+    """``count`` decodable sample images (cycled), as (id, bytes, true label)."""
+    rows = [r for r in pq.read_table(SAMPLE).to_pylist() if r["image"] and r.get("true_label")]
+    return [(f"img-{i}", rows[i % len(rows)]["image"], rows[i % len(rows)]["true_label"]) for i in range(count)]
+
+
+def raw_throughput(config: PipelineConfig, images: list[tuple[str, bytes, str]]) -> float:
+    from pipeline.worker import ModerationWorker
+
+    worker = ModerationWorker(config)
+    worker.start()
+    records = [InputRecord(i, b, {}, FilePosition("bench", n)) for n, (i, b, _) in enumerate(images)]
+    size = config.model.batch_size
+    worker.process(records[:size])  # warm-up
+    started = time.perf_counter()
+    for start in range(0, len(records), size):
+        worker.process(records[start : start + size])
+    seconds = time.perf_counter() - started
+    worker.close()
+    return len(records) / seconds
+
+
+def batch_throughput(config: PipelineConfig, images: list[tuple[str, bytes, str]], workdir: Path) -> float:
+    from pipeline.batch_job import run_batch_job
+
+    path = workdir / "bench.parquet"
+    pq.write_table(pa.table({"id": [i for i, _, _ in images], "image": [b for _, b, _ in images]}), path)
+    summary = run_batch_job(config, inputs=str(path), output=workdir / "out", progress=False)
+    return summary.throughput
+
+
+def stream_run(config: PipelineConfig, bootstrap: str, messages: list, rate: float | None) -> tuple[float, list]:
+    """Produce ``messages`` (all at once, or at ``rate`` per second while the job runs); return (throughput,
+    end-to-end latencies in ms)."""
+    from connectors.kafka_admin import ensure_topics
+    from connectors.kafka_tools import produce, read_topic
+    from pipeline.stream_job import run_stream_job
+
+    tag = f"{time.time_ns()}"
+    kafka = config.kafka.model_copy(update={"input_topics": (f"in-{tag}",), "output_topic": f"out-{tag}",
+                                            "quarantine_topic": f"q-{tag}", "dead_letter_topic": f"d-{tag}",
+                                            "group_id": f"g-{tag}", "bootstrap_servers": bootstrap})
+    config = config.model_copy(update={"kafka": kafka})
+    ensure_topics(bootstrap, {kafka.input_topics[0]: 2, kafka.output_topic: 1, kafka.quarantine_topic: 1,
+                              kafka.dead_letter_topic: 1})
+    producer_thread = None
+    if rate is None:
+        produce(bootstrap, kafka.input_topics[0], messages)
+    else:
+        def paced() -> None:
+            chunk = max(1, int(rate / 20))
+            for start in range(0, len(messages), chunk):
+                began = time.monotonic()
+                produce(bootstrap, kafka.input_topics[0], messages[start : start + chunk])
+                time.sleep(max(0.0, chunk / rate - (time.monotonic() - began)))
+
+        producer_thread = threading.Thread(target=paced, daemon=True)
+        producer_thread.start()
+    summary = run_stream_job(config, bootstrap_servers=bootstrap, max_records=len(messages), idle_timeout_s=30)
+    if producer_thread is not None:
+        producer_thread.join()
+    inputs = {m.key: m.timestamp for m in read_topic(bootstrap, kafka.input_topics[0], expect=len(messages),
+                                                      idle_s=0.5)}
+    outputs = read_topic(bootstrap, kafka.output_topic, expect=summary.routes["output"], idle_s=0.5)
+    outputs += read_topic(bootstrap, kafka.quarantine_topic, expect=summary.routes["quarantine"], idle_s=0.5)
+    latencies = [float(m.timestamp - inputs[m.key]) for m in outputs if m.key in inputs]
+    return summary.throughput, latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--images", type=int, default=4000)
+    args = parser.parse_args()
+    config = load_config(args.config)
+    images = sample_images(args.images)
+    workdir = Path(tempfile.mkdtemp(prefix="cola-bench-"))
+
+    from connectors.broker import EmbeddedBroker
+
+    raw = raw_throughput(config, images)
+    batch = batch_throughput(config, images, workdir)
+    messages = [(i.encode(), b, []) for i, b, _ in images]
+    with EmbeddedBroker() as broker:
+        stream, _ = stream_run(config, broker.bootstrap_servers, messages, rate=None)
+        half = stream / 2
+        paced = messages[: max(200, int(half * 20))]  # ~20 s at half load
+        _, latencies = stream_run(config, broker.bootstrap_servers, paced, rate=half)
+    cuts = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [float("nan")] * 99
+    print(f"config {args.config}, method {config.method}, {len(images)} images, batch {config.model.batch_size}, "
+          f"{os.cpu_count()} CPUs")
+    print(f"  raw in-process decode+classify: {raw:8.1f} img/s")
+    print(f"  batch job (Ray Data):           {batch:8.1f} img/s   ratio {batch / raw:.2f} (goal >= 0.85)")
+    print(f"  stream job (Kafka + Serve):     {stream:8.1f} img/s   ratio {stream / raw:.2f} (goal >= 0.8)")
+    print(f"  stream end-to-end latency at {half:.0f} img/s ({len(latencies)} records): "
+          f"p50 {cuts[49]:.0f} ms, p99 {cuts[98]:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
