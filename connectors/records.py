@@ -2,7 +2,7 @@
 
 * :class:`InputRecord` - one upload as a source read it: ``id``, the image ``payload`` bytes, passthrough
   ``metadata`` (JSON-able: other Parquet columns, JSON-envelope fields, Kafka headers decoded as text) and the
-  ``source`` position (:class:`KafkaPosition` or :class:`FilePosition`).
+  ``source`` position (:class:`KafkaPosition`, :class:`FilePosition` or :class:`HttpPosition`).
 * :class:`DeadLetter` - an input that produced no output, with the error that stopped it.
 * :class:`Route` - where a processed record goes. The pipeline turns each model result into an output record dict
   (``id, label, score, topk, action, ..., source, processed_at, latency_ms`` + passthrough metadata, see DESIGN.md)
@@ -57,7 +57,21 @@ class FilePosition:
         return f"{self.file}:{self.row}"
 
 
-SourcePosition = KafkaPosition | FilePosition
+@dataclass(frozen=True, slots=True)
+class HttpPosition:
+    """Where an HTTP upload came from: the request id (the client's ``X-Request-ID``, else one the server made)."""
+
+    request: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"request": self.request}
+
+    def default_id(self) -> str:
+        """``http:request``: the id of an upload that has none."""
+        return f"http:{self.request}"
+
+
+SourcePosition = KafkaPosition | FilePosition | HttpPosition
 
 
 @dataclass(frozen=True, slots=True)

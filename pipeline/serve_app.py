@@ -1,0 +1,225 @@
+"""The moderation service on Ray Serve: one autoscaled deployment for HTTP uploads and the stream job.
+
+Deployment ``moderation`` in application ``cola-moderation`` (:data:`DEPLOYMENT_NAME`, :data:`APP_NAME`). Each
+replica builds a :class:`~pipeline.worker.ModerationWorker` (decode + CLIP/COLA + detector + policy) in its own
+process at start-up; only the config is pickled. Replica resources come from ``ray.worker_num_cpus`` /
+``worker_num_gpus`` / ``worker_resources``; ``serve.min_replicas`` / ``initial_replicas`` / ``max_replicas`` /
+``target_ongoing_requests`` / ``upscale_delay_s`` / ``downscale_delay_s`` drive Serve's autoscaler and
+``serve.max_ongoing_requests`` caps each replica's queue. One thread per replica runs the model, so HTTP batches and
+stream batches take turns instead of fighting over the CPU threads.
+
+HTTP (``serve.host``:``serve.port``, 127.0.0.1:8000 by default):
+
+* ``POST /v1/moderate`` - one image as a raw body (``image/*``, ``application/octet-stream``; ``?id=``), as
+  ``multipart/form-data`` (file part ``image``; text parts ``id``, ``metadata``) or as JSON
+  ``{"image_b64", "id", "metadata"}``. Concurrent requests are grouped by ``@serve.batch`` into model batches of up
+  to ``serve.max_batch_size`` images, waiting at most ``serve.batch_wait_timeout_s``. 200: the output record (schema
+  v1, :mod:`pipeline.records`) plus ``"route": "output" | "quarantine"``. Errors are JSON
+  ``{"error": {"status", "code", "message"}}``: 400 bad request body, 413 over ``serve.max_request_bytes``, 415
+  unsupported content type, 422 not a decodable image (the decoder's message). User errors are never 5xx.
+* ``GET /v1/labels`` - ``{"labels", "model", "method", "policy_version"}``.
+* ``GET /healthz`` - ``{"status": "ok", "model", "replica"}`` once the replica's model is loaded.
+
+Handle API (the stream job)::
+
+    handle = moderation_handle()                      # after deploy_moderation(...)
+    result = handle.process_records.remote(records, received_at).result()
+
+``process_records(records: list[InputRecord], received_at: float | None = None) -> WorkerResult`` moderates a whole
+batch (no ``@serve.batch`` regrouping); ``received_at`` is the ``time.time()`` the batch was polled and feeds each
+record's ``latency_ms``. Every record comes back exactly once, routed or dead-lettered.
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the route methods' annotations (``Request``) at run
+# time, and Serve's class-based views cannot resolve string annotations.
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+
+from connectors.records import DeadLetter, InputRecord, Route
+from operators.errors import ColaError
+from pipeline.config import PipelineConfig
+from pipeline.http_inputs import RequestError, parse_upload, request_id
+from pipeline.ray_runtime import check_worker_resources, init_ray, worker_options
+from pipeline.worker import ModerationWorker, WorkerResult
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "cola-moderation"
+DEPLOYMENT_NAME = "moderation"
+
+api = FastAPI(title="cola-moderation", docs_url=None, redoc_url=None)
+
+Verdict = tuple[Route, dict[str, Any]] | DeadLetter
+"""What the HTTP batch handler returns per request: a routed output record, or the dead letter of an input."""
+
+
+class ServeDeployError(ColaError, RuntimeError):
+    """The moderation deployment did not come up (its replicas failed to start)."""
+
+    stage = "serve"
+
+
+class ModerationReplica:
+    """One replica: the worker, built here (not pickled), behind HTTP routes and a handle method. Wrapped into the
+    :data:`ModerationDeployment` below; kept a plain module-level class so Ray pickles it by reference."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        self.worker = ModerationWorker(config, job="serve")
+        self.worker.start()  # load the model now: the replica reports healthy only once it can serve
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="cola-model")
+        batcher: Any = self.moderate_one  # @serve.batch's wrapper carries the setters
+        batcher.set_max_batch_size(config.serve.max_batch_size)
+        batcher.set_batch_wait_timeout_s(config.serve.batch_wait_timeout_s)
+
+    async def process_records(self, records: list[InputRecord], received_at: float | None = None) -> WorkerResult:
+        """Moderate a whole batch of records (the stream job's entry point)."""
+        return await self._process(list(records), received_at)
+
+    async def _process(self, records: list[InputRecord], received_at: float | None) -> WorkerResult:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._model_thread,
+                                          partial(self.worker.process, records, received_at=received_at))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)  # replaced from serve.* config in __init__
+    async def moderate_one(self, items: list[tuple[InputRecord, float]]) -> list[Verdict]:
+        """Batch handler: ``items[i]`` = (record, time.time() it was received) -> verdict ``i``, same length."""
+        records = [record for record, _ in items]
+        batch_received = min(received for _, received in items)
+        result = await self._process(records, batch_received)
+        verdicts = in_input_order(records, result)
+        for (_, received), verdict in zip(items, verdicts, strict=True):
+            if not isinstance(verdict, DeadLetter):  # latency from this request's own receipt, not the batch's
+                body = verdict[1]
+                body["latency_ms"] = round(max(0.0, body["latency_ms"] - (received - batch_received) * 1000.0), 3)
+        return verdicts
+
+    @api.post("/v1/moderate")
+    async def moderate(self, request: Request) -> JSONResponse:
+        received_at = time.time()
+        try:
+            upload = await parse_upload(request, max_bytes=self.config.serve.max_request_bytes)
+        except RequestError as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+        verdict = await self.moderate_one((upload.to_record(request_id(request.headers)), received_at))
+        if isinstance(verdict, DeadLetter):
+            error = RequestError(422, "undecodable_image", verdict.error_message)
+            return JSONResponse({"error": {**error.body()["error"], "class": verdict.error_class,
+                                           "stage": verdict.error_stage}}, status_code=422)
+        route, body = verdict
+        return JSONResponse({**body, "route": route.value})
+
+    @api.get("/v1/labels")
+    async def labels(self) -> dict[str, Any]:
+        return {"labels": list(self.worker.labels), "model": self.worker.model_name, "method": self.config.method,
+                "policy_version": self.worker.policy.version}
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.worker.model_name,
+                "replica": serve.get_replica_context().replica_id.unique_id}
+
+    def __del__(self) -> None:  # Serve calls this when it stops the replica
+        thread = getattr(self, "_model_thread", None)
+        if thread is not None:
+            thread.shutdown(wait=False, cancel_futures=True)
+        if hasattr(self, "worker"):
+            self.worker.close()
+
+
+ModerationDeployment = serve.deployment(name=DEPLOYMENT_NAME)(serve.ingress(api)(ModerationReplica))
+
+
+def in_input_order(records: list[InputRecord], result: WorkerResult) -> list[Verdict]:
+    """Re-interleave ``result`` (routed and dead letters kept apart, each in input order) into one verdict per
+    record, in the order of ``records``."""
+    dead = {id(letter.record): letter for letter in result.dead_letters}
+    routed = iter(result.routed)
+    verdicts: list[Verdict] = []
+    for record in records:
+        letter = dead.get(id(record))
+        if letter is not None:
+            verdicts.append(letter)
+            continue
+        item = next(routed, None)
+        if item is None or item[1]["id"] != record.id:
+            raise RuntimeError(f"worker result does not follow the input order at record {record.id!r}")
+        verdicts.append(item)
+    if len(verdicts) != len(result):
+        raise RuntimeError(f"worker returned {len(result)} results for {len(records)} records")
+    return verdicts
+
+
+def deployment_options(config: PipelineConfig) -> dict[str, Any]:
+    """Serve options of the moderation deployment, from the ``serve:`` and ``ray:`` sections."""
+    s = config.serve
+    autoscaling = {"min_replicas": s.min_replicas, "max_replicas": s.max_replicas,
+                   "target_ongoing_requests": s.target_ongoing_requests, "upscale_delay_s": s.upscale_delay_s,
+                   "downscale_delay_s": s.downscale_delay_s}
+    if s.initial_replicas is not None:
+        autoscaling["initial_replicas"] = s.initial_replicas
+    return {"name": DEPLOYMENT_NAME, "autoscaling_config": autoscaling, "max_ongoing_requests": s.max_ongoing_requests,
+            "ray_actor_options": worker_options(config.ray)}
+
+
+def build_app(config: PipelineConfig) -> Any:
+    """The bound Serve application (deploy it with :func:`deploy_moderation` or ``serve.run``)."""
+    deployment: Any = ModerationDeployment  # a serve.Deployment at run time
+    return deployment.options(**deployment_options(config)).bind(config)
+
+
+def deploy_moderation(config: PipelineConfig, *, address: str | None = None, host: str | None = None,
+                      port: int | None = None, http: bool = True) -> DeploymentHandle:
+    """Start/join Ray, check the cluster can host ``serve.max_replicas`` replicas, deploy, and wait until the
+    replicas are up. ``http=False`` deploys without an HTTP proxy (handle calls only, e.g. the stream job); else the
+    proxy listens on ``host``/``port`` (default ``serve.host``/``serve.port``). Returns the deployment handle."""
+    init_ray(config.ray, address=address)
+    check_worker_resources(config.ray, workers=config.serve.max_replicas)
+    if http:
+        serve.start(http_options={"host": host or config.serve.host, "port": port or config.serve.port})
+    else:
+        serve.start(proxy_location="Disabled")
+    try:
+        return serve.run(build_app(config), name=APP_NAME, route_prefix="/" if http else None)
+    except RuntimeError as exc:  # replicas failed in __init__ (bad model path, device, ...)
+        raise ServeDeployError(f"the moderation deployment failed to start: {_first_line(exc)}") from exc
+
+
+def moderation_handle() -> DeploymentHandle:
+    """Handle to the deployed moderation deployment (``.process_records.remote(records, received_at)``)."""
+    return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=APP_NAME)
+
+
+def uses_private_cluster(config: PipelineConfig, address: str | None = None) -> bool:
+    """Whether :func:`~pipeline.ray_runtime.init_ray` starts a private cluster (vs. joining an existing one)."""
+    return not (address or config.ray.address or os.environ.get("RAY_ADDRESS"))
+
+
+def shutdown_moderation(*, private_cluster: bool) -> None:
+    """On a private cluster shut Serve and Ray down; on a shared one delete only this application."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    if private_cluster:
+        serve.shutdown()
+        ray.shutdown()
+    else:
+        serve.delete(APP_NAME)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line and not line.startswith(" ")]
+    return (errors[-1] if errors else lines[0] if lines else repr(exc)).strip()
