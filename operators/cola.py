@@ -50,16 +50,29 @@ def replaced_logit_entropy(logits: torch.Tensor, replacements: torch.Tensor) -> 
     return norm.log() - (rest_weighted + er * zr) / norm
 
 
+def view_shift_of(features: torch.Tensor) -> torch.Tensor:
+    """``[B, N, d]`` unit embeddings -> ``[B]``: mean over n >= 1 of 1 - cos(x_0, x_n) (0 when N = 1).
+
+    Adversarial perturbations are tuned to the original pixel grid; resampled views undo part of them, so the
+    embedding moves much more between views of an attacked image than of a clean one.
+    """
+    if features.shape[1] < 2:
+        return features.new_zeros(features.shape[0])
+    return (1.0 - (features[:, 1:] * features[:, :1]).sum(-1)).mean(-1)
+
+
 @dataclass(frozen=True)
 class ColaScores:
     """COLA's verdict on a batch: ``distances`` ``[B, K]`` (OT cost per class, lower = better), ``scores`` (confidence
     softmax(-d / temperature) over the labels), ``view_weights`` ``[B, N]``, ``residual_energy`` ``[B]`` (share of the
-    original view's embedding outside the text subspace) and whether every OT problem converged."""
+    original view's embedding outside the text subspace), ``view_shift`` ``[B]`` (mean 1 - cos between the original
+    view's embedding and each augmented view's; 0 with one view) and whether every OT problem converged."""
 
     distances: torch.Tensor
     scores: Scores
     view_weights: torch.Tensor
     residual_energy: torch.Tensor
+    view_shift: torch.Tensor
     converged: bool
 
     @property
@@ -93,21 +106,26 @@ class ColaScorer:
         return make_views(pixels, params or self.view_params)
 
     def score_pixels(self, backbone: ClipBackbone, pixels: torch.Tensor, *, grad: bool = False,
-                     params: ViewParams | None = None, original: torch.Tensor | None = None) -> ColaScores:
+                     params: ViewParams | None = None, known: torch.Tensor | None = None) -> ColaScores:
         """Encode the views of ``[B, 3, S, S]`` pixels in [0, 1] and score them.
 
-        ``original`` ``[B, d]``: the already-computed embedding of the unaugmented image (view 0), which is then not
-        encoded again. With ``grad=True`` gradients reach ``pixels`` through views, encoder, projection and OT.
+        ``known`` ``[B, k, d]``: already-computed embeddings of views 0..k-1 (e.g. the original image's, from plain
+        CLIP), which are not encoded again. With ``grad=True`` gradients reach ``pixels`` through views, encoder,
+        projection and OT.
         """
         views = self.views(pixels, params)
         batch, count = views.shape[:2]
-        parts = [] if original is None else [original.unsqueeze(1).to(pixels.device)]
-        first = len(parts)
+        parts = [] if known is None else [known[:, :count].to(pixels.device)]
+        first = 0 if known is None else min(known.shape[1], count)
         if count > first:
             flat = views[:, first:].reshape(batch * (count - first), *views.shape[2:])
             parts.append(backbone.encode_images(flat, grad=grad).view(batch, count - first, -1))
         features = torch.cat(parts, dim=1)
         return self.score_embeddings(features, grad=grad)
+
+    def encode_view(self, backbone: ClipBackbone, pixels: torch.Tensor, index: int) -> torch.Tensor:
+        """``[B, d]``: the embedding of view ``index`` alone (the detector's probe uses view 1)."""
+        return backbone.encode_images(self.views(pixels)[:, index])
 
     def score_embeddings(self, features: torch.Tensor, *, grad: bool = False) -> ColaScores:
         """``[B, N, d]`` unit-norm view embeddings (view 0 = the original image) -> :class:`ColaScores`."""
@@ -116,6 +134,7 @@ class ColaScorer:
         texts = self.bank.embeddings.to(features.device)  # [K, M, d]
         valid = self._text_valid.to(features.device)
         residual = self.subspace.residual_energy(features[:, 0]).detach()
+        view_shift = view_shift_of(features.detach())
         x = self.subspace.project(features) if config.projection.enabled else features
         x = F.normalize(x, dim=-1)
         view_logits = self.logit_scale * x @ means.T  # [B, N, K]
@@ -141,7 +160,8 @@ class ColaScorer:
         if not grad:
             distances, probs, view_weights = distances.detach(), probs.detach(), view_weights.detach()
         return ColaScores(distances=distances, scores=Scores(labels=self.bank.labels, probs=probs),
-                          view_weights=view_weights, residual_energy=residual, converged=converged)
+                          view_weights=view_weights, residual_energy=residual, view_shift=view_shift,
+                          converged=converged)
 
     def _text_weights(self, view_logits: torch.Tensor, text_cos: torch.Tensor, view_weights: torch.Tensor,
                       valid: torch.Tensor) -> torch.Tensor:

@@ -182,16 +182,28 @@ class ColaConfig(Section):
 
 
 class DetectorConfig(Section):
-    """Adversarial-upload detector: a score in [0, 1] per image from signals the operator computes anyway."""
+    """Adversarial-upload detector: a score in [0, 1] per image from signals the operator computes anyway.
+
+    score = sigmoid(bias + sum of weight * (signal - center) / scale); signals without a value for an image (e.g.
+    COLA's, where COLA did not run) are left out. Defaults were fitted on the reference model (clean vs PGD).
+    """
 
     enabled: bool = True
     threshold: Annotated[float, Field(ge=0, le=1)] = 0.5
-    """``suspected_adversarial`` = score >= threshold."""
-    off_subspace_weight: float = 1.0
-    """Weight of the image embedding's energy outside the text subspace (standardised, see ``off_subspace_*``)."""
-    off_subspace_center: float = 0.5
-    off_subspace_scale: Annotated[float, Field(gt=0)] = 0.1
-    disagreement_weight: float = 2.0
+    """``suspected_adversarial`` = score >= threshold; the cascade also sends flagged images to COLA."""
+    probe: bool = False
+    """Encode COLA's first augmented view for every image (one extra encoder pass, reused if COLA runs) so the
+    view-shift signal is available before COLA: a much stronger pre-screen for the cascade, at about half the
+    throughput of plain CLIP."""
+    residual_weight: float = 0.5
+    """Weight of the share of the image embedding outside the text subspace."""
+    residual_center: float = 0.5
+    residual_scale: Annotated[float, Field(gt=0)] = 0.1
+    view_shift_weight: float = 2.0
+    """Weight of the mean 1 - cos between the original view's embedding and the augmented views'."""
+    view_shift_center: float = 0.1
+    view_shift_scale: Annotated[float, Field(gt=0)] = 0.05
+    disagreement_weight: float = 1.0
     """Weight of CLIP and COLA predicting different labels (only where COLA ran)."""
     confidence_drop_weight: float = 1.0
     """Weight of CLIP's top-1 probability minus COLA's probability for that label (only where COLA ran)."""

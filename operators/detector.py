@@ -1,16 +1,16 @@
 """Adversarial-upload detector: one score in [0, 1] per image from signals the operator computes anyway.
 
-Signals (no extra encoder pass):
+Signals:
 
-* ``residual_energy``: the share of the image embedding outside the text subspace (COLA's projection removes it);
-  perturbations crafted against CLIP push embeddings off the span of the class texts.
-* ``disagreement``: plain CLIP (original view) and COLA (views + OT) predict different labels. Only where COLA ran.
-* ``confidence_drop``: CLIP's top-1 probability minus COLA's probability for that same label. A perturbation tuned
-  to the original pixel grid loses much of its effect on resampled views. Only where COLA ran.
+* ``residual_energy`` (every image, free): the share of the image embedding outside the text subspace.
+* ``view_shift`` (where views were encoded: COLA ran, or the detector's probe view): mean 1 - cos between the
+  original view's embedding and the augmented views'. A perturbation tuned to the original pixel grid is partly
+  undone by resampling, so attacked images move much more between views than clean ones (the "falsely stable
+  under noise" effect TTC reports, seen from the other side).
+* ``disagreement`` (where COLA ran): plain CLIP and COLA predict different labels.
+* ``confidence_drop`` (where COLA ran): CLIP's top-1 probability minus COLA's probability for that same label.
 
-score = sigmoid(bias + w_r (residual - center) / scale + w_d disagreement + w_c confidence_drop), and
-``suspected_adversarial`` = score >= threshold. The weights are config knobs; defaults are fitted on the reference
-model (clean vs 4/255 PGD, see benchmarks/robustness_sweep.py).
+score = sigmoid(bias + sum of weight * standardised signal); ``suspected_adversarial`` = score >= threshold.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from operators.config import DetectorConfig
 
 
 class AdversarialDetector:
-    """Scores images from CLIP probabilities ``[B, K]``, residual energies ``[B]`` and, where COLA ran, COLA
-    probabilities ``[B, K]``. Device- and batch-agnostic; never needs gradients."""
+    """Scores a batch from CLIP probabilities ``[B, K]`` and residual energies ``[B]``, plus optional view shifts
+    ``[B]`` and COLA probabilities ``[B, K]``. Device- and batch-agnostic; never records gradients."""
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
@@ -31,16 +31,18 @@ class AdversarialDetector:
     def threshold(self) -> float:
         return self.config.threshold
 
-    def score(self, residual_energy: torch.Tensor, clip_probs: torch.Tensor,
-              cola_probs: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B]`` scores in [0, 1] (zeros when the detector is disabled). Without ``cola_probs`` only the
-        single-pass signal counts (the cascade's cheap pre-screen)."""
+    def score(self, residual_energy: torch.Tensor, clip_probs: torch.Tensor, *,
+              view_shift: torch.Tensor | None = None, cola_probs: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B]`` scores in [0, 1] (zeros when the detector is disabled)."""
         config = self.config
         residual_energy, clip_probs = residual_energy.detach().float(), clip_probs.detach().float()
         if not config.enabled:
             return torch.zeros_like(residual_energy)
-        logit = config.bias + config.off_subspace_weight * (
-            (residual_energy - config.off_subspace_center) / config.off_subspace_scale)
+        logit = config.bias + config.residual_weight * (
+            (residual_energy - config.residual_center) / config.residual_scale)
+        if view_shift is not None:
+            shift = view_shift.detach().float().to(logit.device)
+            logit = logit + config.view_shift_weight * (shift - config.view_shift_center) / config.view_shift_scale
         if cola_probs is not None:
             cola_probs = cola_probs.detach().float().to(clip_probs.device)
             clip_top, clip_label = clip_probs.max(dim=-1)

@@ -11,6 +11,8 @@ Methods:
 * ``cascade``: plain CLIP first; COLA re-scores only the images the detector's single-pass pre-screen flags or
   whose CLIP top-1 minus top-2 probability is below ``cola.cascade_margin``, so clean, confidently classified traffic
   costs little more than plain CLIP. The original view's embedding is reused, so an escalated image costs N passes.
+  With ``detector.probe`` every image also gets COLA's first augmented view encoded (reused by COLA), which makes
+  the pre-screen far sharper at the price of a second encoder pass.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Literal
 import torch
 
 from operators.backbone import ClipBackbone
-from operators.cola import ColaScorer
+from operators.cola import ColaScorer, view_shift_of
 from operators.config import ColaConfig, DecodeConfig, DetectorConfig, ModelConfig, TaxonomyConfig
 from operators.decode import DecodedBatch, ImageDecoder
 from operators.detector import AdversarialDetector
@@ -112,23 +114,28 @@ class Moderator:
         features = self.backbone.encode_images(pixels)
         clip = self.zero_shot.scores(features)
         residual = self.cola.subspace.residual_energy(features)
+        known = features.unsqueeze(1)
+        shift = None
+        if self.detector.config.enabled and self.detector.config.probe and method != "cola" \
+                and self.cola.view_count > 1:
+            known = torch.stack([features, self.cola.encode_view(self.backbone, pixels, 1)], dim=1)
+            shift = view_shift_of(known)
+        adversarial = self.detector.score(residual, clip.probs, view_shift=shift)
         batch = pixels.shape[0]
         if method == "clip":
             escalate = torch.zeros(batch, dtype=torch.bool, device=features.device)
         elif method == "cola":
             escalate = torch.ones(batch, dtype=torch.bool, device=features.device)
         else:
-            prescreen = self.detector.flag(self.detector.score(residual, clip.probs))
-            escalate = prescreen | (clip.margin() < self.cola.config.cascade_margin)
+            escalate = self.detector.flag(adversarial) | (clip.margin() < self.cola.config.cascade_margin)
         probs = clip.probs.clone()
-        adversarial = self.detector.score(residual, clip.probs)
         index = escalate.nonzero().squeeze(-1)
         if index.numel():
             with torch.inference_mode():
-                cola = self.cola.score_pixels(self.backbone, pixels[index.to(pixels.device)],
-                                              original=features[index])
+                cola = self.cola.score_pixels(self.backbone, pixels[index.to(pixels.device)], known=known[index])
             probs[index] = cola.scores.probs
-            adversarial[index] = self.detector.score(residual[index], clip.probs[index], cola.scores.probs)
+            adversarial[index] = self.detector.score(residual[index], clip.probs[index], view_shift=cola.view_shift,
+                                                     cola_probs=cola.scores.probs)
         return BatchVerdict(scores=Scores(labels=clip.labels, probs=probs), adversarial_scores=adversarial,
                             suspected=self.detector.flag(adversarial), cola_applied=escalate)
 

@@ -53,8 +53,16 @@ def test_reusing_the_original_embedding_gives_the_same_scores(tiny_backbone: Cli
     scorer = ColaScorer(bank, ColaConfig(), logit_scale=tiny_backbone.logit_scale)
     pixels = _pixels(4, tiny_backbone.geometry.size, seed=2)
     full = scorer.score_pixels(tiny_backbone, pixels)
-    reused = scorer.score_pixels(tiny_backbone, pixels, original=tiny_backbone.encode_images(pixels))
+    reused = scorer.score_pixels(tiny_backbone, pixels, known=tiny_backbone.encode_images(pixels).unsqueeze(1))
     torch.testing.assert_close(reused.distances, full.distances, atol=1e-5, rtol=0)
+    probe = scorer.encode_view(tiny_backbone, pixels, 1)
+    two = torch.stack([tiny_backbone.encode_images(pixels), probe], dim=1)
+    torch.testing.assert_close(scorer.score_pixels(tiny_backbone, pixels, known=two).distances, full.distances,
+                               atol=1e-5, rtol=0)
+    every = tiny_backbone.encode_images(scorer.views(pixels).flatten(0, 1)).view(4, scorer.view_count, -1)
+    expected_shift = (1 - (every[:, 1:] * every[:, :1]).sum(-1)).mean(-1)
+    torch.testing.assert_close(full.view_shift, expected_shift, atol=1e-5, rtol=0)
+    assert bool((full.view_shift > 0).all())
 
 
 def test_each_stage_changes_the_distances(tiny_backbone: ClipBackbone, bank: TextBank) -> None:

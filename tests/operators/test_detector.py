@@ -24,7 +24,7 @@ def test_cola_disagreement_and_confidence_drop_raise_the_score() -> None:
     residual = torch.full((3,), 0.5)
     clip = _probs([[0.9, 0.1]] * 3)
     cola = _probs([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
-    scores = detector.score(residual, clip, cola)
+    scores = detector.score(residual, clip, cola_probs=cola)
     assert float(scores[0]) < float(scores[1]) < float(scores[2])
     # agreement with no confidence change adds nothing to the single-pass score
     torch.testing.assert_close(scores[0], detector.score(residual, clip)[0])
@@ -39,3 +39,11 @@ def test_threshold_and_disable() -> None:
     off = AdversarialDetector(DetectorConfig(enabled=False))
     assert off.score(residual, clip).tolist() == [0.0, 0.0]
     assert off.flag(off.score(residual, clip)).tolist() == [False, False]
+
+
+def test_view_shift_raises_the_score() -> None:
+    detector = AdversarialDetector(DetectorConfig())
+    residual = torch.full((2,), 0.5)
+    clip = _probs([[0.9, 0.1]] * 2)
+    scores = detector.score(residual, clip, view_shift=torch.tensor([0.01, 0.3]))
+    assert float(scores[0]) < float(detector.score(residual, clip)[0]) < float(scores[1])

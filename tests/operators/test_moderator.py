@@ -72,3 +72,20 @@ def test_suspected_follows_the_threshold(tiny_backbone: ClipBackbone) -> None:
 def test_unknown_method_is_a_config_error(tiny_backbone: ClipBackbone) -> None:
     with pytest.raises(ConfigError, match="method: must be one of clip, cola, cascade, got 'robust'"):
         Moderator(tiny_backbone, taxonomy=TAXONOMY, method="robust")
+
+
+def test_probe_view_feeds_the_detector_and_is_reused(tiny_backbone: ClipBackbone) -> None:
+    pixels = torch.rand(6, 3, tiny_backbone.geometry.size, tiny_backbone.geometry.size,
+                        generator=torch.Generator().manual_seed(1))
+    with_probe = Moderator(tiny_backbone, taxonomy=TAXONOMY, method="cascade", cola=ColaConfig(cascade_margin=1.0),
+                           detector=DetectorConfig(probe=True))
+    without = Moderator(tiny_backbone, taxonomy=TAXONOMY, method="cascade", cola=ColaConfig(cascade_margin=1.0),
+                        detector=DetectorConfig(probe=False))
+    probed, plain = with_probe.verdict(pixels), without.verdict(pixels)
+    # COLA's result is the same whether the probe view was encoded up front or by COLA itself
+    torch.testing.assert_close(probed.scores.probs, plain.scores.probs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(probed.adversarial_scores, plain.adversarial_scores, atol=1e-5, rtol=0)
+    clip_only = Moderator(tiny_backbone, taxonomy=TAXONOMY, method="clip", detector=DetectorConfig(probe=True))
+    assert not torch.allclose(clip_only.verdict(pixels).adversarial_scores,
+                              Moderator(tiny_backbone, taxonomy=TAXONOMY, method="clip").verdict(pixels)
+                              .adversarial_scores)
