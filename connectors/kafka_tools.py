@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 Message = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 """(key, value, headers)."""
@@ -26,24 +25,26 @@ def produce(bootstrap: str, topic: str, messages: Sequence[Message], *,
         producer.close()
 
 
-def read_topic(bootstrap: str, topic: str, *, expect: int, timeout_s: float = 60.0, idle_s: float = 1.5) -> list[Any]:
-    """All messages of ``topic`` from the start: read until ``expect`` messages arrived and then ``idle_s`` passed
-    without more (to catch duplicates), or ``timeout_s``. (Tansu's end offsets are unreliable, so no seek_to_end.)"""
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap.split(","), group_id=f"reader-{uuid.uuid4().hex[:8]}",
-                             auto_offset_reset="earliest", enable_auto_commit=False, session_timeout_ms=6000,
-                             heartbeat_interval_ms=1500, fetch_max_bytes=64 << 20,
-                             max_partition_fetch_bytes=16 << 20)
+def read_topic(bootstrap: str, topic: str, *, expect: int, timeout_s: float = 60.0, idle_s: float = 1.0) -> list[Any]:
+    """All messages of ``topic`` from the start (partitions assigned directly: no consumer group, no join wait):
+    read until ``expect`` messages arrived and then ``idle_s`` passed without more (to catch duplicates), or
+    ``timeout_s``. (Tansu's end offsets are unreliable, so no seek_to_end.)"""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=None, auto_offset_reset="earliest",
+                             enable_auto_commit=False, fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20)
     messages: list[Any] = []
     deadline = time.monotonic() + timeout_s
-    last = time.monotonic()
     try:
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions and time.monotonic() < deadline:
+            time.sleep(0.1)
+            partitions = consumer.partitions_for_topic(topic)
+        consumer.assign([TopicPartition(topic, partition) for partition in sorted(partitions or ())])
+        last = time.monotonic()
         while time.monotonic() < deadline:
-            batch = consumer.poll(timeout_ms=200)
+            batch = consumer.poll(timeout_ms=100)
             for records in batch.values():
                 messages.extend(records)
                 last = time.monotonic()
-            if not consumer.assignment():
-                last = time.monotonic()  # still joining the group
             if len(messages) >= expect and time.monotonic() - last > idle_s:
                 break
     finally:
