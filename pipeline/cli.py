@@ -15,8 +15,10 @@ from operators.errors import ColaError
 # name -> (module under pipeline.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("classify", "classify image files; one JSON line per image on stdout"),
+    "train-reference": ("train_reference", "retrain the bundled reference CLIP on Fashion-MNIST"),
     "batch": ("batch", "Parquet in -> Parquet out on Ray (resumable)"),
     "stream": ("stream", "Kafka in -> Kafka out (output, quarantine, dead-letter) on Ray Serve, at least once"),
+    "serve": ("serve", "HTTP moderation service on Ray Serve (autoscaled replicas) until Ctrl-C"),
     "demo": ("demo", "the embedded default: sample data through the pipeline, offline, with the reference model"),
     "broker": ("broker", "run the embedded Kafka-compatible broker (Tansu) on 127.0.0.1 until Ctrl-C"),
 }
