@@ -145,6 +145,7 @@ def test_concurrent_requests_are_batched_and_answered_in_order(client: httpx.Cli
 
     with ThreadPoolExecutor(len(payloads)) as pool:
         responses = dict(pool.map(send, payloads.items()))
+    processed_at = []
     for key, response in responses.items():
         if int(key.split("-")[1]) % 4 == 0:  # truncated PNG
             assert response.status_code == 422, response.text
@@ -154,6 +155,10 @@ def test_concurrent_requests_are_batched_and_answered_in_order(client: httpx.Cli
             assert response.status_code == 200, response.text
             assert response.json()["id"] == key
             assert_same_verdict(response.json(), expected(local, payloads[key]))
+            assert 0 <= response.json()["latency_ms"] <= response.elapsed.total_seconds() * 1000
+            processed_at.append(response.json()["processed_at"])
+    # records of one model batch are stamped within the same millisecond: fewer stamps than answers = batching
+    assert len(set(processed_at)) < len(processed_at) == 9
 
 
 def multipart_body(boundary: str, parts: list[tuple[str, str | None, bytes]]) -> bytes:
