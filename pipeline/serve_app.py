@@ -35,6 +35,7 @@ record's ``latency_ms``. Every record comes back exactly once, routed or dead-le
 import asyncio
 import logging
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -193,7 +194,7 @@ def deploy_moderation(config: PipelineConfig, *, address: str | None = None, hos
     try:
         return serve.run(build_app(config), name=APP_NAME, route_prefix="/" if http else None)
     except RuntimeError as exc:  # replicas failed in __init__ (bad model path, device, ...)
-        raise ServeDeployError(f"the moderation deployment failed to start: {_first_line(exc)}") from exc
+        raise ServeDeployError(f"the moderation deployment failed to start: {_root_cause(exc)}") from exc
 
 
 def moderation_handle() -> DeploymentHandle:
@@ -219,7 +220,21 @@ def shutdown_moderation(*, private_cluster: bool) -> None:
         serve.delete(APP_NAME)
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    errors = [line for line in lines if "Error" in line and not line.startswith(" ")]
-    return (errors[-1] if errors else lines[0] if lines else repr(exc)).strip()
+_ERROR_LINE = re.compile(r"^\s*(?:\x1b\[[0-9;]*m)?([\w.]+(?:Error|Exception)): (.+)$")
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The replicas' own error (preferring this project's errors) from the deployment status, else ``exc``."""
+    text = str(exc)
+    try:
+        app = serve.status().applications.get(APP_NAME)
+        if app is not None and DEPLOYMENT_NAME in app.deployments:
+            text = app.deployments[DEPLOYMENT_NAME].message + "\n" + text
+    except Exception:  # noqa: BLE001 - best effort: the status call itself may fail on a broken cluster
+        pass
+    errors = [match.groups() for match in map(_ERROR_LINE.match, text.splitlines()) if match]
+    ours = [(name, message) for name, message in errors if name.startswith(("operators.", "pipeline.", "connectors."))]
+    if ours or errors:
+        name, message = (ours or errors)[-1]
+        return f"{name.rsplit('.', 1)[-1]}: {message}"
+    return text.strip().splitlines()[0] if text.strip() else repr(exc)

@@ -77,9 +77,18 @@ def test_cola_serve_answers_then_stops_cleanly_on_sigterm(tiny_model_dir: Path, 
         httpx.get(f"{url}/healthz", timeout=2)
 
 
-def test_cola_serve_refuses_a_gpu_the_cluster_lacks(tiny_model_dir: Path, tmp_path: Path) -> None:
-    config = write_config(tmp_path / "gpu.yaml", tiny_model_dir, worker_num_gpus=1)
+@pytest.mark.parametrize(("case", "expected"), [
+    ("gpu", "ray.worker_num_gpus=1"),  # refused up front, before anything is scheduled
+    ("model", "ModelLoadError: cannot load CLIP model"),  # the replicas' own error, not Serve's summary
+])
+def test_cola_serve_start_failures_exit_2_naming_the_cause(tiny_model_dir: Path, tmp_path: Path, case: str,
+                                                          expected: str) -> None:
+    if case == "gpu":
+        config = write_config(tmp_path / "gpu.yaml", tiny_model_dir, worker_num_gpus=1)
+    else:
+        config = write_config(tmp_path / "model.yaml", tmp_path / "no-such-model")
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", "serve", "--config", str(config),
-                             "--port", str(free_port())], capture_output=True, text=True, timeout=180)
+                             "--port", str(free_port())], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert "ray.worker_num_gpus=1" in result.stderr and "Traceback" not in result.stderr
+    summary = [line for line in result.stderr.splitlines() if line.startswith("cola serve: ")]
+    assert summary and expected in summary[-1], result.stderr[-3000:]
