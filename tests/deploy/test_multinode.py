@@ -32,6 +32,7 @@ from PIL import Image
 from connectors.kafka_tools import Message
 from tests.connectors.kafka_util import produce, read_topic, topics_config
 from tests.deploy.local_cluster import LocalRayCluster
+from tests.deploy.test_manifests import KUBERAY
 
 pytestmark = pytest.mark.slow
 
@@ -180,3 +181,55 @@ def test_bounded_stream_job_uses_serve_replicas_on_the_model_node(cluster: Local
     # the job deleted only its own Serve application: the shared cluster is still up with both nodes
     assert len(cluster.alive_nodes()) == 2
     assert os.environ.get("RAY_ADDRESS") != cluster.address  # the test process never joined the cluster
+
+
+def _serve_builder_missing() -> bool:
+    import pipeline.serve_app
+
+    return not hasattr(pipeline.serve_app, "app_builder")
+
+
+@pytest.mark.xfail(_serve_builder_missing(), strict=True,
+                   reason="pipeline.serve_app.app_builder (Serve config-file entry point) is not there yet")
+def test_rayservice_serve_config_deploys_on_the_cluster(cluster: LocalRayCluster, config_file: Path) -> None:
+    """The RayService's serveConfigV2, submitted to the head's dashboard as KubeRay does (PUT
+    /api/serve/applications/), with only what differs on one machine changed: HTTP on 127.0.0.1:free port, one proxy
+    (two proxies on one machine would want the same port) and this test's config file."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    from connectors.broker import free_port
+
+    service = yaml.safe_load((KUBERAY / "rayservice.yaml").read_text())
+    serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    port = free_port()
+    serve_config["http_options"] = {**serve_config["http_options"], "host": "127.0.0.1", "port": port}
+    serve_config["proxy_location"] = "HeadOnly"
+    (app,) = serve_config["applications"]
+    app["args"] = {**app["args"], "config": str(config_file)}
+    client = ServeSubmissionClient(cluster.dashboard_url)
+    client.deploy_applications(serve_config)
+    try:
+        deadline = time.monotonic() + 180
+        status = ""
+        while time.monotonic() < deadline:
+            details = client.get_serve_details()["applications"].get(app["name"], {})
+            status = details.get("status", "")
+            if status in {"RUNNING", "DEPLOY_FAILED"}:
+                break
+            time.sleep(1)
+        assert status == "RUNNING", details
+
+        base = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(f"{base}/healthz", timeout=30) as response:
+            assert json.loads(response.read())["status"] == "ok"
+        request = urllib.request.Request(f"{base}/v1/moderate?id=upload-1", data=png(7), method="POST",
+                                         headers={"content-type": "image/png"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = json.loads(response.read())
+        assert body["id"] == "upload-1" and body["label"] in {"cat", "dog", "car"}
+
+        _, model_node = node_ids(cluster)
+        replicas = [a for a in actors_named(cluster, "ServeReplica:cola-moderation") if a.state == "ALIVE"]
+        assert replicas and {a.node_id for a in replicas} == {model_node}
+    finally:
+        client.delete_applications()
