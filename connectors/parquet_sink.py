@@ -25,6 +25,7 @@ rewrites the same names, so there are no duplicate rows. One writer per ``DIR``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,7 @@ from connectors.base import Sink, check_route
 from connectors.config import ParquetConfig
 from connectors.errors import SinkWriteError
 from connectors.records import Batch, DeadLetter, Route
+from operators.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ DEAD_LETTER_SCHEMA = pa.schema([
     ("id", pa.string()), ("payload", pa.large_binary()), ("error_class", pa.string()),
     ("error_message", pa.string()), ("error_stage", pa.string()), ("source", SOURCE_TYPE),
 ])
+BATCHING_MANIFEST = "_cola_batching.json"
+"""Batch settings the directory was written with (pyarrow and pandas ignore ``_``-prefixed files)."""
 DIRECTORIES = {Route.OUTPUT: "output", Route.QUARANTINE: "quarantine", Route.DEAD_LETTER: "dead_letter"}
 
 
@@ -131,10 +135,28 @@ class ParquetSink(Sink):
         self.directory = Path(directory)
         self._rows: dict[Route, list[Mapping[str, Any]]] = {Route.OUTPUT: [], Route.QUARANTINE: []}
         self._dead: list[DeadLetter] = []
+        self._check_batching()
         for name in DIRECTORIES.values():
             (self.directory / name).mkdir(parents=True, exist_ok=True)
             for stale in (self.directory / name).glob(".part-*.tmp"):  # left by a killed writer
                 stale.unlink(missing_ok=True)
+
+    def _check_batching(self) -> None:
+        """Batch keys (and so part names) depend on the batching settings: a rerun into the same directory with
+        other settings would redo finished batches under new names and duplicate rows. Record the settings on first
+        use and refuse a mismatch."""
+        settings = {"batch_rows": self.config.batch_rows, "max_batch_bytes": self.config.max_batch_bytes}
+        manifest = self.directory / BATCHING_MANIFEST
+        if manifest.exists():
+            recorded = json.loads(manifest.read_text())
+            changed = {key: (recorded.get(key), value) for key, value in settings.items() if recorded.get(key) != value}
+            if changed:
+                detail = ", ".join(f"parquet.{key}={new} (was {old})" for key, (old, new) in changed.items())
+                raise ConfigError(f"{self.directory} was written with other batch settings: {detail}; resuming would "
+                                  "duplicate rows. Use the original settings or a new output directory")
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps(settings))
 
     def part_path(self, route: Route, key: str) -> Path:
         return self.directory / DIRECTORIES[route] / f"part-{key}.parquet"

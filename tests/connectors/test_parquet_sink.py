@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from connectors.config import ParquetConfig
 from connectors.parquet_sink import OUTPUT_SCHEMA, ParquetSink
@@ -121,3 +122,12 @@ def test_sigkilled_job_reruns_to_complete_output_without_duplicates(tmp_path: Pa
         assert set(ids) == {i for i, r in expected.items() if r == route}, route
         assert max(ids.values()) == 1, f"{route}: duplicate rows"
     assert not list(out.rglob(".*.tmp"))
+
+
+def test_rerun_with_other_batch_settings_is_refused(tmp_path: Path) -> None:
+    from operators.errors import ConfigError
+
+    ParquetSink(tmp_path / "out", ParquetConfig(batch_rows=64))
+    ParquetSink(tmp_path / "out", ParquetConfig(batch_rows=64))  # same settings: resume is fine
+    with pytest.raises(ConfigError, match=r"parquet.batch_rows=32 \(was 64\)"):
+        ParquetSink(tmp_path / "out", ParquetConfig(batch_rows=32))
