@@ -192,9 +192,13 @@ def deploy_moderation(config: PipelineConfig, *, address: str | None = None, hos
     else:
         serve.start(proxy_location="Disabled")
     try:
-        return serve.run(build_app(config), name=APP_NAME, route_prefix="/" if http else None)
+        handle = serve.run(build_app(config), name=APP_NAME, route_prefix="/" if http else None)
     except RuntimeError as exc:  # replicas failed in __init__ (bad model path, device, ...)
         raise ServeDeployError(f"the moderation deployment failed to start: {_root_cause(exc)}") from exc
+    log.info("deployed %s/%s (%s..%s replicas)%s", APP_NAME, DEPLOYMENT_NAME, config.serve.min_replicas,
+             config.serve.max_replicas,
+             f" on http://{host or config.serve.host}:{port or config.serve.port}" if http else " (handle only)")
+    return handle
 
 
 def moderation_handle() -> DeploymentHandle:
