@@ -48,7 +48,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 
 from connectors.records import DeadLetter, InputRecord, Route
-from operators.errors import ColaError
+from operators.errors import ColaError, ConfigError
 from pipeline.config import PipelineConfig
 from pipeline.http_inputs import RequestError, parse_upload, request_id
 from pipeline.ray_runtime import check_worker_resources, init_ray, worker_options
@@ -178,6 +178,21 @@ def build_app(config: PipelineConfig) -> Any:
     """The bound Serve application (deploy it with :func:`deploy_moderation` or ``serve.run``)."""
     deployment: Any = ModerationDeployment  # a serve.Deployment at run time
     return deployment.options(**deployment_options(config)).bind(config)
+
+
+def app_builder(args: dict[str, str]) -> Any:
+    """Serve config-file entry point (``import_path: pipeline.serve_app:app_builder``, ``args: {config: PATH}``),
+    e.g. a KubeRay RayService's ``serveConfigV2``: the application for the pipeline config at ``args["config"]``.
+
+    Runs inside an existing cluster, so it neither starts Ray nor checks resources: on an autoscaling cluster the
+    Ray autoscaler adds the nodes the replicas need.
+    """
+    from pipeline.config import load_config
+
+    unknown = sorted(set(args) - {"config"})
+    if unknown or "config" not in args:
+        raise ConfigError(f"application args: expected {{config: PATH}}, got keys {sorted(args)}")
+    return build_app(load_config(args["config"]))
 
 
 def deploy_moderation(config: PipelineConfig, *, address: str | None = None, host: str | None = None,
