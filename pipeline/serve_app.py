@@ -28,6 +28,10 @@ Handle API (the stream job)::
 ``process_records(records: list[InputRecord], received_at: float | None = None) -> WorkerResult`` moderates a whole
 batch (no ``@serve.batch`` regrouping); ``received_at`` is the ``time.time()`` the batch was polled and feeds each
 record's ``latency_ms``. Every record comes back exactly once, routed or dead-lettered.
+
+Entry points: :func:`deploy_moderation` (``cola serve``, the stream job with ``http=False``), :func:`app_builder`
+(Serve config files / KubeRay ``serveConfigV2``: ``import_path: pipeline.serve_app:app_builder``,
+``args: {config: PATH}``), :func:`moderation_handle`, :func:`shutdown_moderation`.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the route methods' annotations (``Request``) at run
