@@ -149,21 +149,22 @@ class LocalRayCluster:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
                          for p in sorted(self.temp_dir.glob("*.log")))
 
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM each node's ``ray start --block`` (it shuts its node down), then SIGKILL whatever is left in
-        those sessions. Workers first, the head last."""
-        for node in reversed(self.nodes):
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM every node's ``ray start --block`` (each shuts its node down), wait up to ``timeout_s`` for them,
+        then SIGKILL whatever is still alive in those sessions (a test cluster needs no graceful drain)."""
+        for node in self.nodes:
             if node.poll() is None:
                 node.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for node in self.nodes:
             try:
-                node.wait(timeout_s)
+                node.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 node.kill()
                 node.wait()
-        deadline = time.monotonic() + 5
+        while any(session_processes(node.pid) for node in self.nodes) and time.monotonic() < deadline:
+            time.sleep(0.2)
         for node in self.nodes:
-            while session_processes(node.pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
             for pid in session_processes(node.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
