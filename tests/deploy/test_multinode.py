@@ -32,11 +32,11 @@ from PIL import Image
 from connectors.kafka_tools import Message
 from tests.connectors.kafka_util import produce, read_topic, topics_config
 from tests.deploy.local_cluster import LocalRayCluster
-from tests.deploy.test_manifests import KUBERAY
 
 pytestmark = pytest.mark.slow
 
 COLA = [sys.executable, "-m", "pipeline.cli"]
+KUBERAY = Path(__file__).resolve().parents[2] / "deploy" / "kuberay"
 MODEL_RESOURCE = "model_node"
 
 
