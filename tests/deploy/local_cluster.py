@@ -162,6 +162,8 @@ class LocalRayCluster:
             except subprocess.TimeoutExpired:
                 node.kill()
                 node.wait()
+        # `ray start` has exited; give the processes it stopped a moment, not the whole grace period
+        deadline = min(deadline, time.monotonic() + 3)
         while any(session_processes(node.pid) for node in self.nodes) and time.monotonic() < deadline:
             time.sleep(0.2)
         for node in self.nodes:

@@ -127,14 +127,6 @@ def test_job_entrypoints_are_valid_cola_command_lines() -> None:
                 assert any(location.startswith(mount.rstrip("/") + "/") for mount in mounts), location
 
 
-def _serve_builder_missing() -> bool:
-    import pipeline.serve_app
-
-    return not hasattr(pipeline.serve_app, "app_builder")
-
-
-@pytest.mark.xfail(_serve_builder_missing(), strict=True, raises=AttributeError,
-                   reason="pipeline.serve_app.app_builder (Serve config-file entry point) is not there yet")
 def test_serve_applications_import_real_builders_that_accept_the_mounted_config(tmp_path: Path) -> None:
     from ray.serve.api import Application
 
