@@ -245,3 +245,34 @@ def test_dockerignore_keeps_what_the_image_needs() -> None:
         prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
         assert not any(fnmatch.fnmatch(prefix, pattern.removeprefix("**/")) for pattern in patterns
                        for prefix in prefixes), f".dockerignore excludes {name}"
+
+
+def readme_commands(program: str) -> list[list[str]]:
+    """Command lines starting with ``program`` in the fenced code blocks of deploy/README.md."""
+    text = (REPO / "deploy" / "README.md").read_text()
+    lines = [line.split("  #")[0].strip() for block in re.findall(r"```sh\n(.*?)```", text, re.S)
+             for line in block.splitlines()]
+    return [shlex.split(line) for line in lines if line.startswith(program + " ")]
+
+
+def test_readme_cola_command_lines_parse() -> None:
+    parser = build_parser()
+    commands = readme_commands("cola")
+    assert {argv[1] for argv in commands} >= {"batch", "stream", "serve"}
+    for argv in commands:
+        assert argv[1] in COMMANDS, argv
+        parser.parse_args(argv[1:])  # SystemExit on an unknown flag
+
+
+def test_ray_start_options_exist() -> None:
+    """`ray start` lines of the README, and every manifest's rayStartParams (KubeRay passes them as --key value)."""
+    from ray.scripts.scripts import start
+
+    for argv in readme_commands("ray"):
+        assert argv[1] == "start", argv
+        start.make_context("start", argv[2:])  # click raises NoSuchOption / BadParameter
+    for _, doc in ray_resources():
+        for group_name, group, _ in pod_templates(doc):
+            params = group.get("rayStartParams", {})
+            argv = [item for key, value in params.items() for item in (f"--{key}", str(value))]
+            start.make_context("start", [*argv, *(["--head"] if group_name == "head" else ["--address", "h:1"])])
