@@ -248,6 +248,7 @@ def train_reference(recipe: TrainingRecipe, data: FashionMnist, *, progress: boo
     from operators.backbone import resolve_device
 
     device = resolve_device(recipe.device)
+    previous_threads = torch.get_num_threads()
     if recipe.threads is not None:
         torch.set_num_threads(recipe.threads)
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -302,6 +303,7 @@ def train_reference(recipe: TrainingRecipe, data: FashionMnist, *, progress: boo
     result.steps = total
     model.text_model.embeddings.token_embedding.sparse = False
     model.eval()
+    torch.set_num_threads(previous_threads)
     return result
 
 

@@ -97,13 +97,15 @@ def test_smoke_training_run_learns_and_saves_a_loadable_model(tmp_path: Path) ->
     train = load_fashion_mnist("train")
     shape = replace(TINY, image_size=28, patch_size=7, vision_width=48, text_width=48, projection_dim=32,
                     context_length=32)
-    recipe = TrainingRecipe(shape=shape, epochs=6, batch_size=64, lr=3e-3, warmup_steps=4, captions_per_class=2,
-                            limit=512, device="cpu", seed=0)
+    recipe = TrainingRecipe(shape=shape, epochs=4, batch_size=32, lr=1e-3, warmup_steps=10, captions_per_class=2,
+                            limit=2048, device="cpu", seed=0, threads=1)
     seen: list[int] = []
+    threads_before = torch.get_num_threads()
     result = train_reference(recipe, train, progress=False, on_epoch_end=lambda epoch, _: seen.append(epoch))
-    assert seen == [1, 2, 3, 4, 5, 6]
-    assert result.steps == len(result.losses) == 6 * (512 // 64)
-    first, last = sum(result.losses[:8]) / 8, sum(result.losses[-8:]) / 8
+    assert seen == [1, 2, 3, 4]
+    assert torch.get_num_threads() == threads_before
+    assert result.steps == len(result.losses) == 4 * (2048 // 32)
+    first, last = sum(result.losses[:32]) / 32, sum(result.losses[-32:]) / 32
     assert last < first - 0.3, (first, last)
 
     directory = save_reference(result.model, tmp_path / "model")
@@ -115,4 +117,4 @@ def test_smoke_training_run_learns_and_saves_a_loadable_model(tmp_path: Path) ->
     report = evaluate_zero_shot(backbone, reference_taxonomy(), subset)
     assert report.count == 200
     assert set(report.per_class) == set(CLASS_NAMES)
-    assert report.accuracy > 0.2  # far above chance (0.1) after 48 steps on 512 images
+    assert report.accuracy > 0.2, report  # chance is 0.1; 256 steps on 2,048 images
