@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=defaults.device, help="auto|cpu|cuda|cuda:N (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--eval-each-epoch", type=int, default=0, metavar="N",
-                        help="after each epoch, report zero-shot accuracy on the first N test images (default: off)")
+                        help="after each epoch, log zero-shot accuracy on the first N test images and save DIR/epoch-K "
+                             "(default: off)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
