@@ -63,8 +63,9 @@ def ablations(base: ColaConfig) -> dict[str, ColaConfig]:
                   for name in ("views", "projection", "transport")}
         return base.model_copy(update=update)
 
+    no_projection = only("all").model_copy(update={"projection": base.projection.model_copy(update={"enabled": False})})
     return {"views only": only("views"), "projection only": only("projection"), "OT only": only("transport"),
-            "COLA (full)": only("all")}
+            "COLA without projection": no_projection, "COLA (full)": only("all")}
 
 
 def main() -> None:
@@ -178,8 +179,8 @@ def main() -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name, values in {**rows, **extra}.items():
-        print(f"| {name} | " + " | ".join("-" if v != v else f"{v:.3f}" if abs(v) < 1 else f"{v:.1f}"
-                                          for v in values) + " |")
+        digits = 3 if name.startswith("median") else 1
+        print(f"| {name} | " + " | ".join("-" if v != v else f"{v:.{digits}f}" for v in values) + " |")
     base = rows["plain CLIP"]
     for name in ("COLA (full)", "cascade", "cascade + probe"):
         gains = [f"{rows[name][i] - base[i]:+.1f}" for i in range(len(epsilons))]

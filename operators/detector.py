@@ -32,17 +32,22 @@ class AdversarialDetector:
         return self.config.threshold
 
     def score(self, residual_energy: torch.Tensor, clip_probs: torch.Tensor, *,
-              view_shift: torch.Tensor | None = None, cola_probs: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B]`` scores in [0, 1] (zeros when the detector is disabled)."""
+              view_shift: torch.Tensor | None = None, probe_shift: torch.Tensor | None = None,
+              cola_probs: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B]`` scores in [0, 1] (zeros when the detector is disabled). ``view_shift``: mean over all augmented
+        views (COLA ran); ``probe_shift``: the probe's single view (used only without ``view_shift``)."""
         config = self.config
         residual_energy, clip_probs = residual_energy.detach().float(), clip_probs.detach().float()
         if not config.enabled:
             return torch.zeros_like(residual_energy)
         logit = config.bias + config.residual_weight * (
             (residual_energy - config.residual_center) / config.residual_scale)
-        if view_shift is not None:
-            shift = view_shift.detach().float().to(logit.device)
-            logit = logit + config.view_shift_weight * (shift - config.view_shift_center) / config.view_shift_scale
+        shift, center = view_shift, config.view_shift_center
+        if shift is None:
+            shift, center = probe_shift, config.probe_shift_center
+        if shift is not None:
+            shift = shift.detach().float().to(logit.device)
+            logit = logit + config.view_shift_weight * (shift - center) / config.view_shift_scale
         if cola_probs is not None:
             cola_probs = cola_probs.detach().float().to(clip_probs.device)
             clip_top, clip_label = clip_probs.max(dim=-1)

@@ -120,7 +120,7 @@ class Moderator:
                 and self.cola.view_count > 1:
             known = torch.stack([features, self.cola.encode_view(self.backbone, pixels, 1)], dim=1)
             shift = view_shift_of(known)
-        adversarial = self.detector.score(residual, clip.probs, view_shift=shift)
+        adversarial = self.detector.score(residual, clip.probs, probe_shift=shift)
         batch = pixels.shape[0]
         if method == "clip":
             escalate = torch.zeros(batch, dtype=torch.bool, device=features.device)
