@@ -207,7 +207,7 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
     init_ray(config.ray, address=address)  # before importing ray: it reads its environment at import
     import ray.data
 
-    check_worker_resources(config.ray, workers=config.ray.actor_pool_max,
+    check_worker_resources(config.ray, workers=config.ray.actor_pool_min, max_workers=config.ray.actor_pool_max,
                            reserve_cpus=READ_NUM_CPUS + config.ray.decode_num_cpus)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False

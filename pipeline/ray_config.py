@@ -60,6 +60,12 @@ class ServeConfig(Section):
     """... waiting at most this long for a batch to fill."""
     max_request_bytes: Annotated[int, Field(ge=1)] = 16 * MiB
 
+    @property
+    def starting_replicas(self) -> int:
+        """Replicas Serve starts with (at least one)."""
+        initial = self.initial_replicas if self.initial_replicas is not None else self.min_replicas
+        return max(1, initial)
+
     @model_validator(mode="after")
     def _replicas(self) -> ServeConfig:
         initial = self.initial_replicas if self.initial_replicas is not None else self.min_replicas

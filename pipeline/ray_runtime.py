@@ -62,12 +62,13 @@ def node_resources() -> list[dict[str, float]]:
     return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
 
 
-def check_worker_resources(config: RayConfig, *, workers: int, reserve_cpus: float = 0.0,
-                           nodes: list[dict[str, float]] | None = None) -> None:
-    """Fail fast, naming the config key, if ``workers`` model workers cannot all be placed.
+def check_worker_resources(config: RayConfig, *, workers: int, max_workers: int | None = None,
+                           reserve_cpus: float = 0.0, nodes: list[dict[str, float]] | None = None) -> None:
+    """Fail fast, naming the config key, if the ``workers`` model workers a job starts with cannot all be placed.
 
     ``reserve_cpus`` is what the job needs besides the workers (decode/read tasks, consumers): a pool that takes
-    every CPU starves them and the job hangs.
+    every CPU starves them and the job hangs. ``max_workers`` (what a pool or Serve may scale up to) is only
+    warned about when the cluster is too small now: an autoscaling cluster grows when the workers are asked for.
     """
     nodes = node_resources() if nodes is None else nodes
     demand = {"CPU": config.worker_num_cpus, "GPU": config.worker_num_gpus, **config.worker_resources}
@@ -97,6 +98,14 @@ def check_worker_resources(config: RayConfig, *, workers: int, reserve_cpus: flo
             f"CPU the job's other tasks need on a cluster of {total_cpu:g} CPUs; the job would hang. Lower "
             "ray.worker_num_cpus (fractions are fine)"
         )
+    if max_workers is not None and max_workers > workers:
+        short = [key for key, per_worker in demand.items() if per_worker * max_workers > total[key] + 1e-9]
+        if reserve_cpus > 0 and config.worker_num_cpus * max_workers + reserve_cpus > total_cpu + 1e-9:
+            short.append("CPU for the other tasks")
+        if short:
+            log.warning("the cluster can host %d model workers now but is configured to scale to %d; the extra "
+                        "workers start only if the cluster grows (short of: %s)", workers, max_workers,
+                        ", ".join(short))
 
 
 def _fits(node: dict[str, float], demand: dict[str, float]) -> bool:

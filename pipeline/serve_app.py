@@ -205,7 +205,7 @@ def deploy_moderation(config: PipelineConfig, *, address: str | None = None, hos
     replicas are up. ``http=False`` deploys without an HTTP proxy (handle calls only, e.g. the stream job); else the
     proxy listens on ``host``/``port`` (default ``serve.host``/``serve.port``). Returns the deployment handle."""
     init_ray(config.ray, address=address)
-    check_worker_resources(config.ray, workers=config.serve.max_replicas)
+    check_worker_resources(config.ray, workers=config.serve.starting_replicas, max_workers=config.serve.max_replicas)
     if http:
         serve.start(http_options={"host": host or config.serve.host, "port": port or config.serve.port})
     else:

@@ -175,7 +175,7 @@ def run_stream_job(config: PipelineConfig, *, bootstrap_servers: str | None = No
     from pipeline.serve_app import deploy_moderation, shutdown_moderation, uses_private_cluster
 
     stream = config.stream
-    check_worker_resources(config.ray, workers=config.serve.max_replicas,
+    check_worker_resources(config.ray, workers=config.serve.starting_replicas, max_workers=config.serve.max_replicas,
                            reserve_cpus=stream.consumers * stream.consumer_num_cpus)
     private = uses_private_cluster(config, address)
     deploy_moderation(config, address=address, http=False)

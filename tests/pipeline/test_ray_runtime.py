@@ -35,3 +35,10 @@ def test_custom_resource_must_exist_on_some_node() -> None:
 def test_fractional_gpus_share_one_gpu() -> None:
     check_worker_resources(RayConfig(worker_num_gpus=0.5, worker_num_cpus=0.5), workers=2,
                            nodes=[{"CPU": 2.0, "GPU": 1.0}])
+
+
+def test_scaling_headroom_is_a_warning_not_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    config = RayConfig(worker_num_cpus=1)
+    with caplog.at_level("WARNING"):
+        check_worker_resources(config, workers=1, max_workers=4, reserve_cpus=0.5, nodes=TWO_CPU)
+    assert "configured to scale to 4" in caplog.text

@@ -32,12 +32,10 @@ class LocalResponse:
         self.future = future
 
     def result(self, *, timeout_s: float | None = None) -> WorkerResult:
-        try:
-            return self.future.result(timeout=timeout_s)
-        except TimeoutError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise RuntimeError(exc) from exc
+        return self.future.result(timeout=timeout_s)  # raises TimeoutError like Serve's
+
+
+LocalWorker = tuple[ModerationWorker, ThreadPoolExecutor]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +56,7 @@ def base_config(tiny_model_dir: Path, bootstrap: str, **kafka: Any) -> PipelineC
 
 
 def test_consumer_writes_every_input_once_and_commits(kafka_broker: Any, tiny_model_dir: Path,
-                                                      local_worker: tuple[ModerationWorker, ThreadPoolExecutor]) -> None:
+                                                      local_worker: LocalWorker) -> None:
     bootstrap = kafka_broker.bootstrap_servers
     topics = topics_config(bootstrap, partitions=2)
     config = base_config(tiny_model_dir, bootstrap, **topics.model_dump(exclude={"bootstrap_servers"}))
@@ -90,7 +88,7 @@ def test_consumer_writes_every_input_once_and_commits(kafka_broker: Any, tiny_mo
 
 
 def test_max_records_stops_at_a_batch_boundary(kafka_broker: Any, tiny_model_dir: Path,
-                                               local_worker: tuple[ModerationWorker, ThreadPoolExecutor]) -> None:
+                                               local_worker: LocalWorker) -> None:
     bootstrap = kafka_broker.bootstrap_servers
     topics = topics_config(bootstrap)
     config = base_config(tiny_model_dir, bootstrap, **topics.model_dump(exclude={"bootstrap_servers"}))
