@@ -77,3 +77,22 @@ def cola_cross_entropy(backbone: ClipBackbone, scorer: ColaScorer, *, eot_seed: 
         return F.cross_entropy(logits, labels.to(logits.device), reduction="none")
 
     return loss
+
+
+def clip_cw_margin(backbone: ClipBackbone, classifier: ZeroShotClassifier, *, kappa: float | None = None) -> LossFn:
+    """Carlini-Wagner margin of plain zero-shot CLIP for L-inf PGD ("CW" in robustness tables): the best wrong
+    logit minus the true logit, per example. ``kappa``: stop pushing once the margin exceeds it (``None``: never).
+
+    Unlike cross-entropy it does not saturate on confidently classified images, so it is the usual second attack
+    to check that a cross-entropy PGD result is not an artefact of vanishing gradients.
+    """
+
+    def loss(pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = classifier.logits(backbone.encode_images(pixels, grad=True))
+        labels = labels.to(logits.device)
+        true = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
+        others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
+        margin = others.max(dim=1).values - true
+        return margin if kappa is None else margin.clamp(max=kappa)
+
+    return loss

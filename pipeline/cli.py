@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "HTTP moderation service on Ray Serve (autoscaled replicas) until Ctrl-C"),
     "demo": ("demo", "the embedded default: sample data through the pipeline, offline, with the reference model"),
     "broker": ("broker", "run the embedded Kafka-compatible broker (Tansu) on 127.0.0.1 until Ctrl-C"),
+    "eval": ("eval", "robust accuracy of CLIP / COLA / cascade under L-inf attacks; JSON report and plot"),
 }
 
 

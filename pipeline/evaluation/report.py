@@ -1,0 +1,149 @@
+"""The ``cola eval`` report: a JSON document (schema below) and an optional PNG of accuracy vs eps per method.
+
+Schema ``cola-eval/1`` (all accuracies and rates are fractions in [0, 1]; eps keys are labels like ``4/255``)::
+
+    schema         "cola-eval/1"
+    command        the argv of the run (or null)
+    config         {path, method, cola: {...}, detector: {...}}   the config sections the run used
+    model          {path, device, dtype, image_size, embed_dim, logit_scale}
+    dataset        {name, images, image_size, per_class: {label: n}, skipped: {reason: n}}
+    attack         {name, threat_model ("gray-box" | "adaptive" | null), target ("clip" | "cola" | null),
+                    loss, norm "linf", eps: [float], eps_labels: [str], steps, step_size (null: 2.5 eps / steps),
+                    random_start true, eot_samples, seed}
+    methods        {method: description}
+    accuracy       {method: {"clean": acc, eps_label: robust acc, ...}}
+    target_fooled  {eps_label: share of attacked copies the attacked model misclassifies}
+    cascade_escalated {"clean" | eps_label: share of images the cascade sent to COLA}
+    detection      {fpr: 0.05, threshold, by_eps: {eps_label: {method: {auroc, tpr_at_5pct_fpr, flagged_clean,
+                    flagged_attacked}}}}   method in clip, cola, cascade (each has its own detector score)
+    timings        {total_s, clean_scoring_s, threads, by_eps: {eps_label: {attack_s, scoring_s}}}
+    versions       {python, torch, transformers, pot, numpy, cola_git}
+
+Two runs of the same command on the same machine give identical ``accuracy``, ``target_fooled``,
+``cascade_escalated`` and ``detection``; ``timings`` differ.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.evaluation.harness import DETECTION_FPR, METHOD_DESCRIPTIONS, EvalResult, eps_label
+
+SCHEMA = "cola-eval/1"
+LOSSES = {"none": None, "pgd": "cross-entropy of plain CLIP", "cw": "CW margin of plain CLIP (max wrong - true logit)",
+          "eot-pgd": "cross-entropy of COLA's softmax(-d / T), EOT over fresh views"}
+TARGETS = {"none": None, "pgd": "clip", "cw": "clip", "eot-pgd": "cola"}
+
+
+def versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for package, key in (("torch", "torch"), ("transformers", "transformers"), ("pot", "pot"), ("numpy", "numpy")):
+        try:
+            found[key] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[key] = None
+    try:
+        found["cola_git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                           check=True, cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        found["cola_git"] = None
+    return found
+
+
+def _clean(value: float) -> float | None:
+    """JSON has no NaN: undefined metrics become null."""
+    return None if math.isnan(value) else round(value, 6)
+
+
+def build_report(result: EvalResult, *, config: dict[str, Any], model: dict[str, Any], dataset: dict[str, Any],
+                 command: list[str] | None = None) -> dict[str, Any]:
+    spec = result.spec
+    labels = list(result.results)
+    attacked = [label for label in labels if label != "clean"]
+    return {
+        "schema": SCHEMA,
+        "command": command,
+        "config": config,
+        "model": model,
+        "dataset": dataset,
+        "attack": {"name": spec.name, "threat_model": spec.threat_model, "target": TARGETS[spec.name],
+                   "loss": LOSSES[spec.name], "norm": "linf", "eps": [float(e) for e in spec.attacked_eps],
+                   "eps_labels": [eps_label(e) for e in spec.attacked_eps], "steps": spec.steps,
+                   "step_size": spec.step_size, "random_start": True,
+                   "eot_samples": spec.eot_samples if spec.name == "eot-pgd" else None, "seed": spec.seed},
+        "methods": {m: METHOD_DESCRIPTIONS[m] for m in result.methods},
+        "accuracy": {m: {label: _clean(result.results[label].accuracy[m]) for label in labels}
+                     for m in result.methods},
+        "target_fooled": {label: _clean(result.results[label].target_fooled or 0.0) for label in attacked},
+        "cascade_escalated": {label: _clean(result.results[label].escalated) for label in labels},
+        "detection": {"fpr": DETECTION_FPR, "threshold": result.threshold,
+                      "by_eps": {label: {m: {k: _clean(v) for k, v in metrics.items()}
+                                         for m, metrics in result.detection[label].items()} for label in attacked}},
+        "timings": {"total_s": round(result.total_seconds, 2),
+                    "clean_scoring_s": round(result.results["clean"].scoring_seconds, 2),
+                    "threads": torch.get_num_threads(),
+                    "by_eps": {label: {"attack_s": round(result.results[label].attack_seconds, 2),
+                                       "scoring_s": round(result.results[label].scoring_seconds, 2)}
+                               for label in attacked}},
+        "versions": versions(),
+    }
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """Accuracy (%) per method and eps, as a Markdown table (the README's format)."""
+    accuracy = report["accuracy"]
+    columns = list(next(iter(accuracy.values())))
+    lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for method, values in accuracy.items():
+        cells = ["-" if values[c] is None else f"{100 * values[c]:.1f}" for c in columns]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_accuracy(reports: list[dict[str, Any]], path: Path) -> None:
+    """Accuracy vs eps (in 1/255 units), one line per method and attack, clean at eps 0. Needs matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        from operators.errors import ConfigError
+
+        raise ConfigError("--plot needs matplotlib: pip install matplotlib==3.11.2") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    styles = ["-", "--", ":", "-."]
+    for index, report in enumerate(reports):
+        attack = report["attack"]
+        xs = [0.0] + [255 * e for e in attack["eps"]]
+        for method, values in report["accuracy"].items():
+            ys = [values["clean"], *(values[label] for label in attack["eps_labels"])]
+            name = method if len(reports) == 1 else f"{method} ({attack['name']})"
+            axes.plot(xs, [100 * (y if y is not None else math.nan) for y in ys], styles[index % len(styles)],
+                      marker="o", markersize=3, label=name)
+    first = reports[0]
+    axes.set_xlabel("L-inf eps (x 1/255)")
+    axes.set_ylabel("accuracy (%)")
+    threat = ", ".join(sorted({f"{r['attack']['name']} ({r['attack']['threat_model']})" for r in reports}))
+    axes.set_title(f"{first['model']['path']} on {first['dataset']['name']} ({first['dataset']['images']} images)\n"
+                   f"{threat}, {first['attack']['steps']} steps", fontsize=9)
+    axes.set_ylim(0, 100)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
