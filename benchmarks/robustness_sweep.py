@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import time
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +35,8 @@ from operators.moderator import Moderator
 from operators.text_bank import TextBank
 from pipeline.config import load_config
 from pipeline.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def auroc(negatives: torch.Tensor, positives: torch.Tensor) -> float:
@@ -70,7 +73,7 @@ def ablations(base: ColaConfig) -> dict[str, ColaConfig]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/reference.yaml")
+    parser.add_argument("--config", default=str(REPO / "configs" / "reference.yaml"))
     parser.add_argument("--model-path", default=None, help="override model.path (e.g. a checkpoint directory)")
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--eps", default="0,1/255,4/255,8/255")
