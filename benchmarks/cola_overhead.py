@@ -42,7 +42,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--escalation", type=float, default=0.05,
                         help="share of clean images the cascade sends to COLA (measure it with robustness_sweep)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default); 1 gives stable numbers on a loaded shared machine")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     backbone = ClipBackbone.load(ModelConfig(path=str(vit_b32_dir()), device="cpu"))
     size = backbone.geometry.size
