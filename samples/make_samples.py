@@ -4,8 +4,11 @@
 
 ``sample.parquet``: 300 test images (30 per class, PNG bytes) plus 4 corrupt records (truncated PNG, empty bytes,
 not-an-image, PNG with a broken checksum) whose ``true_label`` is null. Columns: ``id``, ``image``, ``true_label``,
-``test_index`` (row in the Fashion-MNIST test split), ``uploader``, ``source``, ``uploaded_at``, ``attacked``
-(False everywhere: reserved for adversarially attacked copies). ``images/``: one image per class for
+``test_index`` (row in the Fashion-MNIST test split), ``uploader``, ``source``, ``uploaded_at``, ``attacked``.
+After every ``ATTACK_EVERY``-th clean image comes an adversarially attacked copy of it (``attacked`` true, same
+``true_label`` and ``test_index``, ``source`` ``pgd-8/255-on-clip``, RGB PNG): L-inf PGD at 8/255, 10 steps,
+crafted on plain zero-shot CLIP of the bundled reference model (the gray-box attack of ``cola eval --attack pgd``,
+made by its harness), so the demo shows attacked uploads being flagged. ``images/``: one image per class for
 ``cola classify``, one of them as JPEG, and one corrupt file.
 Fashion-MNIST is (c) Zalando SE, MIT license.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import io
 import sys
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,6 +37,9 @@ UPLOADERS = ("alice", "bob", "carol", "dmitri", "eun-ji", "farah")
 CORRUPT_AT = {37: "truncated", 101: "empty", 188: "not-an-image", 260: "bad-checksum"}
 LOOSE = ("sneaker", "bag", "t_shirt", "trouser", "dress", "ankle_boot", "pullover", "coat", "shirt")
 JPEG_CLASS = "sandal"
+ATTACK_EVERY = 15
+ATTACK_EPS = Fraction(8, 255)
+ATTACK_STEPS = 10
 
 
 def png_bytes(image: torch.Tensor) -> bytes:
@@ -53,6 +60,32 @@ def corrupt(kind: str, valid_png: bytes) -> bytes:
     return bytes(broken)
 
 
+def rgb_png_bytes(pixels: torch.Tensor) -> bytes:
+    """``[3, S, S]`` in [0, 1] -> RGB PNG (rounded to 8 bits, as an upload would be)."""
+    array = (pixels.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode="RGB").save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def attacked_copies(images: torch.Tensor, labels: list[str]) -> list[bytes]:
+    """PGD copies of ``[n, 28, 28]`` uint8 images, crafted with the ``cola eval`` harness on plain CLIP of the
+    bundled reference model (configs/reference.yaml), deterministic (seed 0)."""
+    from operators.backbone import ClipBackbone
+    from pipeline.config import load_config
+    from pipeline.evaluation.harness import AttackSpec, Harness
+
+    config = load_config(HERE.parent / "configs" / "reference.yaml")
+    backbone = ClipBackbone.load(config.model.model_copy(update={"device": "cpu"}))
+    harness = Harness(backbone, taxonomy=config.taxonomy, cola=config.cola, detector=config.detector)
+    names = config.taxonomy.label_names
+    pixels = images.unsqueeze(1).expand(-1, 3, -1, -1).float().div(255.0)
+    targets = torch.tensor([names.index(label) for label in labels])
+    spec = AttackSpec(name="pgd", eps=(ATTACK_EPS,), steps=ATTACK_STEPS, seed=0)
+    (adversarial,) = harness.craft([(pixels, targets)], spec, ATTACK_EPS)
+    return [rgb_png_bytes(x) for x in adversarial]
+
+
 def select(labels: torch.Tensor) -> list[int]:
     """``PER_CLASS`` test indices per class, drawn with a fixed seed, interleaved class by class."""
     generator = torch.Generator().manual_seed(SEED)
@@ -71,7 +104,8 @@ def main() -> None:
                                      ("id", "image", "true_label", "test_index", "uploader", "source", "uploaded_at",
                                       "attacked")}
 
-    def add(id_: str, image: bytes, label: str | None, index: int | None, source: str) -> None:
+    def add(id_: str, image: bytes, label: str | None, index: int | None, source: str,
+            attacked: bool = False) -> None:
         n = len(rows["id"])
         rows["id"].append(id_)
         rows["image"].append(image)
@@ -80,14 +114,21 @@ def main() -> None:
         rows["uploader"].append(UPLOADERS[n % len(UPLOADERS)])
         rows["source"].append(source)
         rows["uploaded_at"].append(start + timedelta(minutes=7 * n))
-        rows["attacked"].append(False)
+        rows["attacked"].append(attacked)
 
+    to_attack = indices[ATTACK_EVERY - 1 :: ATTACK_EVERY]
+    adversarial = dict(zip(to_attack, attacked_copies(test.images[to_attack],
+                                                      [CLASS_NAMES[int(test.labels[i])] for i in to_attack]),
+                           strict=True))
     for position, index in enumerate(indices):
         if position in CORRUPT_AT:
             kind = CORRUPT_AT[position]
             add(f"corrupt-{kind}", corrupt(kind, png_bytes(test.images[index])), None, None, "synthetic-corrupt")
-        add(f"fmnist-test-{index:05d}", png_bytes(test.images[index]), CLASS_NAMES[int(test.labels[index])], index,
-            "fashion-mnist-test")
+        label = CLASS_NAMES[int(test.labels[index])]
+        add(f"fmnist-test-{index:05d}", png_bytes(test.images[index]), label, index, "fashion-mnist-test")
+        if index in adversarial:
+            add(f"fmnist-test-{index:05d}-pgd8", adversarial[index], label, index,
+                f"pgd-{ATTACK_EPS.numerator}/255-on-clip", attacked=True)
     table = pa.table({
         "id": pa.array(rows["id"], pa.string()),
         "image": pa.array(rows["image"], pa.binary()),

@@ -43,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", type=Path, default=None, help="also write accuracy vs eps as a PNG here")
 
 
+def invocation() -> list[str] | None:
+    """``["cola", "eval", ...]`` when run from the command line (``cola`` or ``python -m pipeline.cli``)."""
+    if Path(sys.argv[0]).name in ("cola", "cli.py"):
+        return ["cola", *sys.argv[1:]]
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -64,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         model={"path": config.model.path, "device": str(backbone.device), "dtype": config.model.dtype,
                "image_size": backbone.geometry.size, "embed_dim": backbone.embed_dim,
                "logit_scale": round(backbone.logit_scale, 4)},
-        dataset=dataset.summary(), command=sys.argv[1:] if sys.argv[0].endswith("cola") else None)
+        dataset=dataset.summary(), command=invocation())
     write_report(report, args.report)
     if args.plot is not None:
         plot_accuracy([report], args.plot)

@@ -161,6 +161,16 @@ class Harness:
             return lambda x, y: torch.stack([single(x, y) for _ in range(spec.eot_samples)]).mean(0)
         raise ConfigError(f"attack {spec.name!r} crafts no adversarial images")
 
+    def craft(self, batches: list[tuple[torch.Tensor, torch.Tensor]], spec: AttackSpec,
+              eps: Fraction) -> list[torch.Tensor]:
+        """Adversarial copies of ``(pixels, labels)`` batches at ``eps``, batch by batch. The random start comes from
+        a generator seeded with ``spec.seed`` (and EOT draws from ``spec.seed + 1``) at every call, so the result
+        depends only on the inputs, the model and ``spec``."""
+        generator = torch.Generator().manual_seed(spec.seed)
+        loss = self.attack_loss(spec)
+        return [pgd_linf(loss, x, y, eps=float(eps), steps=spec.steps, step_size=spec.step_size, generator=generator)
+                for x, y in batches]
+
     def target_predictions(self, spec: AttackSpec, pixels: torch.Tensor) -> torch.Tensor:
         """Predictions of the attacked model (plain CLIP for gray-box, COLA for adaptive)."""
         if spec.threat_model == "adaptive":
@@ -197,10 +207,7 @@ class Harness:
         for eps in spec.attacked_eps:
             label = eps_label(eps)
             tick = time.perf_counter()
-            generator = torch.Generator().manual_seed(spec.seed)
-            loss = self.attack_loss(spec)
-            attacked = [pgd_linf(loss, x, y, eps=float(eps), steps=spec.steps, step_size=spec.step_size,
-                                 generator=generator) for x, y in batches]
+            attacked = self.craft(batches, spec, eps)
             attack_seconds = time.perf_counter() - tick
             with torch.inference_mode():
                 fooled = torch.cat([self.target_predictions(spec, x).cpu() for x in attacked]) != labels
