@@ -1,6 +1,7 @@
 """Robust accuracy of plain CLIP, COLA ablations and the cascade under L-inf PGD, plus the detector's AUROC.
 
     ./dev bench robustness_sweep [--config configs/reference.yaml] [--images 1000] [--eps 0,1/255,4/255,8/255]
+    ./dev bench robustness_sweep --eps 0 --threads 1     # clean accuracy + throughput only, stable timings
 
 Gray-box protocol of the COLA paper: 10-step L-inf PGD (random start, step 2.5 eps / steps) crafted on plain
 zero-shot CLIP, then the same adversarial images are scored by every method. Fashion-MNIST test images (the first
