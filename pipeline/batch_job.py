@@ -133,11 +133,13 @@ class ModelStage:
                     if batch["decode_error"][i]},
         )
         result = self.worker.process_decoded(records, decoded, received_at=received_at)
-        by_id = {str(batch["id"][i]): i for i in live}
+        # rows are matched back by source position: ids need not be unique
+        by_position = {(str(batch["file"][i]), int(batch["row"][i])): i for i in live}
         for route, record in result.routed:
-            emit(by_id[record["id"]], route, _json(record))
+            emit(by_position[record["source"]["file"], record["source"]["row"]], route, _json(record))
         for dead in result.dead_letters:
-            index = by_id[dead.record.id]
+            position = dead.record.source
+            index = by_position[position.file, position.row]  # type: ignore[union-attr]
             emit(index, Route.DEAD_LETTER, _dead_json(dead, index, batch), bytes(batch["payload"][index]))
         for index, error in enumerate(batch["error_class"]):
             if error:
@@ -221,13 +223,12 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
                      batch_format="numpy")
         .map_batches(partial(decode_rows, size=geometry.size, config=config.decode),
                      batch_size=config.model.batch_size, num_cpus=config.ray.decode_num_cpus, batch_format="numpy")
-        .map_batches(ModelStage, batch_size=config.model.batch_size, batch_format="numpy",
-                     fn_constructor_kwargs={"config": config},
-                     compute=ray.data.ActorPoolStrategy(min_size=config.ray.actor_pool_min,
-                                                        max_size=config.ray.actor_pool_max),
-                     num_cpus=config.ray.worker_num_cpus, num_gpus=config.ray.worker_num_gpus,
-                     resources=dict(config.ray.worker_resources) or None)
     )
+    dataset = dataset.map_batches(
+        ModelStage, batch_size=config.model.batch_size, batch_format="numpy", fn_constructor_kwargs={"config": config},
+        compute=ray.data.ActorPoolStrategy(min_size=config.ray.actor_pool_min, max_size=config.ray.actor_pool_max),
+        num_cpus=config.ray.worker_num_cpus, num_gpus=config.ray.worker_num_gpus,
+        resources=dict(config.ray.worker_resources) or None)
     writer = BatchWriter(sink, summary)
     with tqdm(total=total_rows, unit="img", desc="cola batch", disable=not progress) as bar:
         for rows in dataset.iter_batches(batch_format="numpy", batch_size=None):
