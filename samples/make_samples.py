@@ -143,7 +143,7 @@ def main() -> None:
 
     images = HERE / "images"
     images.mkdir(exist_ok=True)
-    first = {}
+    first: dict[str, int] = {}
     for index in indices:
         first.setdefault(CLASS_NAMES[int(test.labels[index])], index)
     for name in LOOSE:

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_eval_writes_report_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report_path, plot_path = tmp_path / "r.json", tmp_path / "r.png"
+    code = main(["eval", "--config", str(REPO / "configs" / "reference.yaml"), "--dataset",
+                 str(REPO / "samples" / "sample.parquet"), "--attack", "pgd", "--eps", "2/255,8/255", "--steps", "3",
+                 "--limit", "16", "--report", str(report_path), "--plot", str(plot_path)])
+    assert code == 0
+    report = json.loads(report_path.read_text())
+    assert report["schema"] == "cola-eval/1"
+    assert report["attack"]["eps_labels"] == ["2/255", "8/255"] and report["attack"]["threat_model"] == "gray-box"
+    assert report["dataset"]["images"] == 16 and report["dataset"]["skipped"]["no_label"] == 4
+    assert set(report["accuracy"]) == {"clip", "cola", "cascade", "views_only", "projection_only", "ot_only"}
+    assert set(report["accuracy"]["clip"]) == {"clean", "2/255", "8/255"}
+    assert set(report["detection"]["by_eps"]["8/255"]["cola"]) == {"auroc", "tpr_at_5pct_fpr", "flagged_clean",
+                                                                     "flagged_attacked"}
+    assert report["model"]["image_size"] == 28 and report["versions"]["torch"]
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| clip |" in capsys.readouterr().out
+
+
+def test_eval_rejects_bad_eps_and_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["eval", "--config", str(REPO / "configs" / "reference.yaml"), "--report", str(tmp_path / "r.json")]
+    assert main([*base, "--dataset", "fashion-mnist", "--eps", "four"]) == 2
+    assert "--eps" in capsys.readouterr().err
+    assert main([*base, "--dataset", str(tmp_path / "missing.parquet")]) == 2
+    assert "missing.parquet" in capsys.readouterr().err
