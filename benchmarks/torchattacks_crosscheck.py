@@ -1,6 +1,6 @@
 """Cross-check the harness's L-inf PGD against torchattacks' PGD on the same wrapped plain-CLIP model.
 
-    .venv/bin/python benchmarks/torchattacks_crosscheck.py [--config configs/reference.yaml] [--images 1000]
+    ./dev bench torchattacks_crosscheck [--config configs/reference.yaml] [--images 1000]
         [--eps 4/255,8/255] [--steps 10] [--threads 2]
 
 Both attacks use the same eps, step size (2.5 eps / steps, the harness default), steps and a uniform random start;
