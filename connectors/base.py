@@ -24,7 +24,21 @@ from typing import Any, Self
 from connectors.records import Batch, DeadLetter, Route
 
 
-class Source(ABC):
+class Closing:
+    """``with connector: ...`` closes it on the way out (also on errors)."""
+
+    def close(self) -> None:
+        """Release resources."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class Source(Closing, ABC):
     """Produces bounded :class:`Batch` es and takes acknowledgements for them."""
 
     @abstractmethod
@@ -37,24 +51,17 @@ class Source(ABC):
     def commit(self, batch: Batch) -> None:
         """Acknowledge ``batch`` after the sink flushed it; a restarted source will not deliver it again."""
 
-    def pause(self) -> None:  # noqa: B027 - optional hook
+    def pause(self) -> None:
         """Backpressure: stop fetching (``poll`` keeps the session alive and returns empty batches)."""
 
-    def resume(self) -> None:  # noqa: B027 - optional hook
+    def resume(self) -> None:
         """Undo :meth:`pause`."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections and files. Uncommitted batches will be re-delivered to the next reader."""
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-
-class Sink(ABC):
+class Sink(Closing, ABC):
     """Buffers routed records and writes them durably on :meth:`flush`."""
 
     @abstractmethod
@@ -70,15 +77,8 @@ class Sink(ABC):
         """Durably write everything added since the last flush, as the outputs of ``batch``; raise
         :class:`~connectors.errors.SinkWriteError` if anything was not written. Buffers are cleared either way."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release resources. Does not flush: unflushed records belong to uncommitted batches."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
 
 def check_route(route: Route) -> None:
