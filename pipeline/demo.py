@@ -11,9 +11,10 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from connectors.kafka_tools import Message
+if TYPE_CHECKING:
+    from connectors.kafka_tools import Message
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "reference.yaml"
