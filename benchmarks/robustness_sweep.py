@@ -7,7 +7,8 @@ Gray-box protocol of the COLA paper: 10-step L-inf PGD (random start, step 2.5 e
 zero-shot CLIP, then the same adversarial images are scored by every method. Fashion-MNIST test images (the first
 ``--images``), the config's model and taxonomy (default: the bundled reference model). Rows:
 
-* plain CLIP, and COLA with one stage on (views only, projection only, OT only), full COLA, and the cascade;
+* plain CLIP, and COLA with one stage on (views only, projection only, OT only), full COLA, and the cascade
+  without a probe, with the view probe (`detector.probe`) and with the noise probe (`detector.noise_probe`);
 * ``--adaptive``: also full COLA under PGD crafted through COLA itself (EOT over fresh views each step).
 
 Columns: accuracy at each eps; the cascade's share of images sent to COLA; the detector's AUROC (clean vs attacked
@@ -31,7 +32,7 @@ from _common import interleaved
 from operators.attacks import clip_cross_entropy, cola_cross_entropy, pgd_linf
 from operators.backbone import ClipBackbone
 from operators.cola import ColaScorer
-from operators.config import ColaConfig
+from operators.config import ColaConfig, DetectorConfig
 from operators.moderator import Moderator
 from operators.text_bank import TextBank
 from pipeline.config import load_config
@@ -102,12 +103,17 @@ def main() -> None:
     if pixels.shape[-1] != size:
         pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
     labels = order[data.labels[:count]]
-    plain = Moderator(backbone, taxonomy=config.taxonomy, method="clip", cola=cola_config, detector=config.detector,
-                      bank=bank)
+    def detector(probe: bool, noise_probe: bool) -> DetectorConfig:
+        return config.detector.model_copy(update={"probe": probe, "noise_probe": noise_probe})
+
+    plain = Moderator(backbone, taxonomy=config.taxonomy, method="clip", cola=cola_config,
+                      detector=detector(False, False), bank=bank)
     cascade = Moderator(backbone, taxonomy=config.taxonomy, method="cascade", cola=cola_config,
-                        detector=config.detector.model_copy(update={"probe": False}), bank=bank)
+                        detector=detector(False, False), bank=bank)
     probed = Moderator(backbone, taxonomy=config.taxonomy, method="cascade", cola=cola_config,
-                       detector=config.detector.model_copy(update={"probe": True}), bank=bank)
+                       detector=detector(True, False), bank=bank)
+    noised = Moderator(backbone, taxonomy=config.taxonomy, method="cascade", cola=cola_config,
+                       detector=detector(False, True), bank=bank)
     full = Moderator(backbone, taxonomy=config.taxonomy, method="cola", cola=cola_config, detector=config.detector,
                      bank=bank)
     scorers = {name: ColaScorer(bank, variant, logit_scale=backbone.logit_scale)
@@ -120,8 +126,11 @@ def main() -> None:
 
     rows: dict[str, list[float]] = {}
     extra: dict[str, list[float]] = {"cascade: % sent to COLA": [], "cascade + probe: % sent to COLA": [],
+                                     "cascade + noise probe: % sent to COLA": [],
                                      "detector AUROC, full score (method cola)": [],
                                      "detector AUROC, pre-screen": [], "detector AUROC, pre-screen + probe": [],
+                                     "detector AUROC, pre-screen + noise probe": [],
+                                     "detector AUROC, cascade + noise probe": [],
                                      "% suspected (method cola)": [], "median view shift (method cola)": []}
     clean_scores: dict[str, torch.Tensor] = {}
     started = time.perf_counter()
@@ -145,19 +154,28 @@ def main() -> None:
                 results.setdefault("probe escalated", []).append(probed_verdict.cola_applied.float())
                 results.setdefault("probe prescreen", []).append(
                     probed.verdict(x, method="clip").adversarial_scores)
+                noised_verdict = noised.verdict(x)
+                results.setdefault("cascade + noise probe", []).append(noised_verdict.scores.predicted)
+                results.setdefault("noise escalated", []).append(noised_verdict.cola_applied.float())
+                results.setdefault("noise cascade", []).append(noised_verdict.adversarial_scores)
+                results.setdefault("noise prescreen", []).append(
+                    noised.verdict(x, method="clip").adversarial_scores)
                 full_verdict = full.verdict(x)
                 results.setdefault("full score", []).append(full_verdict.adversarial_scores)
                 results.setdefault("suspected", []).append(full_verdict.suspected.float())
                 results.setdefault("view shift", []).append(scorers["COLA (full)"].score_pixels(backbone, x).view_shift)
         merged = {name: torch.cat(values) for name, values in results.items()}
-        for name in ("plain CLIP", *scorers, "cascade", "cascade + probe"):
+        for name in ("plain CLIP", *scorers, "cascade", "cascade + probe", "cascade + noise probe"):
             rows.setdefault(name, []).append(100 * float((merged[name] == labels).float().mean()))
         extra["cascade: % sent to COLA"].append(100 * float(merged["escalated"].mean()))
         extra["cascade + probe: % sent to COLA"].append(100 * float(merged["probe escalated"].mean()))
+        extra["cascade + noise probe: % sent to COLA"].append(100 * float(merged["noise escalated"].mean()))
         extra["% suspected (method cola)"].append(100 * float(merged["suspected"].mean()))
         extra["median view shift (method cola)"].append(float(merged["view shift"].median()))
         signals = {"detector AUROC, full score (method cola)": "full score", "detector AUROC, pre-screen": "prescreen",
-                   "detector AUROC, pre-screen + probe": "probe prescreen"}
+                   "detector AUROC, pre-screen + probe": "probe prescreen",
+                   "detector AUROC, pre-screen + noise probe": "noise prescreen",
+                   "detector AUROC, cascade + noise probe": "noise cascade"}
         if eps == 0:
             clean_scores = {key: merged[key] for key in signals.values()}
         for row, key in signals.items():
@@ -186,14 +204,15 @@ def main() -> None:
         digits = 3 if name.startswith("median") else 1
         print(f"| {name} | " + " | ".join("-" if v != v else f"{v:.{digits}f}" for v in values) + " |")
     base = rows["plain CLIP"]
-    for name in ("COLA (full)", "cascade", "cascade + probe"):
+    for name in ("COLA (full)", "cascade", "cascade + probe", "cascade + noise probe"):
         gains = [f"{rows[name][i] - base[i]:+.1f}" for i in range(len(epsilons))]
         print(f"{name} minus plain (points): " + ", ".join(gains))
 
     # throughput on clean images: cascade vs plain CLIP
     clean = pixels[: args.batch]
     times = interleaved({"plain CLIP": lambda: plain.verdict(clean), "cascade": lambda: cascade.verdict(clean),
-                         "cascade + probe": lambda: probed.verdict(clean), "COLA": lambda: full.verdict(clean)},
+                         "cascade + probe": lambda: probed.verdict(clean),
+                         "cascade + noise probe": lambda: noised.verdict(clean), "COLA": lambda: full.verdict(clean)},
                         repeats=3)
     print(f"clean throughput, batch {len(clean)} (goal: cascade >= 0.8x plain CLIP):")
     for name, seconds in times.items():

@@ -12,7 +12,9 @@ Methods:
   whose CLIP top-1 minus top-2 probability is below ``cola.cascade_margin``, so clean, confidently classified traffic
   costs little more than plain CLIP. The original view's embedding is reused, so an escalated image costs N passes.
   With ``detector.probe`` every image also gets COLA's first augmented view encoded (reused by COLA), which makes
-  the pre-screen far sharper at the price of a second encoder pass.
+  the pre-screen far sharper at the price of a second encoder pass. ``detector.noise_probe`` instead (or as well)
+  encodes every image once more with a small fixed noise added: the sharpest pre-screen on the reference model,
+  for the same one extra pass (not reusable by COLA).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from operators.backbone import ClipBackbone
 from operators.cola import ColaScorer, view_shift_of
 from operators.config import ColaConfig, DecodeConfig, DetectorConfig, ModelConfig, TaxonomyConfig
 from operators.decode import DecodedBatch, ImageDecoder
-from operators.detector import AdversarialDetector
+from operators.detector import AdversarialDetector, embedding_shift
 from operators.errors import ConfigError, DecodeError
 from operators.text_bank import TextBank
 from operators.zeroshot import Scores, ZeroShotClassifier
@@ -120,7 +122,10 @@ class Moderator:
                 and self.cola.view_count > 1:
             known = torch.stack([features, self.cola.encode_view(self.backbone, pixels, 1)], dim=1)
             shift = view_shift_of(known)
-        adversarial = self.detector.score(residual, clip.probs, probe_shift=shift)
+        noise = None
+        if self.detector.config.enabled and self.detector.config.noise_probe:
+            noise = embedding_shift(features, self.backbone.encode_images(self.detector.noisy(pixels)))
+        adversarial = self.detector.score(residual, clip.probs, probe_shift=shift, noise_shift=noise)
         batch = pixels.shape[0]
         if method == "clip":
             escalate = torch.zeros(batch, dtype=torch.bool, device=features.device)
@@ -134,8 +139,9 @@ class Moderator:
             with torch.inference_mode():
                 cola = self.cola.score_pixels(self.backbone, pixels[index.to(pixels.device)], known=known[index])
             probs[index] = cola.scores.probs
-            adversarial[index] = self.detector.score(residual[index], clip.probs[index], view_shift=cola.view_shift,
-                                                     cola_probs=cola.scores.probs)
+            adversarial[index] = self.detector.score(
+                residual[index], clip.probs[index], view_shift=cola.view_shift,
+                noise_shift=None if noise is None else noise[index], cola_probs=cola.scores.probs)
         return BatchVerdict(scores=Scores(labels=clip.labels, probs=probs), adversarial_scores=adversarial,
                             suspected=self.detector.flag(adversarial), cola_applied=escalate)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 
 from operators.config import DetectorConfig
-from operators.detector import AdversarialDetector
+from operators.detector import AdversarialDetector, embedding_shift
 
 
 def _probs(rows: list[list[float]]) -> torch.Tensor:
@@ -63,3 +63,46 @@ def test_default_residual_signal_is_off() -> None:
     clip = _probs([[0.9, 0.1]] * 2)
     scores = detector.score(torch.tensor([0.0, 1.0]), clip)
     assert float(scores[0]) == float(scores[1])
+
+
+def test_noise_shift_raises_the_score_on_a_log_scale() -> None:
+    detector = AdversarialDetector(DetectorConfig())
+    residual = torch.full((3,), 0.5)
+    clip = _probs([[0.9, 0.1]] * 3)
+    center = DetectorConfig().noise_shift_center
+    shifts = torch.tensor([center - 3.0, center, center + 3.0]).exp()
+    scores = detector.score(residual, clip, noise_shift=shifts)
+    assert float(scores[0]) < float(scores[1]) < float(scores[2])
+    # at the centre the noise signal adds nothing; one scale above it, it alone reaches the default threshold
+    torch.testing.assert_close(scores[1], detector.score(residual, clip)[1])
+    edge = detector.score(residual[:1], clip[:1], noise_shift=torch.tensor([center + 1.0]).exp())
+    torch.testing.assert_close(edge, torch.tensor([0.5]))
+    # a zero shift (e.g. an image the noise cannot change) is finite, not -inf / NaN
+    assert bool(torch.isfinite(detector.score(residual[:1], clip[:1], noise_shift=torch.zeros(1))).all())
+
+
+def test_probe_noise_is_a_fixed_bounded_pattern_shared_by_every_image() -> None:
+    detector = AdversarialDetector(DetectorConfig(noise_amplitude=4 / 255, noise_seed=3))
+    pixels = torch.full((2, 3, 8, 8), 0.5)
+    noisy = detector.noisy(pixels)
+    assert float((noisy - pixels).abs().max()) <= 4 / 255 + 1e-7
+    assert float((noisy - pixels).abs().max()) > 2 / 255
+    torch.testing.assert_close(noisy[0], noisy[1])
+    # the same pattern in a new detector with the same seed; a different one with another seed
+    torch.testing.assert_close(AdversarialDetector(DetectorConfig(noise_seed=3)).noisy(pixels[:1]), noisy[:1])
+    assert not torch.equal(AdversarialDetector(DetectorConfig(noise_seed=4)).noisy(pixels[:1]), noisy[:1])
+    edges = detector.noisy(torch.stack([torch.zeros(3, 8, 8), torch.ones(3, 8, 8)]))
+    assert float(edges.min()) == 0.0 and float(edges.max()) == 1.0
+
+
+def test_embedding_shift_is_one_minus_cosine_and_resolves_small_shifts() -> None:
+    a = torch.nn.functional.normalize(torch.randn(4, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    b = torch.nn.functional.normalize(a + 0.3 * torch.randn(4, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
+    torch.testing.assert_close(embedding_shift(a, b), 1.0 - (a * b).sum(-1), atol=1e-6, rtol=0)
+    # a shift of ~1e-5 (clean images under the probe noise are near 3e-5) is resolved to within a few percent
+    tiny = torch.nn.functional.normalize(a + 1e-3 * torch.randn(4, 16, generator=torch.Generator().manual_seed(2)),
+                                         dim=-1)
+    a64, tiny64 = a.double(), tiny.double()
+    expected = 1.0 - (a64 * tiny64).sum(-1) / (a64.norm(dim=-1) * tiny64.norm(dim=-1))
+    assert float(expected.max()) < 5e-5
+    torch.testing.assert_close(embedding_shift(a, tiny).double(), expected, rtol=0.05, atol=0)

@@ -89,3 +89,16 @@ def test_probe_view_feeds_the_detector_and_is_reused(tiny_backbone: ClipBackbone
     assert not torch.allclose(clip_only.verdict(pixels).adversarial_scores,
                               Moderator(tiny_backbone, taxonomy=TAXONOMY, method="clip").verdict(pixels)
                               .adversarial_scores)
+
+
+@pytest.mark.parametrize("method", ["clip", "cascade", "cola"])
+def test_noise_probe_feeds_the_detector_whatever_the_batch(tiny_backbone: ClipBackbone, method: str) -> None:
+    pixels = torch.rand(5, 3, tiny_backbone.geometry.size, tiny_backbone.geometry.size,
+                        generator=torch.Generator().manual_seed(2))
+    probed = Moderator(tiny_backbone, taxonomy=TAXONOMY, method=method, detector=DetectorConfig(noise_probe=True))
+    plain = Moderator(tiny_backbone, taxonomy=TAXONOMY, method=method, detector=DetectorConfig(noise_probe=False))
+    verdict = probed.verdict(pixels)
+    assert not torch.allclose(verdict.adversarial_scores, plain.verdict(pixels).adversarial_scores)
+    # an image's score does not depend on which batch it arrived in (the noise pattern is per image size)
+    alone = torch.cat([probed.verdict(pixels[i : i + 1]).adversarial_scores for i in range(5)])
+    torch.testing.assert_close(alone, verdict.adversarial_scores, atol=1e-5, rtol=0)

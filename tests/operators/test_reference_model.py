@@ -23,7 +23,8 @@ def moderator() -> Iterator[Moderator]:
     config = load_config(REPO / "configs" / "reference.yaml")
     assert config.model.path == "builtin:reference"
     model = config.model.model_copy(update={"device": "cpu"})
-    built = Moderator.from_config(model=model, taxonomy=config.taxonomy, decode=config.decode)
+    built = Moderator.from_config(model=model, taxonomy=config.taxonomy, decode=config.decode, method=config.method,
+                                  cola=config.cola, detector=config.detector)
     yield built
     built.close()
 
@@ -61,3 +62,17 @@ def test_sample_parquet_accuracy_far_above_chance(moderator: Moderator) -> None:
     assert all(isinstance(v, Moderation) for _, v in labelled)
     accuracy = sum(v.label == row["true_label"] for row, v in labelled) / len(labelled)  # type: ignore[union-attr]
     assert accuracy >= 0.75, accuracy  # chance is 0.10; the full test set measures ~0.85 (see the model card)
+
+
+def test_reference_config_flags_most_attacked_sample_copies(moderator: Moderator) -> None:
+    """The sample's 20 PGD copies (8/255, crafted on plain CLIP) are mostly flagged by the reference config's
+    detector, at a false-positive rate near its calibration (~5% of clean images)."""
+    rows = pq.read_table(SAMPLES / "sample.parquet").to_pylist()
+    verdicts = moderator.moderate([row["image"] for row in rows])
+    attacked = [v for row, v in zip(rows, verdicts, strict=True) if row["attacked"]]
+    clean = [v for row, v in zip(rows, verdicts, strict=True) if row["true_label"] is not None and not row["attacked"]]
+    assert len(attacked) == 20 and all(isinstance(v, Moderation) for v in attacked + clean)
+    flagged = sum(v.suspected_adversarial for v in attacked)  # type: ignore[union-attr]
+    false_alarms = sum(v.suspected_adversarial for v in clean)  # type: ignore[union-attr]
+    assert flagged >= 14, flagged  # measured: 16 of 20
+    assert false_alarms <= 0.08 * len(clean), false_alarms  # measured: 13 of 300

@@ -41,11 +41,19 @@ def test_defaults() -> None:
         ({"taxonomy": {"labels": ["cat", "cat"]}}, "duplicate label names"),
         ({"taxonomy": {"labels": ["cat", "dog"], "templates": ["a photo"]}}, "exactly one '{}' placeholder"),
         ({"model": {}}, "taxonomy: required key is missing"),
+        ({**BASE, "detector": {"noise_amplitude": "4/0"}},
+         "detector.noise_amplitude: Value error, must be a number or a fraction like 4/255, got '4/0'"),
+        ({**BASE, "detector": {"noise_amplitude": 0}}, "detector.noise_amplitude: Input should be greater than 0"),
     ],
 )
 def test_bad_values_name_the_key(data: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(data)
+
+
+def test_noise_amplitude_takes_fractions() -> None:
+    config = parse_config({**BASE, "detector": {"noise_amplitude": "4/255"}})
+    assert config.detector.noise_amplitude == pytest.approx(4 / 255)
 
 
 def test_configs_are_frozen() -> None:
