@@ -104,7 +104,10 @@ def main() -> None:
         pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
     labels = order[data.labels[:count]]
     def detector(probe: bool, noise_probe: bool) -> DetectorConfig:
-        return config.detector.model_copy(update={"probe": probe, "noise_probe": noise_probe})
+        """The config's detector with the noise probe; without it, the default weights (fitted for that case)."""
+        if noise_probe:
+            return config.detector.model_copy(update={"probe": probe})
+        return DetectorConfig(threshold=config.detector.threshold, probe=probe)
 
     plain = Moderator(backbone, taxonomy=config.taxonomy, method="clip", cola=cola_config,
                       detector=detector(False, False), bank=bank)

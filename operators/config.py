@@ -187,8 +187,9 @@ class ColaConfig(Section):
 class DetectorConfig(Section):
     """Adversarial-upload detector: a score in [0, 1] per image from signals the operator computes anyway.
 
-    score = sigmoid(bias + sum of weight * (signal - center) / scale); signals without a value for an image (e.g.
-    COLA's, where COLA did not run) are left out. Defaults were fitted on the reference model (clean vs PGD).
+    score = sigmoid(bias + sum of weight * (signal - center) / scale), the noise shift entering as its logarithm;
+    signals without a value for an image (e.g. COLA's, where COLA did not run) are left out. Defaults were fitted on
+    the reference model (clean vs PGD).
     """
 
     enabled: bool = True

@@ -160,9 +160,11 @@ def _dead_json(dead: DeadLetter, index: int, batch: dict[str, np.ndarray]) -> st
 class BatchWriter:
     """Driver side: collects the model stage's rows per source batch and writes complete batches."""
 
-    def __init__(self, sink: ParquetSink, summary: RunSummary) -> None:
+    def __init__(self, sink: ParquetSink, summary: RunSummary, *, started: float | None = None) -> None:
+        """``started``: the job's ``time.perf_counter()`` start, for the summary's start-up time."""
         self.sink = sink
         self.summary = summary
+        self.started = time.perf_counter() if started is None else started
         self.pending: dict[str, list[tuple[str, str, bytes]]] = defaultdict(list)
 
     def add(self, key: str, total: int, route: str, record: str, payload: bytes) -> int:
@@ -186,6 +188,7 @@ class BatchWriter:
                 self.summary.add_dead_letter(data["error_stage"], data["error_class"])
             else:
                 self.summary.add_output(route_name, data)
+        self.summary.mark_first_output(time.perf_counter() - self.started)
         return len(rows)
 
 
@@ -233,7 +236,7 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
         compute=ray.data.ActorPoolStrategy(min_size=config.ray.actor_pool_min, max_size=config.ray.actor_pool_max),
         num_cpus=config.ray.worker_num_cpus, num_gpus=config.ray.worker_num_gpus,
         resources=dict(config.ray.worker_resources) or None)
-    writer = BatchWriter(sink, summary)
+    writer = BatchWriter(sink, summary, started=started)
     with tqdm(total=total_rows, unit="img", desc="cola batch", disable=not progress) as bar:
         for rows in dataset.iter_batches(batch_format="numpy", batch_size=None):
             for key, total, route, record, payload in zip(rows["key"], rows["batch_total"], rows["route"],

@@ -20,6 +20,10 @@ class RunSummary:
     flagged: int = 0
     dead_letter_errors: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    first_output_s: float | None = None
+    """Seconds from the start to the first written batch (the batch job's start-up: worker processes, imports,
+    model loading), and how many inputs that batch held; see :attr:`steady_throughput`."""
+    first_output_inputs: int = 0
 
     def add_output(self, route: str, record: Mapping[str, Any]) -> None:
         self.inputs += 1
@@ -27,6 +31,12 @@ class RunSummary:
         self.labels[str(record["label"])] += 1
         self.actions[str(record["action"])] += 1
         self.flagged += bool(record["suspected_adversarial"])
+
+    def mark_first_output(self, elapsed_s: float) -> None:
+        """Record, once, that the first batch (all inputs counted so far) was written ``elapsed_s`` after the start."""
+        if self.first_output_s is None:
+            self.first_output_s = elapsed_s
+            self.first_output_inputs = self.inputs
 
     def add_dead_letter(self, stage: str, error_class: str) -> None:
         self.inputs += 1
@@ -48,11 +58,22 @@ class RunSummary:
     def throughput(self) -> float:
         return self.inputs / self.seconds if self.seconds else 0.0
 
+    @property
+    def steady_throughput(self) -> float | None:
+        """Inputs per second after the first written batch: the rate a longer job converges to, without the
+        start-up (None when fewer than two batches were written)."""
+        if self.first_output_s is None or self.inputs <= self.first_output_inputs:
+            return None
+        span = self.seconds - self.first_output_s
+        return (self.inputs - self.first_output_inputs) / span if span > 0 else None
+
     def as_dict(self) -> dict[str, Any]:
         return {"inputs": self.inputs, "skipped_batches": self.skipped_batches, "routes": dict(self.routes),
                 "labels": dict(self.labels), "actions": dict(self.actions), "flagged": self.flagged,
                 "dead_letter_errors": dict(self.dead_letter_errors), "seconds": round(self.seconds, 3),
-                "throughput": round(self.throughput, 2)}
+                "throughput": round(self.throughput, 2),
+                "first_output_s": None if self.first_output_s is None else round(self.first_output_s, 3),
+                "steady_throughput": None if (steady := self.steady_throughput) is None else round(steady, 2)}
 
     def table(self, title: str) -> str:
         """A plain-text report for terminals."""
@@ -73,4 +94,7 @@ class RunSummary:
         lines.append(f"flagged as suspected adversarial: {self.flagged}")
         section("dead letters", self.dead_letter_errors)
         lines.append(f"time: {self.seconds:.1f} s   throughput: {self.throughput:.1f} images/s")
+        if (steady := self.steady_throughput) is not None:
+            lines.append(f"  first batch written after {self.first_output_s:.1f} s (start-up); "
+                         f"{steady:.1f} images/s after that")
         return "\n".join(lines)

@@ -71,6 +71,7 @@ def test_batch_job_routes_every_input_once_and_resumes(config: PipelineConfig, d
     expected = {f"img-{i:03d}" for i in range(60)} | {f"{(dataset / 'c.parquet').resolve()}:{row}" for row in (0, 1)}
     assert sorted(ids) == sorted(expected)  # exactly once each
     assert summary.inputs == 62 and summary.routes["dead_letter"] == len(dead)
+    assert summary.first_output_s is not None and 0 < summary.first_output_s <= summary.seconds
 
     # corrupt rows are dead letters with the original bytes and a specific error
     by_id = dead.set_index("id")

@@ -23,6 +23,22 @@ def test_counts_merge_and_table() -> None:
     assert first.as_dict()["routes"]["dead_letter"] == 1
 
 
+def test_start_up_and_steady_throughput() -> None:
+    summary = RunSummary()
+    assert summary.steady_throughput is None
+    for _ in range(10):
+        summary.add_output("output", record("bag"))
+    summary.mark_first_output(4.0)  # the first batch (10 inputs) was written after 4 s of start-up
+    for _ in range(30):
+        summary.add_output("output", record("bag"))
+    summary.mark_first_output(5.0)  # later batches do not move the mark
+    summary.seconds = 7.0
+    assert summary.first_output_s == 4.0 and summary.first_output_inputs == 10
+    assert summary.throughput == 40 / 7.0 and summary.steady_throughput == 10.0  # 30 inputs in the last 3 s
+    assert summary.as_dict()["steady_throughput"] == 10.0
+    assert "first batch written after 4.0 s (start-up); 10.0 images/s after that" in summary.table("run")
+
+
 def test_ground_truth_report() -> None:
     rows = [{**record("bag"), "true_label": "bag", "attacked": False},
             {**record("coat"), "true_label": "bag", "attacked": False},
