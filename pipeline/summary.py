@@ -61,11 +61,12 @@ class RunSummary:
     @property
     def steady_throughput(self) -> float | None:
         """Inputs per second after the first written batch: the rate a longer job converges to, without the
-        start-up (None when fewer than two batches were written)."""
+        start-up. None when there is too little after it to measure (under a second: e.g. a small job whose batches
+        all finish together)."""
         if self.first_output_s is None or self.inputs <= self.first_output_inputs:
             return None
         span = self.seconds - self.first_output_s
-        return (self.inputs - self.first_output_inputs) / span if span > 0 else None
+        return (self.inputs - self.first_output_inputs) / span if span >= 1.0 else None
 
     def as_dict(self) -> dict[str, Any]:
         return {"inputs": self.inputs, "skipped_batches": self.skipped_batches, "routes": dict(self.routes),

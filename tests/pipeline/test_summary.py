@@ -37,6 +37,8 @@ def test_start_up_and_steady_throughput() -> None:
     assert summary.throughput == 40 / 7.0 and summary.steady_throughput == 10.0  # 30 inputs in the last 3 s
     assert summary.as_dict()["steady_throughput"] == 10.0
     assert "first batch written after 4.0 s (start-up); 10.0 images/s after that" in summary.table("run")
+    summary.seconds = 4.5  # everything after the first batch came within half a second: nothing to measure
+    assert summary.steady_throughput is None and "start-up" not in summary.table("run")
 
 
 def test_ground_truth_report() -> None:
