@@ -21,7 +21,9 @@ def run(args: argparse.Namespace) -> int:
     def _stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _stop)
+    # SIGINT too: a shell starting `cola broker &` without job control ignores SIGINT in the child, and Python then
+    # installs no KeyboardInterrupt handler, so `kill -INT` would do nothing.
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with broker:
             print(f"embedded Kafka broker on {broker.bootstrap_servers} (pid {broker.pid}, memory storage); "
@@ -33,4 +35,5 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

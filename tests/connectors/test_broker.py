@@ -41,8 +41,10 @@ def test_start_connect_stop() -> None:
 
 def test_cola_broker_command_runs_until_interrupted() -> None:
     port = free_port()
+    # started with SIGINT ignored, as a shell without job control starts `cola broker &`: the command must still stop
     process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "broker", "--port", str(port)], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == f"127.0.0.1:{port}"
