@@ -1,0 +1,220 @@
+"""The GPU checks in one go, for a session that is lent a GPU machine (a few minutes of device time).
+
+    python benchmarks/gpu_check.py [--device cuda] [--batch 256] [--seconds 2] [--skip-vit]
+
+What it checks, on the bundled reference model and the sample Parquet (clean rows and PGD copies), and prints as
+one line each; exit status 1 when a parity check fails:
+
+1. parity: plain CLIP and COLA probabilities and the detector's scores on the device match the CPU's (fp32), and
+   gradients flow through COLA (views, projection, batched OT) on the device, as adaptive attacks need;
+2. dtypes: fp16 / bf16 against fp32 on the device: top-1 agreement on the clean rows, the attacked copies flagged and
+   the clean rows flagged at the configured threshold, and the clean rows' median log noise shift (the detector's
+   noise probe is calibrated for fp32: a median far from fp32's means recalibrating ``detector.noise_shift_*``);
+3. throughput on the device (CUDA-synchronised, best of repeated timed loops): plain CLIP, the reference config's
+   cascade (noise probe) and COLA on every image, reference model, batch ``--batch``; and the image encoder of a
+   ViT-B/32-shaped model with random weights at fp32 / fp16 (``--skip-vit`` leaves it out).
+
+Needs the ``operators`` dependencies only (no Ray, no Kafka). The lent H200 machine's image has Python 3.12, torch
+and transformers but not pydantic, POT or open-clip-torch (the CLIP vocabulary, for the ViT-B/32 model); they travel
+as wheels (36 MB; the tree is ~20 MB, the limit 64 MiB). Here, in the repo root::
+
+    echo /.whl/ >> .git/info/exclude
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d .whl pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+        typing-inspection==0.4.5 pot==0.9.7.post1 open-clip-torch==3.3.0
+
+then one device run with ``carry: [".whl"]`` and the command::
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
+    PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --device cuda
+
+(about a minute of work after the machine starts; give it a 300 s timeout). ``--device cpu`` runs the same checks
+here (CPU against CPU), which is how the test suite keeps the script working.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from operators.backbone import ClipBackbone
+from operators.config import ModelConfig
+from operators.moderator import BatchVerdict, Moderator
+from operators.zeroshot import Scores
+from pipeline.config import PipelineConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "samples" / "sample.parquet"
+DTYPES = ("fp16", "bf16")
+
+
+def sample_pixels(moderator: Moderator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sample's decodable rows as ``[n, 3, S, S]`` pixels in [0, 1], and ``[n]`` bool: attacked copy."""
+    rows = [row for row in pq.read_table(SAMPLE).to_pylist() if row["true_label"] is not None]
+    decoded = moderator.decoder.decode([row["image"] for row in rows])
+    attacked = torch.tensor([bool(rows[i]["attacked"]) for i in decoded.indices])
+    return decoded.pixels, attacked
+
+
+def build(config: PipelineConfig, *, device: str, dtype: str = "fp32", method: str | None = None) -> Moderator:
+    model = config.model.model_copy(update={"device": device, "dtype": dtype})
+    return Moderator(ClipBackbone.load(model), taxonomy=config.taxonomy, method=method or config.method,
+                     cola=config.cola, detector=config.detector)
+
+
+def verdict(moderator: Moderator, pixels: torch.Tensor, batch: int) -> BatchVerdict:
+    device = moderator.backbone.device
+    parts = [moderator.verdict(pixels[i : i + batch].to(device)) for i in range(0, len(pixels), batch)]
+    return BatchVerdict(
+        scores=Scores(labels=parts[0].scores.labels, probs=torch.cat([p.scores.probs.float().cpu() for p in parts])),
+        adversarial_scores=torch.cat([p.adversarial_scores.float().cpu() for p in parts]),
+        suspected=torch.cat([p.suspected.cpu() for p in parts]),
+        cola_applied=torch.cat([p.cola_applied.cpu() for p in parts]))
+
+
+def check_parity(config: PipelineConfig, device: str, pixels: torch.Tensor, batch: int) -> bool:
+    ok = True
+    for method in ("clip", "cola", "cascade"):
+        cpu = verdict(build(config, device="cpu", method=method), pixels, batch)
+        dev = verdict(build(config, device=device, method=method), pixels, batch)
+        probs = float((cpu.scores.probs - dev.scores.probs).abs().max())
+        adversarial = float((cpu.adversarial_scores - dev.adversarial_scores).abs().max())
+        agree = float((cpu.scores.predicted == dev.scores.predicted).float().mean())
+        passed = probs <= 2e-3 and adversarial <= 2e-2 and agree >= 0.99
+        ok &= passed
+        print(f"parity {method:8s} {'PASS' if passed else 'FAIL'}: max |probs diff| {probs:.2e}, max |adversarial "
+              f"score diff| {adversarial:.2e}, top-1 agreement {agree:.3f} ({device} vs cpu, fp32)")
+    moderator = build(config, device=device, method="cola")
+    x = pixels[:8].to(moderator.backbone.device).requires_grad_(True)
+    scores = moderator.cola.score_pixels(moderator.backbone, x, grad=True)
+    scores.distances.sum().backward()
+    grad = x.grad
+    passed = grad is not None and bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0
+    ok &= passed
+    print(f"parity gradient {'PASS' if passed else 'FAIL'}: d COLA distances / d pixels on {device}: finite and "
+          f"non-zero" + ("" if grad is None else f" (|grad| sum {float(grad.abs().sum()):.3e})"))
+    return ok
+
+
+def noise_log_shift(moderator: Moderator, pixels: torch.Tensor) -> torch.Tensor:
+    from operators.detector import embedding_shift
+
+    with torch.inference_mode():
+        x = pixels.to(moderator.backbone.device)
+        shift = embedding_shift(moderator.backbone.encode_images(x),
+                                moderator.backbone.encode_images(moderator.detector.noisy(x)))
+    return shift.float().cpu().clamp_min(1e-12).log()
+
+
+def check_dtypes(config: PipelineConfig, device: str, pixels: torch.Tensor, attacked: torch.Tensor,
+                 batch: int) -> None:
+    clean = pixels[~attacked]
+    reference = build(config, device=device)
+    fp32 = verdict(reference, pixels, batch)
+    print(f"dtype fp32: attacked flagged {int(fp32.suspected[attacked].sum())}/{int(attacked.sum())}, clean flagged "
+          f"{int(fp32.suspected[~attacked].sum())}/{int((~attacked).sum())}, clean median log noise shift "
+          f"{float(noise_log_shift(reference, clean).median()):.2f}")
+    for dtype in DTYPES:
+        try:
+            moderator = build(config, device=device, dtype=dtype)
+        except Exception as error:  # noqa: BLE001 - report and go on: e.g. fp16 on CPU is refused by design
+            print(f"dtype {dtype}: not run ({type(error).__name__}: {error})")
+            continue
+        result = verdict(moderator, pixels, batch)
+        agree = float((result.scores.predicted[~attacked] == fp32.scores.predicted[~attacked]).float().mean())
+        print(f"dtype {dtype}: top-1 agreement with fp32 on clean rows {agree:.3f}; attacked flagged "
+              f"{int(result.suspected[attacked].sum())}/{int(attacked.sum())}, clean flagged "
+              f"{int(result.suspected[~attacked].sum())}/{int((~attacked).sum())}, clean median log noise shift "
+              f"{float(noise_log_shift(moderator, clean).median()):.2f}")
+
+
+def rate(function: Callable[[], Any], count: int, device: torch.device, seconds: float) -> float:
+    """Images per second: best of timed loops of ``function`` (each call handles ``count`` images)."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    function()
+    sync()
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == 0.0:
+        started = time.perf_counter()
+        function()
+        sync()
+        best = max(best, count / (time.perf_counter() - started))
+    return best
+
+
+def check_throughput(config: PipelineConfig, device: str, pixels: torch.Tensor, batch: int, seconds: float,
+                     vit: bool) -> None:
+    x = pixels[torch.arange(batch) % len(pixels)]
+    for method in ("clip", "cascade", "cola"):
+        moderator = build(config, device=device, method=method)
+        on_device = x.to(moderator.backbone.device)
+        def run(moderator: Moderator = moderator, pixels: torch.Tensor = on_device) -> BatchVerdict:
+            return moderator.verdict(pixels)
+
+        with torch.inference_mode():
+            value = rate(run, batch, moderator.backbone.device, seconds)
+        print(f"throughput reference {method:8s} {value:10.0f} img/s (batch {batch}, {device})")
+    if not vit:
+        return
+    import tempfile
+
+    from operators.checkpoint import VIT_B_32, new_clip_model, save_checkpoint
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = save_checkpoint(new_clip_model(VIT_B_32), Path(directory), image_size=VIT_B_32.image_size)
+        for dtype in ("fp32", *DTYPES):
+            try:
+                backbone = ClipBackbone.load(ModelConfig.model_validate({"path": str(path), "device": device,
+                                                                         "dtype": dtype}))
+            except Exception as error:  # noqa: BLE001 - fp16 / bf16 on CPU are refused by design
+                print(f"throughput ViT-B/32 encoder {dtype}: not run ({type(error).__name__}: {error})")
+                continue
+            images = torch.rand(batch, 3, VIT_B_32.image_size, VIT_B_32.image_size, device=backbone.device)
+            def encode(backbone: ClipBackbone = backbone, images: torch.Tensor = images) -> torch.Tensor:
+                return backbone.encode_images(images)
+
+            with torch.inference_mode():
+                value = rate(encode, batch, backbone.device, seconds)
+            print(f"throughput ViT-B/32 encoder {dtype} {value:10.0f} img/s (batch {batch}, {device}, random "
+                  f"weights)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "reference.yaml")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--seconds", type=float, default=2.0, help="timing budget per throughput case")
+    parser.add_argument("--skip-vit", action="store_true", help="leave out the ViT-B/32-shaped encoder timing")
+    args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"--device {args.device}: CUDA is not available here (torch {torch.__version__}); use --device cpu "
+              "for a dry run", file=sys.stderr)
+        return 2
+    config = load_config(args.config)
+    name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    print(f"gpu_check: {name}, torch {torch.__version__}, config {args.config.name}")
+    pixels, attacked = sample_pixels(build(config, device="cpu"))
+    ok = check_parity(config, args.device, pixels, args.batch)
+    check_dtypes(config, args.device, pixels, attacked, args.batch)
+    check_throughput(config, args.device, pixels, args.batch, args.seconds, vit=not args.skip_vit)
+    print("gpu_check: " + ("all parity checks passed" if ok else "PARITY FAILED"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
