@@ -217,8 +217,9 @@ class DetectorConfig(Section):
     noise_shift_center: float = -9.3
     """In log units. With the default bias, weight and scale the noise shift alone flags at center + scale / 2 =
     -8.8 (1 - cos = 1.5e-4): the 95th percentile of clean Fashion-MNIST test images on the reference model at the
-    default amplitude (clean: mean -10.4, sd 1.0). Recalibrate for other models, amplitudes and dtypes
-    (fp16 / bf16 embeddings cannot resolve shifts this small: raise the amplitude)."""
+    default amplitude (clean: mean -10.4, sd 1.0). Recalibrate for other models, amplitudes and dtypes (bf16 on
+    CPU moved the clean median from -10.5 to -10.1 and flagged 21 instead of 14 of the sample's 300 clean images;
+    ``benchmarks/gpu_check.py`` prints the median per dtype)."""
     noise_shift_scale: Annotated[float, Field(gt=0)] = 1.0
     residual_weight: float = 0.0
     """Weight of the share of the image embedding outside the text subspace. Off by default: on the reference
