@@ -27,13 +27,8 @@ from operators.detector import embedding_shift
 from operators.moderator import Moderator
 from pipeline.config import load_config
 from pipeline.demo import DEFAULT_CONFIG
+from pipeline.evaluation.metrics import auroc
 from pipeline.fashion_mnist import CLASS_NAMES, load_fashion_mnist
-
-
-def auroc(negatives: torch.Tensor, positives: torch.Tensor) -> float:
-    above = (positives[:, None] > negatives[None, :]).float().mean()
-    ties = (positives[:, None] == negatives[None, :]).float().mean()
-    return float(above + 0.5 * ties)
 
 
 def main() -> None:

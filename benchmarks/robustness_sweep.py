@@ -36,17 +36,11 @@ from operators.config import ColaConfig, DetectorConfig
 from operators.moderator import Moderator
 from operators.text_bank import TextBank
 from pipeline.config import load_config
+from pipeline.evaluation.metrics import auroc
 from pipeline.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-def auroc(negatives: torch.Tensor, positives: torch.Tensor) -> float:
-    """P(score of a random positive > score of a random negative), ties counted half."""
-    neg, pos = negatives.double().flatten(), positives.double().flatten()
-    greater = (pos[:, None] > neg[None, :]).double().mean()
-    ties = (pos[:, None] == neg[None, :]).double().mean()
-    return float(greater + 0.5 * ties)
 
 
 def override(config: ColaConfig, assignments: list[str]) -> ColaConfig:
