@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from operators.attacks import pgd_linf
 from operators.backbone import ClipBackbone
-from operators.detector import embedding_shift
 from operators.moderator import Moderator
 from pipeline.config import load_config
 from pipeline.demo import DEFAULT_CONFIG
@@ -56,9 +55,7 @@ def main() -> None:
     labels = order[data.labels[:count]]
 
     def log_noise_shift(x: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
-        features = backbone.encode_images(x, grad=grad)
-        noisy = backbone.encode_images(moderator.detector.noisy(x), grad=grad)
-        return embedding_shift(features, noisy).clamp_min(1e-12).log()
+        return moderator.noise_shift(x, grad=grad).clamp_min(1e-12).log()
 
     with torch.inference_mode():
         clean = moderator.verdict(pixels)

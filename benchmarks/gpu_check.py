@@ -107,12 +107,8 @@ def check_parity(config: PipelineConfig, device: str, pixels: torch.Tensor, batc
 
 
 def noise_log_shift(moderator: Moderator, pixels: torch.Tensor) -> torch.Tensor:
-    from operators.detector import embedding_shift
-
     with torch.inference_mode():
-        x = pixels.to(moderator.backbone.device)
-        shift = embedding_shift(moderator.backbone.encode_images(x),
-                                moderator.backbone.encode_images(moderator.detector.noisy(x)))
+        shift = moderator.noise_shift(pixels.to(moderator.backbone.device))
     return shift.float().cpu().clamp_min(1e-12).log()
 
 

@@ -110,6 +110,14 @@ class Moderator:
         """Plain CLIP class probabilities for ``[B, 3, S, S]`` pixels in [0, 1]."""
         return self.zero_shot.scores(self.backbone.encode_images(pixels))
 
+    def noise_shift(self, pixels: torch.Tensor, features: torch.Tensor | None = None, *,
+                    grad: bool = False) -> torch.Tensor:
+        """``[B]`` the noise probe's signal: 1 - cos between the embeddings of ``pixels`` with and without the
+        detector's fixed noise (``features``: the embeddings without it, when already computed)."""
+        if features is None:
+            features = self.backbone.encode_images(pixels, grad=grad)
+        return embedding_shift(features, self.backbone.encode_images(self.detector.noisy(pixels), grad=grad))
+
     def verdict(self, pixels: torch.Tensor, *, method: str | None = None) -> BatchVerdict:
         """Score one batch of ``[B, 3, S, S]`` pixels in [0, 1] with ``method`` (default: the configured one)."""
         method = method or self.method
@@ -124,7 +132,7 @@ class Moderator:
             shift = view_shift_of(known)
         noise = None
         if self.detector.config.enabled and self.detector.config.noise_probe:
-            noise = embedding_shift(features, self.backbone.encode_images(self.detector.noisy(pixels)))
+            noise = self.noise_shift(pixels, features)
         adversarial = self.detector.score(residual, clip.probs, probe_shift=shift, noise_shift=noise)
         batch = pixels.shape[0]
         if method == "clip":
