@@ -17,11 +17,18 @@ import torch
 import torch.nn.functional as F
 from _common import interleaved, vit_b32_dir
 
-from operators.backbone import ClipBackbone
-from operators.cola import ColaScorer
-from operators.config import ColaConfig, DetectorConfig, ModelConfig, ProjectionConfig, TaxonomyConfig, ViewsConfig
-from operators.moderator import Moderator
-from operators.text_bank import TextBank
+from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.cola import ColaScorer
+from cola_moderation.operators.config import (
+    ColaConfig,
+    DetectorConfig,
+    ModelConfig,
+    ProjectionConfig,
+    TaxonomyConfig,
+    ViewsConfig,
+)
+from cola_moderation.operators.moderator import Moderator
+from cola_moderation.operators.text_bank import TextBank
 
 
 def random_bank(classes: int, texts: int, dim: int, *, seed: int = 0) -> TextBank:

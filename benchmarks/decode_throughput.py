@@ -15,8 +15,8 @@ import torch
 from _common import interleaved, photo_like_jpegs
 from PIL import Image
 
-from operators.config import DecodeConfig
-from operators.decode import ImageDecoder
+from cola_moderation.operators.config import DecodeConfig
+from cola_moderation.operators.decode import ImageDecoder
 
 
 def naive_decode(data: bytes, size: int) -> torch.Tensor:

@@ -21,13 +21,13 @@ import _common  # noqa: F401  (sets the offline environment)
 import torch
 import torch.nn.functional as F
 
-from operators.attacks import pgd_linf
-from operators.backbone import ClipBackbone
-from operators.moderator import Moderator
-from pipeline.config import load_config
-from pipeline.demo import DEFAULT_CONFIG
-from pipeline.evaluation.metrics import auroc
-from pipeline.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+from cola_moderation.operators.attacks import pgd_linf
+from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.moderator import Moderator
+from cola_moderation.pipeline.config import load_config
+from cola_moderation.pipeline.demo import DEFAULT_CONFIG
+from cola_moderation.pipeline.evaluation.metrics import auroc
+from cola_moderation.pipeline.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 
 
 def main() -> None:

@@ -61,9 +61,9 @@ def generate(directory: Path, *, total_bytes: int, row_bytes: int, files: int) -
 
 
 def run_pipeline(inputs: Path, output: Path) -> dict[str, float]:
-    from connectors.config import ParquetConfig
-    from connectors.parquet_sink import ParquetSink
-    from connectors.parquet_source import ParquetSource
+    from cola_moderation.connectors.config import ParquetConfig
+    from cola_moderation.connectors.parquet_sink import ParquetSink
+    from cola_moderation.connectors.parquet_source import ParquetSource
     from tests.connectors.jobs import drain
 
     config = ParquetConfig()

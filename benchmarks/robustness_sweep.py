@@ -29,15 +29,15 @@ import torch.nn.functional as F
 import yaml
 from _common import interleaved
 
-from operators.attacks import clip_cross_entropy, cola_cross_entropy, pgd_linf
-from operators.backbone import ClipBackbone
-from operators.cola import ColaScorer
-from operators.config import ColaConfig, DetectorConfig
-from operators.moderator import Moderator
-from operators.text_bank import TextBank
-from pipeline.config import load_config
-from pipeline.evaluation.metrics import auroc
-from pipeline.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+from cola_moderation.operators.attacks import clip_cross_entropy, cola_cross_entropy, pgd_linf
+from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.cola import ColaScorer
+from cola_moderation.operators.config import ColaConfig, DetectorConfig
+from cola_moderation.operators.moderator import Moderator
+from cola_moderation.operators.text_bank import TextBank
+from cola_moderation.pipeline.config import load_config
+from cola_moderation.pipeline.evaluation.metrics import auroc
+from cola_moderation.pipeline.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,13 +17,13 @@ import time
 import torch
 import torchattacks
 
-from operators.attacks import clip_cross_entropy, pgd_linf
-from operators.backbone import ClipBackbone
-from pipeline.config import load_config
-from pipeline.evaluation.datasets import load_fashion_mnist_eval
-from pipeline.evaluation.harness import Harness, eps_label, parse_eps
-from pipeline.evaluation.metrics import accuracy
-from pipeline.evaluation.wrapped import ZeroShotLogits
+from cola_moderation.operators.attacks import clip_cross_entropy, pgd_linf
+from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.pipeline.config import load_config
+from cola_moderation.pipeline.evaluation.datasets import load_fashion_mnist_eval
+from cola_moderation.pipeline.evaluation.harness import Harness, eps_label, parse_eps
+from cola_moderation.pipeline.evaluation.metrics import accuracy
+from cola_moderation.pipeline.evaluation.wrapped import ZeroShotLogits
 
 
 def main() -> None:

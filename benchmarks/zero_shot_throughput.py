@@ -15,10 +15,10 @@ import torch
 from _common import interleaved, photo_like_jpegs, vit_b32_dir
 from PIL import Image
 
-from operators.backbone import ClipBackbone
-from operators.config import DecodeConfig, ModelConfig, TaxonomyConfig
-from operators.decode import ImageDecoder
-from operators.moderator import Moderator
+from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.config import DecodeConfig, ModelConfig, TaxonomyConfig
+from cola_moderation.operators.decode import ImageDecoder
+from cola_moderation.operators.moderator import Moderator
 
 LABELS = ("cat", "dog", "car", "tree", "house", "person", "bicycle", "boat", "bird", "flower")
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
 
-from connectors.records import Batch, DeadLetter, Route
+from cola_moderation.connectors.records import Batch, DeadLetter, Route
 
 
 class Closing:
@@ -75,7 +75,8 @@ class Sink(Closing, ABC):
     @abstractmethod
     def flush(self, batch: Batch) -> None:
         """Durably write everything added since the last flush, as the outputs of ``batch``; raise
-        :class:`~connectors.errors.SinkWriteError` if anything was not written. Buffers are cleared either way."""
+        :class:`~cola_moderation.connectors.errors.SinkWriteError` if anything was not written. Buffers are cleared
+        either way."""
 
     def close(self) -> None:
         """Release resources. Does not flush: unflushed records belong to uncommitted batches."""

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from connectors.errors import BrokerError
+from cola_moderation.connectors.errors import BrokerError
 
 log = logging.getLogger(__name__)
 

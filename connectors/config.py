@@ -1,5 +1,5 @@
 """Config sections of the connectors: ``kafka:`` and ``parquet:`` in the pipeline YAML (frozen, unknown keys
-rejected; :mod:`pipeline.config` composes them)."""
+rejected; :mod:`cola_moderation.pipeline.config` composes them)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from operators.config import Section
+from cola_moderation.operators.config import Section
 
 MiB = 1024 * 1024
 

@@ -1,12 +1,14 @@
-"""Connector errors. All derive from :class:`~operators.errors.ColaError` and carry the stage they belong to."""
+"""Connector errors. All derive from :class:`~cola_moderation.operators.errors.ColaError` and carry the stage they
+belong to."""
 
 from __future__ import annotations
 
-from operators.errors import ColaError
+from cola_moderation.operators.errors import ColaError
 
 
 class MalformedRecordError(ColaError, ValueError):
-    """An input message or row cannot be turned into an :class:`~connectors.records.InputRecord` (bad JSON
+    """An input message or row cannot be turned into an :class:`~cola_moderation.connectors.records.InputRecord` (bad
+    JSON
     envelope, missing or unreadable image). Sources route it to the dead-letter stream; it never stops a stream."""
 
     stage = "source"

@@ -11,7 +11,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from connectors.errors import BrokerError
+from cola_moderation.connectors.errors import BrokerError
 
 
 def ensure_topics(bootstrap_servers: str, partitions: Mapping[str, int], *, timeout_s: float = 20.0,

@@ -1,7 +1,8 @@
 """KafkaSink: JSON output records keyed by id on the output / quarantine topics; dead letters on the dead-letter topic.
 
 Producer: ``acks=all``, bounded retries, ``max_request_size`` from config. :meth:`add` sends asynchronously;
-:meth:`flush` waits for every send and raises :class:`~connectors.errors.SinkWriteError` if any failed, so the
+:meth:`flush` waits for every send and raises :class:`~cola_moderation.connectors.errors.SinkWriteError` if any failed,
+so the
 caller does not commit the batch.
 
 Dead-letter message: key = id, value = the original bytes, headers ``error.class``, ``error.message``,
@@ -23,10 +24,10 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from connectors.base import Sink, check_route
-from connectors.config import KafkaConfig
-from connectors.errors import SinkWriteError
-from connectors.records import Batch, DeadLetter, Route
+from cola_moderation.connectors.base import Sink, check_route
+from cola_moderation.connectors.config import KafkaConfig
+from cola_moderation.connectors.errors import SinkWriteError
+from cola_moderation.connectors.records import Batch, DeadLetter, Route
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
   -> metadata). No key / no ``id`` -> ``topic:partition:offset``. Headers are kept byte-exact on the record and, as
   text, in ``metadata["headers"]``.
 * A message that cannot become a record (malformed envelope, bad base64, empty value) is a dead letter in the batch
-  (stage ``source``, :class:`~connectors.errors.MalformedRecordError`); the stream goes on.
+  (stage ``source``, :class:`~cola_moderation.connectors.errors.MalformedRecordError`); the stream goes on.
 * Rebalance: before partitions are revoked, acknowledged-but-uncommitted offsets are committed; records of revoked
   partitions still being collected are dropped, and in-flight batches are not committed for partitions this member
   lost (their new owner re-reads them: at-least-once).
@@ -26,10 +26,10 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from connectors.base import Source
-from connectors.config import KafkaConfig
-from connectors.errors import MalformedRecordError
-from connectors.records import Batch, DeadLetter, InputRecord, KafkaPosition
+from cola_moderation.connectors.base import Source
+from cola_moderation.connectors.config import KafkaConfig
+from cola_moderation.connectors.errors import MalformedRecordError
+from cola_moderation.connectors.records import Batch, DeadLetter, InputRecord, KafkaPosition
 
 log = logging.getLogger(__name__)
 

@@ -36,11 +36,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from connectors.base import Sink, check_route
-from connectors.config import ParquetConfig
-from connectors.errors import SinkWriteError
-from connectors.records import Batch, DeadLetter, Route
-from operators.errors import ConfigError
+from cola_moderation.connectors.base import Sink, check_route
+from cola_moderation.connectors.config import ParquetConfig
+from cola_moderation.connectors.errors import SinkWriteError
+from cola_moderation.connectors.records import Batch, DeadLetter, Route
+from cola_moderation.operators.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

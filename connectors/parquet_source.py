@@ -28,11 +28,11 @@ from urllib.parse import unquote, urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from connectors.base import Source
-from connectors.config import ParquetConfig
-from connectors.errors import MalformedRecordError
-from connectors.records import Batch, DeadLetter, FilePosition, InputRecord
-from operators.errors import ConfigError
+from cola_moderation.connectors.base import Source
+from cola_moderation.connectors.config import ParquetConfig
+from cola_moderation.connectors.errors import MalformedRecordError
+from cola_moderation.connectors.records import Batch, DeadLetter, FilePosition, InputRecord
+from cola_moderation.operators.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

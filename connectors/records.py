@@ -7,7 +7,8 @@
 * :class:`Route` - where a processed record goes. The pipeline turns each model result into an output record dict
   (``id, label, score, topk, action, ..., source, processed_at, latency_ms`` + passthrough metadata, see DESIGN.md)
   and hands the sink ``(Route.OUTPUT | Route.QUARANTINE, record)`` pairs plus :class:`DeadLetter` objects.
-* :class:`Batch` - what :meth:`connectors.base.Source.poll` returns: records, the source-stage dead letters, a stable
+* :class:`Batch` - what :meth:`cola_moderation.connectors.base.Source.poll` returns: records, the source-stage dead
+  letters, a stable
   ``key`` (file sinks name their part files after it) and an opaque commit position.
 
 Every input ends in exactly one of output / quarantine / dead-letter.
@@ -20,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from operators.errors import error_fields
+from cola_moderation.operators.errors import error_fields
 
 Headers = tuple[tuple[str, bytes], ...]
 """Kafka headers in arrival order (keys may repeat)."""

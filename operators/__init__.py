@@ -3,6 +3,6 @@
 Importing this package never imports Ray or Kafka.
 """
 
-from operators.errors import ColaError, ConfigError, DecodeError, DeviceError, ModelLoadError
+from cola_moderation.operators.errors import ColaError, ConfigError, DecodeError, DeviceError, ModelLoadError
 
 __all__ = ["ColaError", "ConfigError", "DecodeError", "DeviceError", "ModelLoadError"]

@@ -13,10 +13,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from operators.backbone import ClipBackbone
-from operators.cola import ColaScorer
-from operators.views import sample_view_params
-from operators.zeroshot import ZeroShotClassifier
+from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.cola import ColaScorer
+from cola_moderation.operators.views import sample_view_params
+from cola_moderation.operators.zeroshot import ZeroShotClassifier
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(pixels ``[B, 3, S, S]`` in [0, 1], labels ``[B]``) -> per-example loss ``[B]`` that the attack maximises."""

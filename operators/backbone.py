@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from operators.config import ModelConfig
-from operators.errors import DeviceError, ModelLoadError
+from cola_moderation.operators.config import ModelConfig
+from cola_moderation.operators.errors import DeviceError, ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """Build and save CLIP checkpoints in the standard ``transformers`` layout.
 
 Used for the offline test model (tiny, random weights), the ViT-B/32-shaped benchmark model and the reference
-model. Everything written here loads back through :meth:`operators.backbone.ClipBackbone.load`, the same path a hub
+model. Everything written here loads back through :meth:`cola_moderation.operators.backbone.ClipBackbone.load`, the same
+path a hub
 checkpoint takes.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 
-from operators.clip_vocab import clip_tokenizer
+from cola_moderation.operators.clip_vocab import clip_tokenizer
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

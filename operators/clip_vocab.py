@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from operators.errors import MissingDependencyError
+from cola_moderation.operators.errors import MissingDependencyError
 
 VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"
 

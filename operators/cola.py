@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from operators.backbone import ClipBackbone
-from operators.config import ColaConfig
-from operators.optimal_transport import solve_entropic
-from operators.subspace import TextSubspace
-from operators.text_bank import TextBank
-from operators.views import ViewParams, make_views, sample_view_params
-from operators.zeroshot import Scores
+from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.config import ColaConfig
+from cola_moderation.operators.optimal_transport import solve_entropic
+from cola_moderation.operators.subspace import TextSubspace
+from cola_moderation.operators.text_bank import TextBank
+from cola_moderation.operators.views import ViewParams, make_views, sample_view_params
+from cola_moderation.operators.zeroshot import Scores
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:

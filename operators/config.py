@@ -1,7 +1,9 @@
 """Typed, frozen configuration of the operators (model, taxonomy, decoding).
 
-Sections are pydantic models that reject unknown keys; :mod:`pipeline.config` composes them with the connector and
-Ray sections and turns validation failures into :class:`~operators.errors.ConfigError` messages naming the key path.
+Sections are pydantic models that reject unknown keys; :mod:`cola_moderation.pipeline.config` composes them with the
+connector and
+Ray sections and turns validation failures into :class:`~cola_moderation.operators.errors.ConfigError` messages naming
+the key path.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Image bytes -> RGB float tensors at the model's input size.
 
 Decoding is defensive: the header is read first and images declaring more than ``max_pixels`` are refused before
-any pixel buffer is allocated. Every failure raises :class:`~operators.errors.DecodeError` with a specific message;
+any pixel buffer is allocated. Every failure raises :class:`~cola_moderation.operators.errors.DecodeError` with a
+specific message;
 callers turn it into a dead-letter record or an error line.
 
 Geometry follows CLIP's image processor: resize the shortest side to ``size`` (bicubic), centre-crop ``size`` x
@@ -20,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from operators.config import DecodeConfig
-from operators.errors import DecodeError
+from cola_moderation.operators.config import DecodeConfig
+from cola_moderation.operators.errors import DecodeError
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from operators.config import DetectorConfig
+from cola_moderation.operators.config import DetectorConfig
 
 
 class AdversarialDetector:

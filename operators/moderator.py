@@ -26,14 +26,14 @@ from typing import Literal
 
 import torch
 
-from operators.backbone import ClipBackbone
-from operators.cola import ColaScorer, view_shift_of
-from operators.config import ColaConfig, DecodeConfig, DetectorConfig, ModelConfig, TaxonomyConfig
-from operators.decode import DecodedBatch, ImageDecoder
-from operators.detector import AdversarialDetector, embedding_shift
-from operators.errors import ConfigError, DecodeError
-from operators.text_bank import TextBank
-from operators.zeroshot import Scores, ZeroShotClassifier
+from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.cola import ColaScorer, view_shift_of
+from cola_moderation.operators.config import ColaConfig, DecodeConfig, DetectorConfig, ModelConfig, TaxonomyConfig
+from cola_moderation.operators.decode import DecodedBatch, ImageDecoder
+from cola_moderation.operators.detector import AdversarialDetector, embedding_shift
+from cola_moderation.operators.errors import ConfigError, DecodeError
+from cola_moderation.operators.text_bank import TextBank
+from cola_moderation.operators.zeroshot import Scores, ZeroShotClassifier
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from operators.config import TransportConfig
+from cola_moderation.operators.config import TransportConfig
 
 SCALING_MIN_EPS = 0.03
 """Below this eps the scaling (non-log) iterations risk exp(-cost/eps) underflow in float32 (costs span [0, 2])."""

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from operators.config import Section
+from cola_moderation.operators.config import Section
 
 Action = Literal["allow", "review", "block"]
 SEVERITY: dict[str, int] = {"allow": 0, "review": 1, "block": 2}

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from operators.config import ProjectionConfig
-from operators.errors import ConfigError
+from cola_moderation.operators.config import ProjectionConfig
+from cola_moderation.operators.errors import ConfigError
 
 
 def choose_rank(singular_values: torch.Tensor, *, rank: int | None, energy: float) -> int:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from operators.backbone import ClipBackbone
-from operators.config import TaxonomyConfig
+from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.config import TaxonomyConfig
 
 
 def class_texts(taxonomy: TaxonomyConfig) -> list[list[str]]:

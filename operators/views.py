@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from operators.config import ViewsConfig
+from cola_moderation.operators.config import ViewsConfig
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from operators.text_bank import TextBank
+from cola_moderation.operators.text_bank import TextBank
 
 
 @dataclass(frozen=True)

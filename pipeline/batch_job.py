@@ -5,12 +5,15 @@ Stages (a streaming Ray Data pipeline)::
     input files --read (tasks)--> rows --decode (CPU tasks)--> pixels --model (actor pool)--> routed rows --> driver
                                                                                         ParquetSink (part files)
 
-* read: each task streams one input file through :class:`~connectors.parquet_source.ParquetSource`, so ids
+* read: each task streams one input file through :class:`~cola_moderation.connectors.parquet_source.ParquetSource`, so
+  ids
   (``id`` column or ``file:row``), image paths and passthrough columns behave exactly as in the connector, and
   batches the output directory already holds are skipped (resume).
-* decode: :class:`~operators.decode.ImageDecoder` in CPU tasks (``ray.decode_num_cpus`` each); pixels travel as
+* decode: :class:`~cola_moderation.operators.decode.ImageDecoder` in CPU tasks (``ray.decode_num_cpus`` each); pixels
+  travel as
   uint8, failures as messages.
-* model: :class:`~pipeline.worker.ModerationWorker` in an actor pool (``ray.actor_pool_min..max`` actors, each
+* model: :class:`~cola_moderation.pipeline.worker.ModerationWorker` in an actor pool (``ray.actor_pool_min..max``
+  actors, each
   reserving ``ray.worker_num_cpus`` / ``ray.worker_num_gpus`` / ``ray.worker_resources``).
 * write: the driver gathers the rows of each source batch and hands them to :class:`ParquetSink`, which writes the
   batch's part files atomically. A batch is written only when all its rows arrived, so a killed job leaves whole
@@ -36,18 +39,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from connectors.config import ParquetConfig
-from connectors.parquet_sink import DIRECTORIES, ParquetSink
-from connectors.parquet_source import ParquetSource, expand_inputs
-from connectors.records import Batch, DeadLetter, FilePosition, InputRecord, Route
-from operators.backbone import load_geometry
-from operators.config import DecodeConfig
-from operators.decode import DecodedBatch, ImageDecoder
-from operators.errors import DecodeError
-from pipeline.config import PipelineConfig
-from pipeline.ray_runtime import check_worker_resources, init_ray
-from pipeline.summary import RunSummary
-from pipeline.worker import ModerationWorker
+from cola_moderation.connectors.config import ParquetConfig
+from cola_moderation.connectors.parquet_sink import DIRECTORIES, ParquetSink
+from cola_moderation.connectors.parquet_source import ParquetSource, expand_inputs
+from cola_moderation.connectors.records import Batch, DeadLetter, FilePosition, InputRecord, Route
+from cola_moderation.operators.backbone import load_geometry
+from cola_moderation.operators.config import DecodeConfig
+from cola_moderation.operators.decode import DecodedBatch, ImageDecoder
+from cola_moderation.operators.errors import DecodeError
+from cola_moderation.pipeline.config import PipelineConfig
+from cola_moderation.pipeline.ray_runtime import check_worker_resources, init_ray
+from cola_moderation.pipeline.summary import RunSummary
+from cola_moderation.pipeline.worker import ModerationWorker
 
 log = logging.getLogger(__name__)
 

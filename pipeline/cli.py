@@ -10,9 +10,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from operators.errors import ColaError
+from cola_moderation.operators.errors import ColaError
 
-# name -> (module under pipeline.commands, one-line help)
+# name -> (module under cola_moderation.pipeline.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("classify", "classify image files; one JSON line per image on stdout"),
     "train-reference": ("train_reference", "retrain the bundled reference CLIP on Fashion-MNIST"),
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(f"pipeline.commands.{module_name}")
+        module = importlib.import_module(f"cola_moderation.pipeline.commands.{module_name}")
         module.add_arguments(sub)
         sub.set_defaults(run=module.run)
     return parser

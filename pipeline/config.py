@@ -1,6 +1,6 @@
 """Load a YAML pipeline config into frozen, validated sections.
 
-Unknown keys and bad values raise :class:`~operators.errors.ConfigError` naming the key path, e.g.
+Unknown keys and bad values raise :class:`~cola_moderation.operators.errors.ConfigError` naming the key path, e.g.
 ``model.device: must be auto, cpu, cuda or cuda:N, got 'gpu'`` or ``taxonomy.lables: unknown key``.
 """
 
@@ -12,11 +12,18 @@ from typing import Any, Literal
 import yaml
 from pydantic import ValidationError, model_validator
 
-from connectors.config import KafkaConfig, ParquetConfig
-from operators.config import ColaConfig, DecodeConfig, DetectorConfig, ModelConfig, Section, TaxonomyConfig
-from operators.errors import ConfigError
-from operators.policy import PolicyConfig
-from pipeline.ray_config import RayConfig, ServeConfig, StreamConfig
+from cola_moderation.connectors.config import KafkaConfig, ParquetConfig
+from cola_moderation.operators.config import (
+    ColaConfig,
+    DecodeConfig,
+    DetectorConfig,
+    ModelConfig,
+    Section,
+    TaxonomyConfig,
+)
+from cola_moderation.operators.errors import ConfigError
+from cola_moderation.operators.policy import PolicyConfig
+from cola_moderation.pipeline.ray_config import RayConfig, ServeConfig, StreamConfig
 
 
 class PipelineConfig(Section):

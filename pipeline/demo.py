@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from connectors.kafka_tools import Message
+    from cola_moderation.connectors.kafka_tools import Message
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "reference.yaml"
@@ -49,8 +49,8 @@ def ground_truth_report(rows: Iterable[Mapping[str, Any]]) -> str:
 def run_batch_demo(config_path: Path = DEFAULT_CONFIG, *, output: Path | None = None) -> str:
     import pandas as pd
 
-    from pipeline.batch_job import run_batch_job
-    from pipeline.config import load_config
+    from cola_moderation.pipeline.batch_job import run_batch_job
+    from cola_moderation.pipeline.config import load_config
 
     config = load_config(config_path)
     output = output or Path(tempfile.mkdtemp(prefix="cola-demo-"))
@@ -76,11 +76,11 @@ def sample_messages(path: Path = SAMPLE) -> list[Message]:
 def run_stream_demo(config_path: Path = DEFAULT_CONFIG) -> str:
     import json
 
-    from connectors.broker import EmbeddedBroker
-    from connectors.kafka_admin import ensure_topics
-    from connectors.kafka_tools import produce, read_topic
-    from pipeline.config import load_config
-    from pipeline.stream_job import run_stream_job
+    from cola_moderation.connectors.broker import EmbeddedBroker
+    from cola_moderation.connectors.kafka_admin import ensure_topics
+    from cola_moderation.connectors.kafka_tools import produce, read_topic
+    from cola_moderation.pipeline.config import load_config
+    from cola_moderation.pipeline.stream_job import run_stream_job
 
     config = load_config(config_path)
     kafka = config.kafka

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from operators.errors import ColaError
+from cola_moderation.operators.errors import ColaError
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 INSTALL_HINT = "install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu)"

@@ -1,4 +1,5 @@
-"""Turning a ``POST /v1/moderate`` request into an :class:`~connectors.records.InputRecord`, or a specific 4xx.
+"""Turning a ``POST /v1/moderate`` request into an :class:`~cola_moderation.connectors.records.InputRecord`, or a
+specific 4xx.
 
 Accepted bodies (the ``Content-Type`` header picks the form; none means raw bytes):
 
@@ -26,8 +27,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from connectors.records import HttpPosition, InputRecord
-from operators.errors import ColaError
+from cola_moderation.connectors.records import HttpPosition, InputRecord
+from cola_moderation.operators.errors import ColaError
 
 JSON_FIELDS = frozenset({"image_b64", "id", "metadata"})
 RAW_TYPES = ("application/octet-stream",)

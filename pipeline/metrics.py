@@ -47,7 +47,7 @@ class WorkerMetrics:
                                     boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("job",))
 
     def observe(self, result: Any) -> None:
-        """Record one :class:`pipeline.worker.WorkerResult`."""
+        """Record one :class:`cola_moderation.pipeline.worker.WorkerResult`."""
         if not len(result):
             return  # Ray counters refuse increments of 0
         self.records_in.inc(len(result), tags=self.tags)

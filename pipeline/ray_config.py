@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from operators.config import Section
+from cola_moderation.operators.config import Section
 
 MiB = 1024 * 1024
 

@@ -10,8 +10,8 @@ import logging
 import os
 from typing import Any
 
-from operators.errors import ColaError
-from pipeline.ray_config import RayConfig
+from cola_moderation.operators.errors import ColaError
+from cola_moderation.pipeline.ray_config import RayConfig
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from connectors.records import InputRecord
-from operators.moderator import Moderation
-from operators.policy import Decision
+from cola_moderation.connectors.records import InputRecord
+from cola_moderation.operators.moderator import Moderation
+from cola_moderation.operators.policy import Decision
 
 SCHEMA_VERSION = 1
 

@@ -9,7 +9,8 @@ seen; together with many templates this lets it generalise to the held-out evalu
 ``configs/reference.yaml`` (which :func:`check_held_out` keeps disjoint from :data:`TRAIN_TEMPLATES`).
 
 Evaluation goes through the product path: the saved checkpoint is loaded by
-:meth:`operators.backbone.ClipBackbone.load` and scored by :class:`operators.zeroshot.ZeroShotClassifier`.
+:meth:`cola_moderation.operators.backbone.ClipBackbone.load` and scored by
+:class:`cola_moderation.operators.zeroshot.ZeroShotClassifier`.
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from operators.backbone import ClipBackbone, ImageGeometry
-from operators.checkpoint import CLIP_MEAN, CLIP_STD, ClipShape, new_clip_model, save_checkpoint
-from operators.clip_vocab import clip_tokenizer
-from operators.config import TaxonomyConfig
-from operators.errors import ConfigError
-from operators.text_bank import TextBank
-from operators.zeroshot import ZeroShotClassifier
-from pipeline.fashion_mnist import CLASS_NAMES, FashionMnist
+from cola_moderation.operators.backbone import ClipBackbone, ImageGeometry
+from cola_moderation.operators.checkpoint import CLIP_MEAN, CLIP_STD, ClipShape, new_clip_model, save_checkpoint
+from cola_moderation.operators.clip_vocab import clip_tokenizer
+from cola_moderation.operators.config import TaxonomyConfig
+from cola_moderation.operators.errors import ConfigError
+from cola_moderation.operators.text_bank import TextBank
+from cola_moderation.operators.zeroshot import ZeroShotClassifier
+from cola_moderation.pipeline.fashion_mnist import CLASS_NAMES, FashionMnist
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ def train_reference(recipe: TrainingRecipe, data: FashionMnist, *, progress: boo
     ``on_epoch_end(epoch, model)`` runs after each epoch (1-based) and must not modify the model."""
     from tqdm.auto import tqdm
 
-    from operators.backbone import resolve_device
+    from cola_moderation.operators.backbone import resolve_device
 
     device = resolve_device(recipe.device)
     previous_threads = torch.get_num_threads()

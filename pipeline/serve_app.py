@@ -1,7 +1,8 @@
 """The moderation service on Ray Serve: one autoscaled deployment for HTTP uploads and the stream job.
 
 Deployment ``moderation`` in application ``cola-moderation`` (:data:`DEPLOYMENT_NAME`, :data:`APP_NAME`). Each
-replica builds a :class:`~pipeline.worker.ModerationWorker` (decode + CLIP/COLA + detector + policy) in its own
+replica builds a :class:`~cola_moderation.pipeline.worker.ModerationWorker` (decode + CLIP/COLA + detector + policy) in
+its own
 process at start-up; only the config is pickled. Replica resources come from ``ray.worker_num_cpus`` /
 ``worker_num_gpus`` / ``worker_resources``; ``serve.min_replicas`` / ``initial_replicas`` / ``max_replicas`` /
 ``target_ongoing_requests`` / ``upscale_delay_s`` / ``downscale_delay_s`` drive Serve's autoscaler and
@@ -14,7 +15,7 @@ HTTP (``serve.host``:``serve.port``, 127.0.0.1:8000 by default):
   ``multipart/form-data`` (file part ``image``; text parts ``id``, ``metadata``) or as JSON
   ``{"image_b64", "id", "metadata"}``. Concurrent requests are grouped by ``@serve.batch`` into model batches of up
   to ``serve.max_batch_size`` images, waiting at most ``serve.batch_wait_timeout_s``. 200: the output record (schema
-  v1, :mod:`pipeline.records`) plus ``"route": "output" | "quarantine"``. Errors are JSON
+  v1, :mod:`cola_moderation.pipeline.records`) plus ``"route": "output" | "quarantine"``. Errors are JSON
   ``{"error": {"status", "code", "message"}}``: 400 bad request body, 413 over ``serve.max_request_bytes``, 415
   unsupported content type, 422 not a decodable image (the decoder's message). User errors are never 5xx.
 * ``GET /v1/labels`` - ``{"labels", "model", "method", "policy_version"}``.
@@ -30,7 +31,7 @@ batch (no ``@serve.batch`` regrouping); ``received_at`` is the ``time.time()`` t
 record's ``latency_ms``. Every record comes back exactly once, routed or dead-lettered.
 
 Entry points: :func:`deploy_moderation` (``cola serve``, the stream job with ``http=False``), :func:`app_builder`
-(Serve config files / KubeRay ``serveConfigV2``: ``import_path: pipeline.serve_app:app_builder``,
+(Serve config files / KubeRay ``serveConfigV2``: ``import_path: cola_moderation.pipeline.serve_app:app_builder``,
 ``args: {config: PATH}``), :func:`moderation_handle`, :func:`shutdown_moderation`.
 """
 
@@ -51,12 +52,12 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 
-from connectors.records import DeadLetter, InputRecord, Route
-from operators.errors import ColaError, ConfigError
-from pipeline.config import PipelineConfig
-from pipeline.http_inputs import RequestError, parse_upload, request_id
-from pipeline.ray_runtime import check_worker_resources, init_ray, worker_options
-from pipeline.worker import ModerationWorker, WorkerResult
+from cola_moderation.connectors.records import DeadLetter, InputRecord, Route
+from cola_moderation.operators.errors import ColaError, ConfigError
+from cola_moderation.pipeline.config import PipelineConfig
+from cola_moderation.pipeline.http_inputs import RequestError, parse_upload, request_id
+from cola_moderation.pipeline.ray_runtime import check_worker_resources, init_ray, worker_options
+from cola_moderation.pipeline.worker import ModerationWorker, WorkerResult
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +186,14 @@ def build_app(config: PipelineConfig) -> Any:
 
 
 def app_builder(args: dict[str, str]) -> Any:
-    """Serve config-file entry point (``import_path: pipeline.serve_app:app_builder``, ``args: {config: PATH}``),
+    """Serve config-file entry point (``import_path: cola_moderation.pipeline.serve_app:app_builder``, ``args: {config:
+    PATH}``),
     e.g. a KubeRay RayService's ``serveConfigV2``: the application for the pipeline config at ``args["config"]``.
 
     Runs inside an existing cluster, so it neither starts Ray nor checks resources: on an autoscaling cluster the
     Ray autoscaler adds the nodes the replicas need.
     """
-    from pipeline.config import load_config
+    from cola_moderation.pipeline.config import load_config
 
     unknown = sorted(set(args) - {"config"})
     if unknown or "config" not in args:
@@ -226,7 +228,8 @@ def moderation_handle() -> DeploymentHandle:
 
 
 def uses_private_cluster(config: PipelineConfig, address: str | None = None) -> bool:
-    """Whether :func:`~pipeline.ray_runtime.init_ray` starts a private cluster (vs. joining an existing one)."""
+    """Whether :func:`~cola_moderation.pipeline.ray_runtime.init_ray` starts a private cluster (vs. joining an existing
+    one)."""
     return not (address or config.ray.address or os.environ.get("RAY_ADDRESS"))
 
 
@@ -256,7 +259,7 @@ def _root_cause(exc: BaseException) -> str:
     except Exception:  # noqa: BLE001 - best effort: the status call itself may fail on a broken cluster
         pass
     errors = [match.groups() for match in map(_ERROR_LINE.match, text.splitlines()) if match]
-    ours = [(name, message) for name, message in errors if name.startswith(("operators.", "pipeline.", "connectors."))]
+    ours = [(name, message) for name, message in errors if name.startswith("cola_moderation.")]
     if ours or errors:
         name, message = (ours or errors)[-1]
         return f"{name.rsplit('.', 1)[-1]}: {message}"

@@ -21,11 +21,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from connectors.kafka_sink import KafkaSink
-from connectors.kafka_source import KafkaSource
-from connectors.records import Batch
-from pipeline.config import PipelineConfig
-from pipeline.summary import RunSummary
+from cola_moderation.connectors.kafka_sink import KafkaSink
+from cola_moderation.connectors.kafka_source import KafkaSource
+from cola_moderation.connectors.records import Batch
+from cola_moderation.pipeline.config import PipelineConfig
+from cola_moderation.pipeline.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class StreamConsumer:
     """One consumer-group member: poll -> moderate (via ``moderate``) -> write -> flush -> commit, in order.
 
     ``moderate(records, received_at)`` returns a future-like object with ``.result()`` giving a
-    :class:`~pipeline.worker.WorkerResult` (a Serve ``DeploymentResponse`` in the stream job).
+    :class:`~cola_moderation.pipeline.worker.WorkerResult` (a Serve ``DeploymentResponse`` in the stream job).
     """
 
     def __init__(self, config: PipelineConfig, *, bootstrap_servers: str | None = None, name: str = "consumer-0",
@@ -60,7 +60,7 @@ class StreamConsumer:
 
     def _handle(self) -> Callable[[Any, float], Any]:
         if self._moderate is None:
-            from pipeline.serve_app import moderation_handle
+            from cola_moderation.pipeline.serve_app import moderation_handle
 
             handle = moderation_handle()
             self._moderate = lambda records, received_at: handle.process_records.remote(records, received_at)
@@ -151,7 +151,7 @@ class InFlight:
         return True
 
     def result(self) -> Any:
-        """The :class:`~pipeline.worker.WorkerResult` (``None`` for a batch without records); blocks."""
+        """The :class:`~cola_moderation.pipeline.worker.WorkerResult` (``None`` for a batch without records); blocks."""
         if not self._fetched:
             self._result = self.response.result()
             self._fetched = True
@@ -167,12 +167,12 @@ def run_stream_job(config: PipelineConfig, *, bootstrap_servers: str | None = No
                    stop_event: threading.Event | None = None) -> RunSummary:
     """Deploy the moderation service, run ``stream.consumers`` consumer actors until a stop condition, and return
     what they wrote. SIGINT/SIGTERM (or ``stop_event``) stop the consumers gracefully."""
-    from pipeline.ray_runtime import check_worker_resources, init_ray
+    from cola_moderation.pipeline.ray_runtime import check_worker_resources, init_ray
 
     init_ray(config.ray, address=address)  # before importing ray/serve: Ray reads its environment at import
     import ray
 
-    from pipeline.serve_app import deploy_moderation, shutdown_moderation, uses_private_cluster
+    from cola_moderation.pipeline.serve_app import deploy_moderation, shutdown_moderation, uses_private_cluster
 
     stream = config.stream
     check_worker_resources(config.ray, workers=config.serve.starting_replicas, max_workers=config.serve.max_replicas,

@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.records import DeadLetter, InputRecord, Route
-from operators.decode import DecodedBatch
-from operators.errors import DecodeError
-from operators.moderator import Moderator
-from operators.policy import Policy
-from pipeline.config import PipelineConfig
-from pipeline.metrics import WorkerMetrics, worker_metrics
-from pipeline.records import output_record
+from cola_moderation.connectors.records import DeadLetter, InputRecord, Route
+from cola_moderation.operators.decode import DecodedBatch
+from cola_moderation.operators.errors import DecodeError
+from cola_moderation.operators.moderator import Moderator
+from cola_moderation.operators.policy import Policy
+from cola_moderation.pipeline.config import PipelineConfig
+from cola_moderation.pipeline.metrics import WorkerMetrics, worker_metrics
+from cola_moderation.pipeline.records import output_record
 
 
 @dataclass

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random CLIPModel (32 px, 16-d embeddings) with OpenAI's CLIP BPE vocabulary, via save_pretrained."""
-    from operators.checkpoint import TINY, new_clip_model, save_checkpoint
+    from cola_moderation.operators.checkpoint import TINY, new_clip_model, save_checkpoint
 
     return save_checkpoint(new_clip_model(TINY, seed=0), tmp_path_factory.mktemp("tiny-clip"),
                            image_size=TINY.image_size)
@@ -25,8 +25,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_backbone(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
-    from operators.backbone import ClipBackbone
-    from operators.config import ModelConfig
+    from cola_moderation.operators.backbone import ClipBackbone
+    from cola_moderation.operators.config import ModelConfig
 
     return ClipBackbone.load(ModelConfig(path=str(tiny_model_dir), device="cpu"))
 
@@ -35,7 +35,7 @@ def tiny_backbone(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
 def kafka_broker():  # type: ignore[no-untyped-def]
     """An embedded Tansu broker on a free 127.0.0.1 port for the whole session (memory storage); tests use their
     own topic names and consumer groups."""
-    from connectors.broker import EmbeddedBroker
+    from cola_moderation.connectors.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
         yield broker

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.config import load_config
+from cola_moderation.pipeline.config import load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.batch_job import run_batch_job
+    from cola_moderation.pipeline.batch_job import run_batch_job
 
     config = load_config(args.config)
     summary = run_batch_job(config, inputs=args.input, output=args.output, address=args.address)

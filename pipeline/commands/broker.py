@@ -8,7 +8,7 @@ import signal
 import sys
 from types import FrameType
 
-from connectors.broker import EmbeddedBroker
+from cola_moderation.connectors.broker import EmbeddedBroker
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from operators.errors import DecodeError
-from operators.moderator import Moderation, Moderator
-from pipeline.config import load_config
+from cola_moderation.operators.errors import DecodeError
+from cola_moderation.operators.moderator import Moderation, Moderator
+from cola_moderation.pipeline.config import load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

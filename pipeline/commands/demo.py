@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.demo import DEFAULT_CONFIG
+from cola_moderation.pipeline.demo import DEFAULT_CONFIG
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline import demo
+    from cola_moderation.pipeline import demo
 
     if args.stream:
         print(demo.run_stream_demo(args.config))

@@ -1,6 +1,6 @@
 """``cola eval``: robust accuracy of plain CLIP, COLA, the cascade and COLA's ablations under L-inf attacks, plus
 the adversarial-upload detector's AUROC and TPR at 5% FPR; writes a JSON report (schema in
-:mod:`pipeline.evaluation.report`) and optionally a PNG plot.
+:mod:`cola_moderation.pipeline.evaluation.report`) and optionally a PNG plot.
 
     cola eval --config configs/reference.yaml --dataset fashion-mnist --attack pgd \\
         --eps 1/255,4/255,8/255 --steps 10 --report eval.json --plot eval.png --limit 2000
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from operators.backbone import ClipBackbone
-from pipeline.config import load_config
-from pipeline.evaluation.datasets import load_dataset
-from pipeline.evaluation.harness import ATTACKS, AttackSpec, Harness, parse_eps
-from pipeline.evaluation.report import build_report, markdown_table, plot_accuracy, write_report
+from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.pipeline.config import load_config
+from cola_moderation.pipeline.evaluation.datasets import load_dataset
+from cola_moderation.pipeline.evaluation.harness import ATTACKS, AttackSpec, Harness, parse_eps
+from cola_moderation.pipeline.evaluation.report import build_report, markdown_table, plot_accuracy, write_report
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def invocation() -> list[str] | None:
-    """``["cola", "eval", ...]`` when run from the command line (``cola`` or ``python -m pipeline.cli``)."""
+    """``["cola", "eval", ...]`` when run from the command line (``cola`` or ``python -m
+    cola_moderation.pipeline.cli``)."""
     if Path(sys.argv[0]).name in ("cola", "cli.py"):
         return ["cola", *sys.argv[1:]]
     return None

@@ -13,7 +13,7 @@ import sys
 import threading
 from types import FrameType
 
-from pipeline.config import load_config
+from cola_moderation.pipeline.config import load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.ray_runtime import init_ray
-    from pipeline.serve_app import deploy_moderation, shutdown_moderation, uses_private_cluster
+    from cola_moderation.pipeline.ray_runtime import init_ray
+    from cola_moderation.pipeline.serve_app import deploy_moderation, shutdown_moderation, uses_private_cluster
 
     config = load_config(args.config)
     host = args.host or config.serve.host

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from typing import TypeVar
 
-from pipeline.config import load_config
+from cola_moderation.pipeline.config import load_config
 
 T = TypeVar("T")
 
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.stream_job import run_stream_job
+    from cola_moderation.pipeline.stream_job import run_stream_job
 
     config = load_config(args.config)
     summary = run_stream_job(config, bootstrap_servers=args.bootstrap, max_records=args.max_records,

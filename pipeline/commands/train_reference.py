@@ -14,11 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from operators.backbone import ClipBackbone
-from operators.config import ModelConfig
-from pipeline.config import load_config
-from pipeline.fashion_mnist import DEFAULT_ROOT, load_fashion_mnist
-from pipeline.reference_training import (
+from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.config import ModelConfig
+from cola_moderation.pipeline.config import load_config
+from cola_moderation.pipeline.fashion_mnist import DEFAULT_ROOT, load_fashion_mnist
+from cola_moderation.pipeline.reference_training import (
     TrainingRecipe,
     check_held_out,
     evaluate_zero_shot,

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from operators.config import DecodeConfig
-from operators.decode import ImageDecoder
-from pipeline.fashion_mnist import CLASS_NAMES, DEFAULT_ROOT, DatasetError, load_fashion_mnist
+from cola_moderation.operators.config import DecodeConfig
+from cola_moderation.operators.decode import ImageDecoder
+from cola_moderation.pipeline.fashion_mnist import CLASS_NAMES, DEFAULT_ROOT, DatasetError, load_fashion_mnist
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 LABEL_COLUMNS = ("label", "true_label")

@@ -9,7 +9,8 @@ Threat models (named in the report):
   with an expectation over freshly drawn views (``eot_samples`` draws averaged per step). Every method then scores
   these images (for methods other than COLA it is a transfer attack).
 
-Methods: ``clip``, ``cola`` and ``cascade`` are the deployed :class:`~operators.moderator.Moderator` paths (with the
+Methods: ``clip``, ``cola`` and ``cascade`` are the deployed :class:`~cola_moderation.operators.moderator.Moderator`
+paths (with the
 config's detector); the ablations switch COLA's stages on one at a time (``views_only``, ``projection_only``,
 ``ot_only``). Deterministic: random starts come from a CPU generator seeded with ``seed`` for every eps, EOT views
 from a generator seeded with ``seed + 1``; COLA's deployed views are seeded by the config.
@@ -25,15 +26,15 @@ from fractions import Fraction
 
 import torch
 
-from operators.attacks import LossFn, clip_cross_entropy, clip_cw_margin, cola_cross_entropy, pgd_linf
-from operators.backbone import ClipBackbone
-from operators.cola import ColaScorer
-from operators.config import ColaConfig, DetectorConfig, TaxonomyConfig
-from operators.errors import ConfigError
-from operators.moderator import Moderator
-from operators.text_bank import TextBank
-from pipeline.evaluation.datasets import EvalDataset
-from pipeline.evaluation.metrics import accuracy, auroc, tpr_at_fpr
+from cola_moderation.operators.attacks import LossFn, clip_cross_entropy, clip_cw_margin, cola_cross_entropy, pgd_linf
+from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.cola import ColaScorer
+from cola_moderation.operators.config import ColaConfig, DetectorConfig, TaxonomyConfig
+from cola_moderation.operators.errors import ConfigError
+from cola_moderation.operators.moderator import Moderator
+from cola_moderation.operators.text_bank import TextBank
+from cola_moderation.pipeline.evaluation.datasets import EvalDataset
+from cola_moderation.pipeline.evaluation.metrics import accuracy, auroc, tpr_at_fpr
 
 log = logging.getLogger(__name__)
 

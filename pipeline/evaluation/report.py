@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from pipeline.evaluation.harness import DETECTION_FPR, METHOD_DESCRIPTIONS, EvalResult, eps_label
+from cola_moderation.pipeline.evaluation.harness import DETECTION_FPR, METHOD_DESCRIPTIONS, EvalResult, eps_label
 
 SCHEMA = "cola-eval/1"
 LOSSES = {"none": None, "pgd": "cross-entropy of plain CLIP", "cw": "CW margin of plain CLIP (max wrong - true logit)",
@@ -118,7 +118,7 @@ def plot_accuracy(reports: list[dict[str, Any]], path: Path) -> None:
     try:
         import matplotlib
     except ImportError:
-        from operators.errors import ConfigError
+        from cola_moderation.operators.errors import ConfigError
 
         raise ConfigError("--plot needs matplotlib: pip install matplotlib==3.11.2") from None
     matplotlib.use("Agg")

@@ -2,15 +2,15 @@
 (torchattacks, AutoAttack) that expect ``model(images in [0, 1]) -> logits``.
 
 The normalisation happens inside (``ClipBackbone.encode_images``), exactly as in the harness's own attacks, so an
-external attack and :func:`operators.attacks.pgd_linf` attack the same function.
+external attack and :func:`cola_moderation.operators.attacks.pgd_linf` attack the same function.
 """
 
 from __future__ import annotations
 
 import torch
 
-from operators.backbone import ClipBackbone
-from operators.zeroshot import ZeroShotClassifier
+from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.zeroshot import ZeroShotClassifier
 
 
 class ZeroShotLogits(torch.nn.Module):

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from connectors.base import Sink, Source
-from connectors.records import Batch, DeadLetter, InputRecord, Route
-from operators.errors import DecodeError
+from cola_moderation.connectors.base import Sink, Source
+from cola_moderation.connectors.records import Batch, DeadLetter, InputRecord, Route
+from cola_moderation.operators.errors import DecodeError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 JPEG = b"\xff\xd8\xff"
@@ -102,17 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     source: Source
     sink: Sink
     if args.kind == "kafka":
-        from connectors.config import KafkaConfig
-        from connectors.kafka_sink import KafkaSink
-        from connectors.kafka_source import KafkaSource
+        from cola_moderation.connectors.config import KafkaConfig
+        from cola_moderation.connectors.kafka_sink import KafkaSink
+        from cola_moderation.connectors.kafka_source import KafkaSource
 
         kafka = KafkaConfig.model_validate(json.loads(args.config))
         source = KafkaSource(kafka, bootstrap_servers=args.bootstrap)
         sink = KafkaSink(kafka, bootstrap_servers=args.bootstrap)
     else:
-        from connectors.config import ParquetConfig
-        from connectors.parquet_sink import ParquetSink
-        from connectors.parquet_source import ParquetSource
+        from cola_moderation.connectors.config import ParquetConfig
+        from cola_moderation.connectors.parquet_sink import ParquetSink
+        from cola_moderation.connectors.parquet_source import ParquetSource
 
         parquet = ParquetConfig.model_validate(json.loads(args.config))
         parquet_sink = ParquetSink(args.output, parquet)

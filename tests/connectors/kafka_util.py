@@ -1,13 +1,13 @@
-"""Test helpers: fresh topics per test (produce/read_topic live in connectors.kafka_tools)."""
+"""Test helpers: fresh topics per test (produce/read_topic live in cola_moderation.connectors.kafka_tools)."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-from connectors.config import KafkaConfig
-from connectors.kafka_admin import ensure_topics
-from connectors.kafka_tools import produce, read_topic
+from cola_moderation.connectors.config import KafkaConfig
+from cola_moderation.connectors.kafka_admin import ensure_topics
+from cola_moderation.connectors.kafka_tools import produce, read_topic
 
 __all__ = ["produce", "read_topic", "topics_config"]
 

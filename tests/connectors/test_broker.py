@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient
 
-from connectors.broker import EmbeddedBroker, free_port, tansu_binary
-from connectors.errors import BrokerError
+from cola_moderation.connectors.broker import EmbeddedBroker, free_port, tansu_binary
+from cola_moderation.connectors.errors import BrokerError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,8 @@ def test_start_connect_stop() -> None:
 def test_cola_broker_command_runs_until_interrupted() -> None:
     port = free_port()
     # started with SIGINT ignored, as a shell without job control starts `cola broker &`: the command must still stop
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "broker", "--port", str(port)], cwd=REPO,
+    process = subprocess.Popen([sys.executable, "-m", "cola_moderation.pipeline.cli", "broker", "--port", str(port)],
+                               cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:

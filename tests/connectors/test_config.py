@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from connectors.config import KafkaConfig, ParquetConfig
+from cola_moderation.connectors.config import KafkaConfig, ParquetConfig
 
 
 def test_defaults() -> None:

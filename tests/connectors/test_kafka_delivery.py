@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from connectors.kafka_sink import KafkaSink
-from connectors.kafka_source import KafkaSource
+from cola_moderation.connectors.kafka_sink import KafkaSink
+from cola_moderation.connectors.kafka_source import KafkaSource
 from tests.connectors.jobs import JPEG, PNG, drain
 from tests.connectors.kafka_util import produce, read_topic, topics_config
 

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from connectors.kafka_sink import KafkaSink
-from connectors.kafka_source import KafkaSource
+from cola_moderation.connectors.kafka_sink import KafkaSink
+from cola_moderation.connectors.kafka_source import KafkaSource
 from tests.connectors.jobs import PNG, drain
 from tests.connectors.kafka_util import topics_config
 

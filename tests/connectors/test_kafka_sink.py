@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from connectors.broker import EmbeddedBroker
-from connectors.errors import SinkWriteError
-from connectors.kafka_sink import KafkaSink, encode_output
-from connectors.records import DeadLetter, FilePosition, InputRecord, Route
+from cola_moderation.connectors.broker import EmbeddedBroker
+from cola_moderation.connectors.errors import SinkWriteError
+from cola_moderation.connectors.kafka_sink import KafkaSink, encode_output
+from cola_moderation.connectors.records import DeadLetter, FilePosition, InputRecord, Route
 from tests.connectors.kafka_util import read_topic, topics_config
 
 

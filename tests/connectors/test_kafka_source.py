@@ -9,8 +9,8 @@ import time
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from connectors.kafka_source import KafkaSource, message_to_record
-from connectors.records import DeadLetter, InputRecord, KafkaPosition
+from cola_moderation.connectors.kafka_source import KafkaSource, message_to_record
+from cola_moderation.connectors.records import DeadLetter, InputRecord, KafkaPosition
 from tests.connectors.kafka_util import produce, topics_config
 
 

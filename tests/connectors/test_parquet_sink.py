@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors.config import ParquetConfig
-from connectors.parquet_sink import OUTPUT_SCHEMA, ParquetSink
-from connectors.parquet_source import ParquetSource
+from cola_moderation.connectors.config import ParquetConfig
+from cola_moderation.connectors.parquet_sink import OUTPUT_SCHEMA, ParquetSink
+from cola_moderation.connectors.parquet_source import ParquetSource
 from tests.connectors.jobs import JPEG, PNG, drain
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,7 +125,7 @@ def test_sigkilled_job_reruns_to_complete_output_without_duplicates(tmp_path: Pa
 
 
 def test_rerun_with_other_batch_settings_is_refused(tmp_path: Path) -> None:
-    from operators.errors import ConfigError
+    from cola_moderation.operators.errors import ConfigError
 
     ParquetSink(tmp_path / "out", ParquetConfig(batch_rows=64))
     ParquetSink(tmp_path / "out", ParquetConfig(batch_rows=64))  # same settings: resume is fine

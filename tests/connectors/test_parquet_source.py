@@ -8,11 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors.config import ParquetConfig
-from connectors.errors import MalformedRecordError
-from connectors.parquet_source import ParquetSource, expand_inputs
-from connectors.records import FilePosition
-from operators.errors import ConfigError
+from cola_moderation.connectors.config import ParquetConfig
+from cola_moderation.connectors.errors import MalformedRecordError
+from cola_moderation.connectors.parquet_source import ParquetSource, expand_inputs
+from cola_moderation.connectors.records import FilePosition
+from cola_moderation.operators.errors import ConfigError
 
 
 def _all(source: ParquetSource) -> list:  # type: ignore[type-arg]

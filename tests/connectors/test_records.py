@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from connectors.base import check_route
-from connectors.records import Batch, DeadLetter, FilePosition, InputRecord, KafkaPosition, Route
-from operators.errors import DecodeError
+from cola_moderation.connectors.base import check_route
+from cola_moderation.connectors.records import Batch, DeadLetter, FilePosition, InputRecord, KafkaPosition, Route
+from cola_moderation.operators.errors import DecodeError
 
 
 def test_positions_and_default_ids() -> None:

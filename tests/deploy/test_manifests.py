@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.cli import COMMANDS, build_parser
-from pipeline.config import PipelineConfig, load_config, parse_config
-from pipeline.ray_runtime import RAY_ENV_DEFAULTS, check_worker_resources
+from cola_moderation.pipeline.cli import COMMANDS, build_parser
+from cola_moderation.pipeline.config import PipelineConfig, load_config, parse_config
+from cola_moderation.pipeline.ray_runtime import RAY_ENV_DEFAULTS, check_worker_resources
 
 REPO = Path(__file__).resolve().parents[2]
 KUBERAY = REPO / "deploy" / "kuberay"
@@ -193,7 +193,7 @@ def _cpus(quantity: str | int) -> float:
 def test_clusters_pass_the_jobs_resource_check() -> None:
     """The RayJobs' clusters (at minReplicas) hold what ``cola batch`` / ``cola stream`` check for at start; the
     RayService's (at maxReplicas) holds serve.max_replicas replicas."""
-    from pipeline.batch_job import READ_NUM_CPUS
+    from cola_moderation.pipeline.batch_job import READ_NUM_CPUS
 
     checked = 0
     for path, doc in ray_resources():

@@ -3,12 +3,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from operators.attacks import clip_cross_entropy, cola_cross_entropy, pgd_linf
-from operators.backbone import ClipBackbone
-from operators.cola import ColaScorer
-from operators.config import ColaConfig, TaxonomyConfig
-from operators.text_bank import TextBank
-from operators.zeroshot import ZeroShotClassifier
+from cola_moderation.operators.attacks import clip_cross_entropy, cola_cross_entropy, pgd_linf
+from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.cola import ColaScorer
+from cola_moderation.operators.config import ColaConfig, TaxonomyConfig
+from cola_moderation.operators.text_bank import TextBank
+from cola_moderation.operators.zeroshot import ZeroShotClassifier
 
 TAXONOMY = TaxonomyConfig(labels=["cat", "dog", "car", "tree"], templates=("a photo of a {}.", "a sketch of a {}."))
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from operators.backbone import ClipBackbone, resolve_device, resolve_dtype, resolve_model_path
-from operators.config import ModelConfig
-from operators.errors import DeviceError, ModelLoadError
+from cola_moderation.operators.backbone import ClipBackbone, resolve_device, resolve_dtype, resolve_model_path
+from cola_moderation.operators.config import ModelConfig
+from cola_moderation.operators.errors import DeviceError, ModelLoadError
 
 
 def test_loads_saved_checkpoint_through_the_user_path(tiny_backbone: ClipBackbone) -> None:

@@ -3,11 +3,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from operators.backbone import ClipBackbone
-from operators.cola import ColaScorer, replaced_logit_entropy
-from operators.config import ColaConfig, ProjectionConfig, TaxonomyConfig, TransportConfig, ViewsConfig
-from operators.text_bank import TextBank
-from operators.zeroshot import ZeroShotClassifier
+from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.cola import ColaScorer, replaced_logit_entropy
+from cola_moderation.operators.config import ColaConfig, ProjectionConfig, TaxonomyConfig, TransportConfig, ViewsConfig
+from cola_moderation.operators.text_bank import TextBank
+from cola_moderation.operators.zeroshot import ZeroShotClassifier
 
 TAXONOMY = TaxonomyConfig(
     labels=["cat", "dog", {"name": "car", "descriptions": ["a red sports car on a road.", "a parked sedan."]}, "tree"],
@@ -123,7 +123,7 @@ def test_replaced_logit_entropy_matches_brute_force() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cola_on_cuda_matches_cpu(tiny_model_dir, bank: TextBank, tiny_backbone: ClipBackbone) -> None:  # type: ignore[no-untyped-def]
-    from operators.config import ModelConfig
+    from cola_moderation.operators.config import ModelConfig
 
     cuda = ClipBackbone.load(ModelConfig(path=str(tiny_model_dir), device="cuda"))
     cuda_bank = TextBank.build(cuda, TAXONOMY)

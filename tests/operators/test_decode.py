@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from operators.config import DecodeConfig
-from operators.decode import ImageDecoder, decode_image, open_image, resize_center_crop
-from operators.errors import ColaError, DecodeError
+from cola_moderation.operators.config import DecodeConfig
+from cola_moderation.operators.decode import ImageDecoder, decode_image, open_image, resize_center_crop
+from cola_moderation.operators.errors import ColaError, DecodeError
 
 
 def encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:

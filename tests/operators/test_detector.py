@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from operators.config import DetectorConfig
-from operators.detector import AdversarialDetector, embedding_shift
+from cola_moderation.operators.config import DetectorConfig
+from cola_moderation.operators.detector import AdversarialDetector, embedding_shift
 
 
 def _probs(rows: list[list[float]]) -> torch.Tensor:

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from operators.backbone import ClipBackbone
-from operators.config import ColaConfig, DetectorConfig, TaxonomyConfig
-from operators.errors import ConfigError, DecodeError
-from operators.moderator import Moderation, Moderator
+from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.config import ColaConfig, DetectorConfig, TaxonomyConfig
+from cola_moderation.operators.errors import ConfigError, DecodeError
+from cola_moderation.operators.moderator import Moderation, Moderator
 
 TAXONOMY = TaxonomyConfig(labels=["cat", "dog", "car"], templates=("a photo of a {}.", "a sketch of a {}."), top_k=2)
 

@@ -8,8 +8,8 @@ import ot
 import pytest
 import torch
 
-from operators.config import TransportConfig
-from operators.optimal_transport import OTConvergenceWarning, solve_entropic
+from cola_moderation.operators.config import TransportConfig
+from cola_moderation.operators.optimal_transport import OTConvergenceWarning, solve_entropic
 
 
 def _problems(count: int, n: int, m: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

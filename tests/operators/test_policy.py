@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from operators.policy import LabelRule, Policy, PolicyConfig
+from cola_moderation.operators.policy import LabelRule, Policy, PolicyConfig
 
 POLICY = Policy(PolicyConfig(version="p7", rules={"weapons": LabelRule(review=0.3, block=0.8),
                                                   "nudity": LabelRule(block=0.5)}))

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from operators.config import ProjectionConfig
-from operators.errors import ConfigError
-from operators.subspace import TextSubspace, choose_rank
+from cola_moderation.operators.config import ProjectionConfig
+from cola_moderation.operators.errors import ConfigError
+from cola_moderation.operators.subspace import TextSubspace, choose_rank
 
 
 def _texts(count: int = 40, dim: int = 16, latent: int = 6, seed: int = 0) -> torch.Tensor:

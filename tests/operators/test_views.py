@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from operators.config import ViewsConfig
-from operators.views import make_views, sample_view_params
+from cola_moderation.operators.config import ViewsConfig
+from cola_moderation.operators.views import make_views, sample_view_params
 
 
 def _pixels(batch: int = 3, size: int = 16, seed: int = 0) -> torch.Tensor:

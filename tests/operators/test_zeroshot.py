@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from operators.backbone import ClipBackbone
-from operators.config import LabelConfig, TaxonomyConfig
-from operators.text_bank import TextBank, class_texts
-from operators.zeroshot import ZeroShotClassifier
+from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.config import LabelConfig, TaxonomyConfig
+from cola_moderation.operators.text_bank import TextBank, class_texts
+from cola_moderation.operators.zeroshot import ZeroShotClassifier
 
 TAXONOMY = TaxonomyConfig(
     labels=(LabelConfig(name="cat", synonyms=("cat", "kitten")), LabelConfig(name="dog"),

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.config import PipelineConfig, parse_config
+from cola_moderation.pipeline.config import PipelineConfig, parse_config
 
 
 def png(seed: int) -> bytes:
@@ -62,7 +62,7 @@ def read_all(output: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 
 def test_batch_job_routes_every_input_once_and_resumes(config: PipelineConfig, dataset: Path, tmp_path: Path) -> None:
-    from pipeline.batch_job import run_batch_job
+    from cola_moderation.pipeline.batch_job import run_batch_job
 
     output = tmp_path / "out"
     summary = run_batch_job(config, inputs=str(dataset / "*.parquet"), output=output, progress=False)
@@ -106,7 +106,7 @@ def test_batch_job_routes_every_input_once_and_resumes(config: PipelineConfig, d
 
 def test_batch_command_prints_a_summary(config: PipelineConfig, dataset: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str], tiny_model_dir: Path) -> None:
-    from pipeline.cli import main
+    from cola_moderation.pipeline.cli import main
 
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps(config.model_dump(mode="json")))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.cli import main
+from cola_moderation.pipeline.cli import main
 
 
 @pytest.fixture()
@@ -37,7 +37,8 @@ def write_images(directory: Path) -> list[Path]:
 def test_classify_three_results_and_one_error_line(tiny_config: Path, tmp_path: Path) -> None:
     paths = write_images(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "classify", "--config", str(tiny_config), *map(str, paths)],
+        [sys.executable, "-m", "cola_moderation.pipeline.cli", "classify", "--config", str(tiny_config),
+         *map(str, paths)],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 1, result.stderr
@@ -72,7 +73,8 @@ def test_bad_config_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_help_lists_subcommands() -> None:
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "cola_moderation.pipeline.cli", "--help"],
+                            capture_output=True, text=True)
     assert result.returncode == 0 and "classify" in result.stdout
 
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from operators.errors import ConfigError
-from pipeline.config import load_config, parse_config
+from cola_moderation.operators.errors import ConfigError
+from cola_moderation.pipeline.config import load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = {"taxonomy": {"labels": ["cat", "dog"]}}

@@ -9,7 +9,7 @@ import pandas as pd
 
 
 def test_batch_demo_labels_the_sample_and_dead_letters_the_corrupt_records(tmp_path: Path) -> None:
-    from pipeline.demo import run_batch_demo
+    from cola_moderation.pipeline.demo import run_batch_demo
 
     report = run_batch_demo(output=tmp_path / "demo")
     match = re.search(r"clean images:\s+(\d+)/(\d+) labelled correctly", report)

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import pytest
 from starlette.requests import Request
 
-from connectors.records import HttpPosition
-from pipeline.http_inputs import RequestError, Upload, decode_base64, parse_upload, request_id
+from cola_moderation.connectors.records import HttpPosition
+from cola_moderation.pipeline.http_inputs import RequestError, Upload, decode_base64, parse_upload, request_id
 
 PAYLOAD = bytes(range(256)) * 3  # every byte value: '+', '/', '-', '_' all appear in its base64
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.ray_config import RayConfig
-from pipeline.ray_runtime import ClusterResourceError, check_worker_resources, worker_options
+from cola_moderation.pipeline.ray_config import RayConfig
+from cola_moderation.pipeline.ray_runtime import ClusterResourceError, check_worker_resources, worker_options
 
 TWO_CPU = [{"CPU": 2.0, "memory": 1e9}]
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from operators.backbone import ClipBackbone
-from operators.checkpoint import TINY
-from operators.config import ModelConfig, TaxonomyConfig
-from operators.errors import ConfigError
-from pipeline.config import load_config
-from pipeline.fashion_mnist import CLASS_NAMES, DEFAULT_ROOT, FashionMnist, load_fashion_mnist
-from pipeline.reference_training import (
+from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.checkpoint import TINY
+from cola_moderation.operators.config import ModelConfig, TaxonomyConfig
+from cola_moderation.operators.errors import ConfigError
+from cola_moderation.pipeline.config import load_config
+from cola_moderation.pipeline.fashion_mnist import CLASS_NAMES, DEFAULT_ROOT, FashionMnist, load_fashion_mnist
+from cola_moderation.pipeline.reference_training import (
     TRAIN_TEMPLATES,
     CaptionSampler,
     TrainingRecipe,

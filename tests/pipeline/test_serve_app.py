@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from connectors.records import FilePosition, HttpPosition, InputRecord, Route
-from pipeline.config import PipelineConfig, parse_config
-from pipeline.records import SCHEMA_VERSION
-from pipeline.worker import ModerationWorker
+from cola_moderation.connectors.records import FilePosition, HttpPosition, InputRecord, Route
+from cola_moderation.pipeline.config import PipelineConfig, parse_config
+from cola_moderation.pipeline.records import SCHEMA_VERSION
+from cola_moderation.pipeline.worker import ModerationWorker
 
 MAX_REQUEST_BYTES = 64 * 1024
 RECORD_KEYS = {"schema_version", "id", "label", "score", "topk", "action", "adversarial_score",
@@ -58,7 +58,7 @@ def config(tiny_model_dir: Path) -> PipelineConfig:
 
 @pytest.fixture(scope="module")
 def server(config: PipelineConfig) -> Iterator[Any]:
-    from pipeline.serve_app import deploy_moderation, shutdown_moderation
+    from cola_moderation.pipeline.serve_app import deploy_moderation, shutdown_moderation
 
     handle = deploy_moderation(config)
     try:
@@ -248,7 +248,7 @@ def test_labels_and_health(client: httpx.Client, config: PipelineConfig) -> None
 
 def test_handle_processes_whole_batches(server: Any, local: ModerationWorker) -> None:
     """The stream job's entry point: a batch of records in, a WorkerResult with every record once out."""
-    from pipeline.serve_app import moderation_handle
+    from cola_moderation.pipeline.serve_app import moderation_handle
 
     records = [InputRecord(f"k-{i}", png(200 + i) if i != 2 else b"", {"i": i}, HttpPosition(f"r{i}"))
                for i in range(5)]

@@ -56,7 +56,7 @@ def test_cola_serve_answers_then_stops_cleanly_on_sigterm(tiny_model_dir: Path, 
     config = write_config(tmp_path / "serve.yaml", tiny_model_dir)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve", "--config", str(config),
+    process = subprocess.Popen([sys.executable, "-m", "cola_moderation.pipeline.cli", "serve", "--config", str(config),
                                 "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_healthy(url, process)
@@ -87,7 +87,7 @@ def test_cola_serve_start_failures_exit_2_naming_the_cause(tiny_model_dir: Path,
         config = write_config(tmp_path / "gpu.yaml", tiny_model_dir, worker_num_gpus=1)
     else:
         config = write_config(tmp_path / "model.yaml", tmp_path / "no-such-model")
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "serve", "--config", str(config),
+    result = subprocess.run([sys.executable, "-m", "cola_moderation.pipeline.cli", "serve", "--config", str(config),
                              "--port", str(free_port())], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     summary = [line for line in result.stderr.splitlines() if line.startswith("cola serve: ")]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import parse_config
+from cola_moderation.pipeline.config import parse_config
 from tests.connectors.kafka_util import produce, read_topic, topics_config
 
 
@@ -24,7 +24,7 @@ def png(seed: int) -> bytes:
 
 @pytest.mark.slow
 def test_stream_job_exact_accounting(kafka_broker: Any, tiny_model_dir: Path) -> None:
-    from pipeline.stream_job import run_stream_job
+    from cola_moderation.pipeline.stream_job import run_stream_job
 
     bootstrap = kafka_broker.bootstrap_servers
     topics = topics_config(bootstrap, partitions=2, value_format="json")

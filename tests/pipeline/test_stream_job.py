@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import PipelineConfig, parse_config
-from pipeline.stream_job import StreamConsumer
-from pipeline.worker import ModerationWorker, WorkerResult
+from cola_moderation.pipeline.config import PipelineConfig, parse_config
+from cola_moderation.pipeline.stream_job import StreamConsumer
+from cola_moderation.pipeline.worker import ModerationWorker, WorkerResult
 from tests.connectors.kafka_util import produce, read_topic, topics_config
 
 

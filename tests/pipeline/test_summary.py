@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from pipeline.demo import ground_truth_report
-from pipeline.summary import RunSummary
+from cola_moderation.pipeline.demo import ground_truth_report
+from cola_moderation.pipeline.summary import RunSummary
 
 
 def record(label: str, action: str = "allow", flagged: bool = False) -> dict[str, object]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from cola_moderation.pipeline.cli import main
 
 
 def test_missing_dataset_tells_how_to_install(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from connectors.records import FilePosition, InputRecord, Route
-from pipeline.config import PipelineConfig, parse_config
-from pipeline.records import SCHEMA_VERSION
-from pipeline.worker import ModerationWorker
+from cola_moderation.connectors.records import FilePosition, InputRecord, Route
+from cola_moderation.pipeline.config import PipelineConfig, parse_config
+from cola_moderation.pipeline.records import SCHEMA_VERSION
+from cola_moderation.pipeline.worker import ModerationWorker
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_output_record_schema_v1(worker: ModerationWorker) -> None:
 
 
 def test_policy_labels_are_validated_up_front(tiny_model_dir: Path) -> None:
-    from operators.errors import ConfigError
+    from cola_moderation.operators.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"policy: .*\['truck'\]"):
         parse_config({"taxonomy": {"labels": ["cat", "dog"]}, "policy": {"rules": {"truck": {"block": 0.5}}}})

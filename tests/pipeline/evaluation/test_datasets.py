@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.evaluation.datasets import load_dataset, load_image_folder, load_parquet
-from pipeline.fashion_mnist import CLASS_NAMES, DEFAULT_ROOT, DatasetError
+from cola_moderation.pipeline.evaluation.datasets import load_dataset, load_image_folder, load_parquet
+from cola_moderation.pipeline.fashion_mnist import CLASS_NAMES, DEFAULT_ROOT, DatasetError
 
 LABELS = CLASS_NAMES
 needs_data = pytest.mark.skipif(not (DEFAULT_ROOT / "t10k-images-idx3-ubyte.gz").is_file(),

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from cola_moderation.pipeline.cli import main
 
 REPO = Path(__file__).resolve().parents[3]
 

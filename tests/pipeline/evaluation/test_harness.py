@@ -7,13 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from operators.backbone import ClipBackbone
-from operators.config import ColaConfig
-from operators.errors import ConfigError
-from pipeline.config import PipelineConfig, load_config
-from pipeline.evaluation.datasets import EvalDataset, load_parquet
-from pipeline.evaluation.harness import METHODS, AttackSpec, EvalResult, Harness, eps_label, only_stage, parse_eps
-from pipeline.evaluation.report import build_report
+from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.config import ColaConfig
+from cola_moderation.operators.errors import ConfigError
+from cola_moderation.pipeline.config import PipelineConfig, load_config
+from cola_moderation.pipeline.evaluation.datasets import EvalDataset, load_parquet
+from cola_moderation.pipeline.evaluation.harness import (
+    METHODS,
+    AttackSpec,
+    EvalResult,
+    Harness,
+    eps_label,
+    only_stage,
+    parse_eps,
+)
+from cola_moderation.pipeline.evaluation.report import build_report
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipeline.evaluation.metrics import accuracy, auroc, tpr_at_fpr
+from cola_moderation.pipeline.evaluation.metrics import accuracy, auroc, tpr_at_fpr
 
 
 def brute_force_auroc(negatives: torch.Tensor, positives: torch.Tensor) -> float:

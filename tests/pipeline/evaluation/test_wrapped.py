@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from operators.attacks import clip_cross_entropy, pgd_linf
-from operators.text_bank import TextBank
-from operators.zeroshot import ZeroShotClassifier
-from pipeline.evaluation.wrapped import ZeroShotLogits
+from cola_moderation.operators.attacks import clip_cross_entropy, pgd_linf
+from cola_moderation.operators.text_bank import TextBank
+from cola_moderation.operators.zeroshot import ZeroShotClassifier
+from cola_moderation.pipeline.evaluation.wrapped import ZeroShotLogits
 
 torchattacks = pytest.importorskip("torchattacks")
 
@@ -46,7 +46,7 @@ def test_torchattacks_pgd_matches_pgd_linf_without_random_start(
 
 @pytest.fixture(scope="module")
 def tiny_taxonomy_classifier(tiny_backbone) -> ZeroShotClassifier:
-    from operators.config import TaxonomyConfig
+    from cola_moderation.operators.config import TaxonomyConfig
 
     taxonomy = TaxonomyConfig.model_validate({"labels": [{"name": n} for n in ("cat", "dog", "car", "tree")]})
     return ZeroShotClassifier(TextBank.build(tiny_backbone, taxonomy), logit_scale=tiny_backbone.logit_scale)
