@@ -62,7 +62,11 @@ class ParquetConfig(Section):
     """Used when present in the input; otherwise ids are ``file:row``."""
     image_column: Annotated[str, Field(min_length=1)] = "image"
     """binary / large_binary image bytes, or string paths / ``file://`` URIs (relative paths resolve from the input
-    file's directory)."""
+    file's directory; see ``image_roots``)."""
+    image_roots: tuple[Annotated[str, Field(min_length=1)], ...] = ()
+    """Directories besides the Parquet file's own from which path-valued images may be read. A path resolving
+    (symlinks followed) anywhere else, a non-regular file or one over ``decode.max_bytes`` is a dead letter naming
+    the rule; remote schemes (``s3://``...) are refused. Relative roots resolve from the config file's directory."""
     batch_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 64
     max_batch_bytes: Annotated[int, Field(ge=1)] = 64 * MiB
     """Rows per batch are lowered (from the file's row-group statistics) so a batch stays near this size."""

@@ -2,7 +2,9 @@
 
 Inputs: files, directories (``*.parquet`` below them, hidden/underscore names skipped) or globs (``**`` allowed);
 processed in sorted order. The image column holds the bytes (binary / large_binary) or a path / ``file://`` URI
-(string; relative paths resolve from the Parquet file's directory). The id column is used when present, else ids are
+(string; relative paths resolve from the Parquet file's directory, and a path is read only when it stays inside that
+directory or ``parquet.image_roots``, names a regular file and holds at most ``max_image_bytes``: see
+:mod:`cola_moderation.connectors.image_files`). The id column is used when present, else ids are
 ``file:row``. Every other column is passed through as metadata.
 
 Memory: a batch holds at most ``batch_rows`` rows, fewer when the file's row-group statistics say rows are large
@@ -23,7 +25,6 @@ import re
 from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,10 +32,14 @@ import pyarrow.parquet as pq
 from cola_moderation.connectors.base import Source
 from cola_moderation.connectors.config import ParquetConfig
 from cola_moderation.connectors.errors import MalformedRecordError
+from cola_moderation.connectors.image_files import image_roots, read_image_file
 from cola_moderation.connectors.records import Batch, DeadLetter, FilePosition, InputRecord
+from cola_moderation.operators.config import DecodeConfig
 from cola_moderation.operators.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_IMAGE_BYTES = DecodeConfig().max_bytes
 
 
 def expand_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -68,8 +73,11 @@ class ParquetSource(Source):
     """Finite source over Parquet files; :meth:`poll` returns ``None`` when every file is read."""
 
     def __init__(self, inputs: str | Path | Sequence[str | Path], config: ParquetConfig | None = None, *,
-                 skip: Callable[[str], bool] | None = None) -> None:
+                 skip: Callable[[str], bool] | None = None, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> None:
+        """``max_image_bytes``: the largest image file a path cell may name (the pipeline passes
+        ``decode.max_bytes``)."""
         self.config = config or ParquetConfig()
+        self.max_image_bytes = max_image_bytes
         self.files = expand_inputs(inputs)
         self._skip = skip
         self._batches = self._iterate()
@@ -144,11 +152,12 @@ class ParquetSource(Source):
         metadata = table.select(passthrough).to_pylist() if passthrough else [{} for _ in range(table.num_rows)]
         records: list[InputRecord] = []
         dead: list[DeadLetter] = []
+        roots = image_roots(path, cfg.image_roots)
         for offset, (image, record_id, meta) in enumerate(zip(images, ids, metadata, strict=True)):
             position = FilePosition(str(path), first_row + offset)
             rid = str(record_id) if record_id is not None else position.default_id()
             try:
-                payload = _image_bytes(image, path, position)
+                payload = self._image_bytes(image, path, roots, position)
             except MalformedRecordError as exc:
                 raw = image.encode() if isinstance(image, str) else b""
                 dead.append(DeadLetter.from_exception(InputRecord(rid, raw, meta, position), exc))
@@ -156,23 +165,12 @@ class ParquetSource(Source):
             records.append(InputRecord(rid, payload, meta, position))
         return Batch(key, tuple(records), tuple(dead), (str(path), first_row, table.num_rows))
 
+    def _image_bytes(self, value: Any, path: Path, roots: tuple[Path, ...], position: FilePosition) -> bytes:
+        if value is None:
+            raise MalformedRecordError(f"{position.default_id()}: image is null")
+        if isinstance(value, bytes):
+            return value
+        return read_image_file(str(value), base=path.parent, roots=roots, max_bytes=self.max_image_bytes,
+                               where=position.default_id())
 
-def _image_bytes(value: Any, path: Path, position: FilePosition) -> bytes:
-    if value is None:
-        raise MalformedRecordError(f"{position.default_id()}: image is null")
-    if isinstance(value, bytes):
-        return value
-    location = str(value)
-    if location.startswith("file://"):
-        location = unquote(urlparse(location).path)
-    elif "://" in location:
-        raise MalformedRecordError(f"{position.default_id()}: image location {value!r}: only local paths and "
-                                   "file:// URIs are supported")
-    image_path = Path(location)
-    if not image_path.is_absolute():
-        image_path = path.parent / image_path
-    try:
-        return image_path.read_bytes()
-    except OSError as exc:
-        raise MalformedRecordError(f"{position.default_id()}: cannot read image {str(image_path)!r}: "
-                                   f"{exc.strerror or exc}") from None
+

@@ -68,10 +68,11 @@ def _json(value: Any) -> str:
     return json.dumps(value, default=str, separators=(",", ":"))
 
 
-def read_file(items: dict[str, np.ndarray], *, config: ParquetConfig, done: frozenset[str]) -> Iterator[pa.Table]:
+def read_file(items: dict[str, np.ndarray], *, config: ParquetConfig, done: frozenset[str],
+              max_image_bytes: int) -> Iterator[pa.Table]:
     """Read stage: stream every not-yet-written batch of each input file as one table of ``ROW_SCHEMA`` rows."""
     for file in items["file"]:
-        with ParquetSource([str(file)], config, skip=done.__contains__) as source:
+        with ParquetSource([str(file)], config, skip=done.__contains__, max_image_bytes=max_image_bytes) as source:
             while (batch := source.poll()) is not None:
                 rows: list[dict[str, Any]] = []
                 for record in batch.records:
@@ -229,7 +230,8 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
     started = time.perf_counter()
     dataset = (
         ray.data.from_items([{"file": str(f)} for f in files], override_num_blocks=len(files))
-        .map_batches(partial(read_file, config=config.parquet, done=done), batch_size=1, num_cpus=READ_NUM_CPUS,
+        .map_batches(partial(read_file, config=config.parquet, done=done,
+                                     max_image_bytes=config.decode.max_bytes), batch_size=1, num_cpus=READ_NUM_CPUS,
                      batch_format="numpy")
         .map_batches(partial(decode_rows, size=geometry.size, config=config.decode),
                      batch_size=config.model.batch_size, num_cpus=config.ray.decode_num_cpus, batch_format="numpy")

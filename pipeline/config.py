@@ -65,13 +65,18 @@ def format_validation_error(error: ValidationError, *, source: str) -> str:
 
 
 def parse_config(data: Any, *, source: str = "<dict>", base_dir: Path | None = None) -> PipelineConfig:
-    """Validate an already-parsed mapping; relative ``model.path`` values starting with ``.`` resolve from
-    ``base_dir``."""
+    """Validate an already-parsed mapping; relative ``model.path`` values starting with ``.`` and relative
+    ``parquet.image_roots`` resolve from ``base_dir``."""
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config {source}: the top level must be a mapping, got {type(data).__name__}")
     model = data.get("model")
     if base_dir is not None and isinstance(model, dict) and str(model.get("path", "")).startswith("."):
         data = {**data, "model": {**model, "path": str((base_dir / model["path"]).resolve())}}
+    parquet = data.get("parquet")
+    if base_dir is not None and isinstance(parquet, dict) and isinstance(parquet.get("image_roots"), list):
+        roots = [str((base_dir / root).resolve()) if isinstance(root, str) and root else root
+                 for root in parquet["image_roots"]]
+        data = {**data, "parquet": {**parquet, "image_roots": roots}}
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
