@@ -16,28 +16,22 @@ from typing import Any
 
 import torch
 
+from cola_moderation import resources
 from cola_moderation.operators.config import ModelConfig
 from cola_moderation.operators.errors import DeviceError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
-REFERENCE_MODEL_DIR = Path(__file__).parent / "assets" / "reference-clip"
-BUILTIN_PREFIX = "builtin:"
+REFERENCE_MODEL_DIR = resources.assets_dir() / "reference-clip"
+BUILTIN_PREFIX = resources.BUILTIN_PREFIX
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_model_path(path: str) -> str:
-    """Map ``builtin:reference`` to the bundled directory; other values pass through unchanged."""
+    """Map ``builtin:NAME`` to the bundled model's directory (:mod:`cola_moderation.resources`); other values pass
+    through unchanged."""
     if path.startswith(BUILTIN_PREFIX):
-        name = path[len(BUILTIN_PREFIX) :]
-        if name != "reference":
-            raise ModelLoadError(f"unknown builtin model {path!r}; available: builtin:reference")
-        if not (REFERENCE_MODEL_DIR / "model.safetensors").is_file():
-            raise ModelLoadError(
-                f"the bundled reference model is missing from {REFERENCE_MODEL_DIR}; "
-                "reinstall the package or run `cola train-reference`"
-            )
-        return str(REFERENCE_MODEL_DIR)
+        return str(resources.builtin_model_dir(path))
     return path
 
 

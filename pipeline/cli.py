@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from cola_moderation import __version__
 from cola_moderation.operators.errors import ColaError
 
 # name -> (module under cola_moderation.pipeline.commands, one-line help)
@@ -25,20 +26,36 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``cola`` parser. Every command is listed (help text from :data:`COMMANDS`), but only ``command``'s module
+    is imported and given its arguments: ``cola --help`` imports no command at all."""
     parser = argparse.ArgumentParser(prog="cola", description="Robust zero-shot content moderation (CLIP + COLA).")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: debug)")
+    parser.add_argument("--version", action="version", version=f"cola-moderation {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging on stderr, Ray's INFO logs included (-vv: debug)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(f"cola_moderation.pipeline.commands.{module_name}")
-        module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+        if name == command:
+            module = importlib.import_module(f"cola_moderation.pipeline.commands.{module_name}")
+            module.add_arguments(sub)
+            sub.set_defaults(run=module.run)
     return parser
 
 
+def command_name(argv: Sequence[str]) -> str | None:
+    """The subcommand in ``argv``: the first word that is not a top-level option (those take no values)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse a ``cola`` command line (without the program name), importing only the command it names."""
+    argv = list(argv)
+    return build_parser(command_name(argv)).parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     if not args.verbose:
         # Library progress bars (weight loading, shard writing) are noise on a CLI whose stdout is JSON lines.

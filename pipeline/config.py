@@ -24,6 +24,7 @@ from cola_moderation.operators.config import (
 from cola_moderation.operators.errors import ConfigError
 from cola_moderation.operators.policy import PolicyConfig
 from cola_moderation.pipeline.ray_config import RayConfig, ServeConfig, StreamConfig
+from cola_moderation.resources import config_path
 
 
 class PipelineConfig(Section):
@@ -84,8 +85,9 @@ def parse_config(data: Any, *, source: str = "<dict>", base_dir: Path | None = N
 
 
 def load_config(path: str | Path) -> PipelineConfig:
-    """Read and validate a YAML config file."""
-    file = Path(path)
+    """Read and validate a YAML config: a file path, or the name of a bundled config (``reference``,
+    ``moderation``; see :func:`cola_moderation.resources.config_path`)."""
+    file = config_path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:

@@ -1,7 +1,7 @@
 """``cola demo``: the embedded default. Runs the real pipeline offline on the bundled sample with the reference
 model and reports what it did, including how the labels compare with the sample's ground truth.
 
-* batch (default): ``cola batch`` on ``samples/sample.parquet`` into a fresh output directory.
+* batch (default): ``cola batch`` on the bundled ``samples/sample.parquet`` into a fresh output directory.
 * ``--stream``: starts the embedded broker, produces the sample to an input topic, runs ``cola stream`` until the
   topic is drained, and reads the output topics back.
 """
@@ -13,12 +13,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cola_moderation.resources import sample_parquet
+
 if TYPE_CHECKING:
     from cola_moderation.connectors.kafka_tools import Message
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO / "configs" / "reference.yaml"
-SAMPLE = REPO / "samples" / "sample.parquet"
+DEFAULT_CONFIG = "reference"
+"""The bundled reference config, by name (:func:`cola_moderation.resources.config_path`)."""
+SAMPLE = sample_parquet()
 
 
 def ground_truth_report(rows: Iterable[Mapping[str, Any]]) -> str:
@@ -46,7 +48,7 @@ def ground_truth_report(rows: Iterable[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_batch_demo(config_path: Path = DEFAULT_CONFIG, *, output: Path | None = None) -> str:
+def run_batch_demo(config_path: str | Path = DEFAULT_CONFIG, *, output: Path | None = None) -> str:
     import pandas as pd
 
     from cola_moderation.pipeline.batch_job import run_batch_job
@@ -73,7 +75,7 @@ def sample_messages(path: Path = SAMPLE) -> list[Message]:
     return messages
 
 
-def run_stream_demo(config_path: Path = DEFAULT_CONFIG) -> str:
+def run_stream_demo(config_path: str | Path = DEFAULT_CONFIG) -> str:
     import json
 
     from cola_moderation.connectors.broker import EmbeddedBroker

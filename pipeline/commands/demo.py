@@ -11,7 +11,8 @@ from cola_moderation.pipeline.demo import DEFAULT_CONFIG
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream", action="store_true",
                         help="run the stream job through the embedded Kafka broker instead of the batch job")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="pipeline config (default: %(default)s)")
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help="pipeline config: a YAML path or a bundled name (default: %(default)s)")
     parser.add_argument("--output", type=Path, help="batch output directory (default: a new temporary directory)")
 
 

@@ -28,15 +28,16 @@ from cola_moderation.pipeline.reference_training import (
 )
 
 log = logging.getLogger(__name__)
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "reference.yaml"
+DEFAULT_CONFIG = "reference"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TrainingRecipe()
     parser.add_argument("--output", default="reference-clip",
                         help="checkpoint directory to write (default: %(default)s)")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
-                        help="config whose taxonomy (held-out templates) is used for evaluation (default: %(default)s)")
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help="config (path or bundled name) whose taxonomy (held-out templates) is used for evaluation "
+                             "(default: %(default)s)")
     parser.add_argument("--data", default=str(DEFAULT_ROOT), help="Fashion-MNIST directory (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="default: %(default)s")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s")

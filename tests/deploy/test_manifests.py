@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cola_moderation.pipeline.cli import COMMANDS, build_parser
+from cola_moderation.pipeline.cli import COMMANDS, parse_args
 from cola_moderation.pipeline.config import PipelineConfig, load_config, parse_config
 from cola_moderation.pipeline.ray_runtime import RAY_ENV_DEFAULTS, check_worker_resources
 
@@ -111,13 +111,12 @@ def test_ray_version_matches_the_installed_ray() -> None:
 
 
 def test_job_entrypoints_are_valid_cola_command_lines() -> None:
-    parser = build_parser()
     for path, doc in documents():
         if doc["kind"] != "RayJob":
             continue
         argv = shlex.split(doc["spec"]["entrypoint"])
         assert argv[0] == "cola" and argv[1] in COMMANDS, argv
-        args = parser.parse_args(argv[1:])  # exits (SystemExit) on an unknown flag or a bad value
+        args = parse_args(argv[1:])  # exits (SystemExit) on an unknown flag or a bad value
         assert args.address is None  # Ray Jobs set RAY_ADDRESS for the driver; init_ray joins it
         head = next(pod for name, _, pod in pod_templates(doc) if name == "head")  # the driver runs on the head
         pipeline_config(mounted_file(head, head["containers"][0], args.config), f"{path.name}: {args.config}")
@@ -200,8 +199,7 @@ def test_clusters_pass_the_jobs_resource_check() -> None:
         head = next(pod for name, _, pod in pod_templates(doc) if name == "head")
         if doc["kind"] == "RayJob":
             argv = shlex.split(doc["spec"]["entrypoint"])
-            config = pipeline_config(mounted_file(head, head["containers"][0], build_parser().parse_args(
-                argv[1:]).config), path.name)
+            config = pipeline_config(mounted_file(head, head["containers"][0], parse_args(argv[1:]).config), path.name)
             nodes = node_resources(doc, replicas_key="minReplicas")
             if argv[1] == "batch":
                 check_worker_resources(config.ray, workers=config.ray.actor_pool_max,
@@ -256,12 +254,11 @@ def readme_commands(program: str) -> list[list[str]]:
 
 
 def test_readme_cola_command_lines_parse() -> None:
-    parser = build_parser()
     commands = readme_commands("cola")
     assert {argv[1] for argv in commands} >= {"batch", "stream", "serve"}
     for argv in commands:
         assert argv[1] in COMMANDS, argv
-        parser.parse_args(argv[1:])  # SystemExit on an unknown flag
+        parse_args(argv[1:])  # SystemExit on an unknown flag
 
 
 def test_ray_start_options_exist() -> None:
