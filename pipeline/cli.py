@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "HTTP moderation service on Ray Serve (autoscaled replicas) until Ctrl-C"),
     "demo": ("demo", "the embedded default: sample data through the pipeline, offline, with the reference model"),
     "broker": ("broker", "run the embedded Kafka-compatible broker (Tansu) on 127.0.0.1 until Ctrl-C"),
+    "finetune": ("finetune", "adversarial fine-tuning of the CLIP image tower (TeCoA or FARE); robust checkpoint"),
     "eval": ("eval", "robust accuracy of CLIP / COLA / cascade under L-inf attacks; JSON report and plot"),
 }
 
