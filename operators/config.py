@@ -212,7 +212,13 @@ class DetectorConfig(Section):
     """Half-width of the uniform noise, in pixel units ([0, 1]); ``"4/255"`` is accepted."""
     noise_seed: int = 0
     """Seed of the noise pattern (one pattern per image size, the same for every image: a record's score never
-    depends on which batch it arrived in)."""
+    depends on which batch it arrived in). A deployment should keep its own secret seed, in the environment variable
+    ``COLA_DETECTOR_SEED`` (which overrides this key) or here: an attacker who knows the pattern can craft images
+    that stay quiet under exactly that noise. The seed is never logged; reports write ``"secret"``."""
+    noise_shift_two_sided: bool = False
+    """Count the noise probe's log shift by its distance from ``noise_shift_center`` in either direction (an image
+    unusually *stable* under the noise is as suspicious as an unusually sensitive one), so an attack cannot evade the
+    probe by over-stabilising the image. ``cola calibrate`` sets centre and scale from clean images."""
     noise_shift_weight: float = 2.0
     """Weight of log(1 - cos) between the embeddings with and without the probe noise (the strongest signal on the
     reference model: a logistic fit gave it ~2 against ~0.2 for the view shift and ~0.6 for the confidence drop)."""

@@ -19,9 +19,14 @@ score = sigmoid(bias + sum of weight * standardised signal); ``suspected_adversa
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from cola_moderation.operators.config import DetectorConfig
+from cola_moderation.operators.errors import ConfigError
+
+SEED_ENVIRONMENT_VARIABLE = "COLA_DETECTOR_SEED"
 
 
 class AdversarialDetector:
@@ -29,20 +34,28 @@ class AdversarialDetector:
     and noise shifts ``[B]`` and COLA probabilities ``[B, K]``. Device- and batch-agnostic; never records
     gradients."""
 
-    def __init__(self, config: DetectorConfig | None = None) -> None:
+    def __init__(self, config: DetectorConfig | None = None, *, noise_seed: int | None = None) -> None:
+        """``noise_seed``: use this probe seed instead of the deployment's (an attacker's guess, in evaluations)."""
         self.config = config or DetectorConfig()
+        self._seed = noise_seed
         self._noise: dict[tuple[tuple[int, ...], torch.device, torch.dtype], torch.Tensor] = {}
 
     @property
     def threshold(self) -> float:
         return self.config.threshold
 
+    @property
+    def noise_seed(self) -> int:
+        """The probe noise's seed: ``$COLA_DETECTOR_SEED`` when set (a per-deployment secret), else
+        ``detector.noise_seed``. Never logged or written to reports."""
+        return self._seed if self._seed is not None else secret_noise_seed(self.config)
+
     def noisy(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B, C, S, S]`` pixels in [0, 1] plus the noise probe's fixed pattern, clamped to [0, 1]."""
         key = (tuple(pixels.shape[1:]), pixels.device, pixels.dtype)
         pattern = self._noise.get(key)
         if pattern is None:
-            generator = torch.Generator().manual_seed(self.config.noise_seed)
+            generator = torch.Generator().manual_seed(self.noise_seed)
             uniform = torch.rand(key[0], generator=generator, dtype=torch.float32) * 2.0 - 1.0
             pattern = (uniform * self.config.noise_amplitude).to(device=pixels.device, dtype=pixels.dtype)
             self._noise[key] = pattern
@@ -55,35 +68,67 @@ class AdversarialDetector:
         views (COLA ran); ``probe_shift``: the probe's single view (used only without ``view_shift``);
         ``noise_shift``: 1 - cos between the embeddings with and without the probe noise
         (:func:`embedding_shift`)."""
+        if not self.config.enabled:
+            return torch.zeros_like(residual_energy.detach().float())
+
+        def detached(value: torch.Tensor | None) -> torch.Tensor | None:
+            return None if value is None else value.detach()
+
+        logit = self.logit(residual_energy.detach(), clip_probs.detach(), view_shift=detached(view_shift),
+                           probe_shift=detached(probe_shift), noise_shift=detached(noise_shift),
+                           cola_probs=detached(cola_probs))
+        return torch.sigmoid(logit)
+
+    def logit(self, residual_energy: torch.Tensor, clip_probs: torch.Tensor, *,
+              view_shift: torch.Tensor | None = None, probe_shift: torch.Tensor | None = None,
+              noise_shift: torch.Tensor | None = None, cola_probs: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B]`` the score's logit, differentiable in its inputs (a detector-aware attack descends it); same
+        arguments as :meth:`score`. With ``noise_shift_two_sided`` the noise probe counts the distance of the log
+        shift from its centre in either direction: too stable is as suspicious as too sensitive."""
         config = self.config
-        residual_energy, clip_probs = residual_energy.detach().float(), clip_probs.detach().float()
-        if not config.enabled:
-            return torch.zeros_like(residual_energy)
+        residual_energy, clip_probs = residual_energy.float(), clip_probs.float()
         logit = config.bias + config.residual_weight * (
             (residual_energy - config.residual_center) / config.residual_scale)
         shift, center = view_shift, config.view_shift_center
         if shift is None:
             shift, center = probe_shift, config.probe_shift_center
         if shift is not None:
-            shift = shift.detach().float().to(logit.device)
+            shift = shift.float().to(logit.device)
             logit = logit + config.view_shift_weight * (shift - center) / config.view_shift_scale
         if noise_shift is not None:
-            log_shift = noise_shift.detach().float().to(logit.device).clamp_min(1e-12).log()
-            logit = logit + config.noise_shift_weight * (log_shift - config.noise_shift_center) \
-                / config.noise_shift_scale
+            log_shift = noise_shift.float().to(logit.device).clamp_min(1e-12).log()
+            standard = (log_shift - config.noise_shift_center) / config.noise_shift_scale
+            logit = logit + config.noise_shift_weight * (standard.abs() if config.noise_shift_two_sided else standard)
         if cola_probs is not None:
-            cola_probs = cola_probs.detach().float().to(clip_probs.device)
+            cola_probs = cola_probs.float().to(clip_probs.device)
             clip_top, clip_label = clip_probs.max(dim=-1)
             disagreement = (cola_probs.argmax(dim=-1) != clip_label).float()
             drop = clip_top - cola_probs.gather(-1, clip_label.unsqueeze(-1)).squeeze(-1)
             logit = logit + config.disagreement_weight * disagreement + config.confidence_drop_weight * drop
-        return torch.sigmoid(logit)
+        return logit
 
     def flag(self, scores: torch.Tensor) -> torch.Tensor:
         """``[B]`` bool: scores at or above the threshold (never, when disabled)."""
         if not self.config.enabled:
             return torch.zeros_like(scores, dtype=torch.bool)
         return scores >= self.config.threshold
+
+
+def secret_noise_seed(config: DetectorConfig) -> int:
+    """``$COLA_DETECTOR_SEED`` (an integer) when set, else ``config.noise_seed``."""
+    value = os.environ.get(SEED_ENVIRONMENT_VARIABLE, "").strip()
+    if not value:
+        return config.noise_seed
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"${SEED_ENVIRONMENT_VARIABLE} must be an integer (its value is not shown)") from None
+
+
+def seed_is_secret(config: DetectorConfig) -> bool:
+    """Whether the probe seed was set by the deployment (environment, or a non-default ``noise_seed``): reports
+    then write ``"secret"`` instead of it."""
+    return bool(os.environ.get(SEED_ENVIRONMENT_VARIABLE, "").strip()) or config.noise_seed != 0
 
 
 def embedding_shift(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

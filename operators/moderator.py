@@ -72,6 +72,20 @@ class BatchVerdict:
     cola_applied: torch.Tensor
 
 
+@dataclass(frozen=True)
+class Prescreen:
+    """Plain CLIP's pass over a batch: ``features`` ``[B, d]``, ``logits`` ``[B, K]``, ``residual`` energy ``[B]``,
+    ``known`` view embeddings ``[B, k, d]`` (the original, plus the probe view with ``detector.probe``), and the
+    detector's single-pass signals ``probe_shift`` / ``noise_shift`` ``[B]`` (``None`` when off)."""
+
+    features: torch.Tensor
+    logits: torch.Tensor
+    residual: torch.Tensor
+    known: torch.Tensor
+    probe_shift: torch.Tensor | None
+    noise_shift: torch.Tensor | None
+
+
 class Moderator:
     """Decode + classify batches of encoded images with the configured method, and score them for manipulation."""
 
@@ -111,34 +125,76 @@ class Moderator:
         return self.zero_shot.scores(self.backbone.encode_images(pixels))
 
     def noise_shift(self, pixels: torch.Tensor, features: torch.Tensor | None = None, *,
-                    grad: bool = False) -> torch.Tensor:
+                    grad: bool = False, detector: AdversarialDetector | None = None) -> torch.Tensor:
         """``[B]`` the noise probe's signal: 1 - cos between the embeddings of ``pixels`` with and without the
-        detector's fixed noise (``features``: the embeddings without it, when already computed)."""
+        detector's fixed noise (``features``: the embeddings without it, when already computed). ``detector``: whose
+        noise pattern to use (default: the deployed one; an attacker without the secret seed uses another)."""
         if features is None:
             features = self.backbone.encode_images(pixels, grad=grad)
-        return embedding_shift(features, self.backbone.encode_images(self.detector.noisy(pixels), grad=grad))
+        noisy = (detector or self.detector).noisy(pixels)
+        return embedding_shift(features, self.backbone.encode_images(noisy, grad=grad))
+
+    def prescreen(self, pixels: torch.Tensor, *, method: str | None = None, grad: bool = False,
+                  detector: AdversarialDetector | None = None) -> Prescreen:
+        """Plain CLIP's pass and the detector's single-pass signals for ``[B, 3, S, S]`` pixels (differentiable
+        with ``grad=True``). ``detector``: whose probe noise to use (default: the deployed detector's)."""
+        method = method or self.method
+        features = self.backbone.encode_images(pixels, grad=grad)
+        logits = self.zero_shot.logits(features)
+        residual = self.cola.subspace.residual_energy(features)
+        known = features.unsqueeze(1)
+        shift = None
+        config = self.detector.config
+        if config.enabled and config.probe and method != "cola" and self.cola.view_count > 1:
+            view = self.backbone.encode_images(self.cola.views(pixels)[:, 1], grad=grad)
+            known = torch.stack([features, view], dim=1)
+            shift = view_shift_of(known if grad else known.detach())
+        noise = None
+        if config.enabled and config.noise_probe:
+            noise = self.noise_shift(pixels, features, grad=grad, detector=detector)
+        return Prescreen(features=features, logits=logits, residual=residual, known=known, probe_shift=shift,
+                         noise_shift=noise)
+
+    def screen_logits(self, pixels: torch.Tensor, *,
+                      detector: AdversarialDetector | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(``[B, K]`` plain CLIP logits, ``[B]`` the detector's single-pass (pre-COLA) logit), both differentiable
+        in ``pixels``. The detector logit is the cascade's final score for every image it does not send to COLA; a
+        detector-aware attack descends it. ``detector``: whose probe noise to use (an attacker's guess)."""
+        screen = self.prescreen(pixels, grad=True, detector=detector)
+        logit = self.detector.logit(screen.residual, screen.logits.softmax(dim=-1), probe_shift=screen.probe_shift,
+                                    noise_shift=screen.noise_shift)
+        return screen.logits, logit
+
+    def attack_logits(self, pixels: torch.Tensor, *, method: str | None = None) -> torch.Tensor:
+        """``[B, K]`` differentiable logits of the deployed ``method``: plain CLIP's; COLA's -d / temperature with
+        its fixed, seeded views; for the cascade CLIP's logits where the deployed gate keeps CLIP's answer and
+        COLA's where it escalates (the gate itself is evaluated exactly, without gradient)."""
+        method = method or self.method
+        if method == "cola":
+            return -self.cola.score_pixels(self.backbone, pixels, grad=True).distances / self.cola.temperature
+        logits = self.zero_shot.logits(self.backbone.encode_images(pixels, grad=True))
+        if method == "clip":
+            return logits
+        with torch.no_grad():
+            escalate = self.verdict(pixels.detach(), method="cascade").cola_applied
+        index = escalate.nonzero().squeeze(-1)
+        if not index.numel():
+            return logits
+        cola = -self.cola.score_pixels(self.backbone, pixels[index], grad=True).distances / self.cola.temperature
+        return logits.index_put((index,), cola.to(logits.dtype))
 
     def verdict(self, pixels: torch.Tensor, *, method: str | None = None) -> BatchVerdict:
         """Score one batch of ``[B, 3, S, S]`` pixels in [0, 1] with ``method`` (default: the configured one)."""
         method = method or self.method
-        features = self.backbone.encode_images(pixels)
-        clip = self.zero_shot.scores(features)
-        residual = self.cola.subspace.residual_energy(features)
-        known = features.unsqueeze(1)
-        shift = None
-        if self.detector.config.enabled and self.detector.config.probe and method != "cola" \
-                and self.cola.view_count > 1:
-            known = torch.stack([features, self.cola.encode_view(self.backbone, pixels, 1)], dim=1)
-            shift = view_shift_of(known)
-        noise = None
-        if self.detector.config.enabled and self.detector.config.noise_probe:
-            noise = self.noise_shift(pixels, features)
-        adversarial = self.detector.score(residual, clip.probs, probe_shift=shift, noise_shift=noise)
+        screen = self.prescreen(pixels, method=method)
+        clip = Scores(labels=self.bank.labels, probs=screen.logits.softmax(dim=-1))
+        residual, noise, known = screen.residual, screen.noise_shift, screen.known
+        adversarial = self.detector.score(residual, clip.probs, probe_shift=screen.probe_shift, noise_shift=noise)
         batch = pixels.shape[0]
         if method == "clip":
-            escalate = torch.zeros(batch, dtype=torch.bool, device=features.device)
+            escalate = torch.zeros(batch, dtype=torch.bool, device=screen.features.device)
         elif method == "cola":
-            escalate = torch.ones(batch, dtype=torch.bool, device=features.device)
+            escalate = torch.ones(batch, dtype=torch.bool, device=screen.features.device)
         else:
             escalate = self.detector.flag(adversarial) | (clip.margin() < self.cola.config.cascade_margin)
         probs = clip.probs.clone()

@@ -26,7 +26,14 @@ from fractions import Fraction
 
 import torch
 
-from cola_moderation.operators.attacks import LossFn, clip_cross_entropy, clip_cw_margin, cola_cross_entropy, pgd_linf
+from cola_moderation.operators.attacks import (
+    LossFn,
+    clip_cross_entropy,
+    clip_cw_margin,
+    cola_cross_entropy,
+    pgd_linf,
+    round_to_8bit,
+)
 from cola_moderation.operators.backbone import ClipBackbone
 from cola_moderation.operators.cola import ColaScorer
 from cola_moderation.operators.config import ColaConfig, DetectorConfig, TaxonomyConfig
@@ -38,8 +45,11 @@ from cola_moderation.pipeline.evaluation.metrics import accuracy, auroc, tpr_at_
 
 log = logging.getLogger(__name__)
 
-ATTACKS: dict[str, str | None] = {"none": None, "pgd": "gray-box", "cw": "gray-box", "eot-pgd": "adaptive"}
+ATTACKS: dict[str, str | None] = {"none": None, "pgd": "gray-box", "cw": "gray-box", "eot-pgd": "adaptive",
+                                  "apgd-ce": "adaptive", "apgd-dlr": "adaptive", "adaptive": "adaptive"}
 """Attack name -> threat model."""
+SUITE_NAMES = ("apgd-ce", "apgd-dlr", "adaptive")
+"""Attacks run by :mod:`cola_moderation.pipeline.evaluation.suite` (against every deployed method)."""
 DEPLOYED = ("clip", "cola", "cascade")
 ABLATIONS = {"views_only": "views", "projection_only": "projection", "ot_only": "transport"}
 METHODS = (*DEPLOYED, *ABLATIONS)
@@ -94,7 +104,7 @@ class AttackSpec:
     batch_size: int = 256
 
     def __post_init__(self) -> None:
-        if self.name not in ATTACKS:
+        if self.name not in ATTACKS or self.name in SUITE_NAMES:
             raise ConfigError(f"--attack: must be one of {', '.join(ATTACKS)}, got {self.name!r}")
         if self.steps < 1 or self.eot_samples < 1 or self.batch_size < 1:
             raise ConfigError(f"--steps, --eot-samples and --batch-size must be >= 1, got {self.steps}, "
@@ -166,11 +176,11 @@ class Harness:
               eps: Fraction) -> list[torch.Tensor]:
         """Adversarial copies of ``(pixels, labels)`` batches at ``eps``, batch by batch. The random start comes from
         a generator seeded with ``spec.seed`` (and EOT draws from ``spec.seed + 1``) at every call, so the result
-        depends only on the inputs, the model and ``spec``."""
+        depends only on the inputs, the model and ``spec``. Copies are rounded to 8 bits (what an upload carries)."""
         generator = torch.Generator().manual_seed(spec.seed)
         loss = self.attack_loss(spec)
-        return [pgd_linf(loss, x, y, eps=float(eps), steps=spec.steps, step_size=spec.step_size, generator=generator)
-                for x, y in batches]
+        return [round_to_8bit(pgd_linf(loss, x, y, eps=float(eps), steps=spec.steps, step_size=spec.step_size,
+                                       generator=generator)) for x, y in batches]
 
     def target_predictions(self, spec: AttackSpec, pixels: torch.Tensor) -> torch.Tensor:
         """Predictions of the attacked model (plain CLIP for gray-box, COLA for adaptive)."""

@@ -59,3 +59,14 @@ def tpr_at_fpr(negatives: torch.Tensor, positives: torch.Tensor, fpr: float = 0.
     allowed = math.floor(fpr * neg.numel())
     threshold = neg.sort(descending=True).values[allowed]
     return float((pos > threshold).double().mean())
+
+
+def wilson_interval(successes: int, total: int, *, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion ``successes / total`` (NaNs for ``total = 0``)."""
+    if total <= 0:
+        return math.nan, math.nan
+    p = successes / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -12,6 +12,9 @@ Schema ``cola-eval/1`` (all accuracies and rates are fractions in [0, 1]; eps ke
                     random_start true, eot_samples, seed}
     methods        {method: description}
     accuracy       {method: {"clean": acc, eps_label: robust acc, ...}}
+    n              number of images behind every accuracy
+    accuracy_ci95  {method: {"clean" | eps_label: [low, high]}}   95% Wilson interval of each accuracy
+    rounding       how adversarial copies were quantised before scoring (8 bits)
     target_fooled  {eps_label: share of attacked copies the attacked model misclassifies}
     cascade_escalated {"clean" | eps_label: share of images the cascade sent to COLA}
     detection      {fpr: 0.05, threshold, by_eps: {eps_label: {method: {auroc, tpr_at_5pct_fpr, flagged_clean,
@@ -36,6 +39,7 @@ from typing import Any
 import torch
 
 from cola_moderation.pipeline.evaluation.harness import DETECTION_FPR, METHOD_DESCRIPTIONS, EvalResult, eps_label
+from cola_moderation.pipeline.evaluation.metrics import wilson_interval
 
 SCHEMA = "cola-eval/1"
 LOSSES = {"none": None, "pgd": "cross-entropy of plain CLIP", "cw": "CW margin of plain CLIP (max wrong - true logit)",
@@ -63,10 +67,21 @@ def _clean(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 6)
 
 
+ROUNDING = "adversarial copies are rounded to 8 bits (multiples of 1/255) before they are scored"
+
+
+def _interval(value: float, n: int) -> list[float | None]:
+    if math.isnan(value) or n <= 0:
+        return [None, None]
+    low, high = wilson_interval(round(value * n), n)
+    return [round(low, 6), round(high, 6)]
+
+
 def build_report(result: EvalResult, *, config: dict[str, Any], model: dict[str, Any], dataset: dict[str, Any],
                  command: list[str] | None = None) -> dict[str, Any]:
     spec = result.spec
     labels = list(result.results)
+    n = int(dataset.get("images", 0))
     attacked = [label for label in labels if label != "clean"]
     return {
         "schema": SCHEMA,
@@ -82,6 +97,10 @@ def build_report(result: EvalResult, *, config: dict[str, Any], model: dict[str,
         "methods": {m: METHOD_DESCRIPTIONS[m] for m in result.methods},
         "accuracy": {m: {label: _clean(result.results[label].accuracy[m]) for label in labels}
                      for m in result.methods},
+        "n": n,
+        "accuracy_ci95": {m: {label: _interval(result.results[label].accuracy[m], n) for label in labels}
+                          for m in result.methods},
+        "rounding": ROUNDING,
         "target_fooled": {label: _clean(result.results[label].target_fooled or 0.0) for label in attacked},
         "cascade_escalated": {label: _clean(result.results[label].escalated) for label in labels},
         "detection": {"fpr": DETECTION_FPR, "threshold": result.threshold,
@@ -147,3 +166,70 @@ def plot_accuracy(reports: list[dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     plt.close(figure)
+
+
+SUITE_SCHEMA = "cola-eval/2"
+"""Reports of the adaptive suite (``--attack apgd-ce|apgd-dlr|adaptive``): the keys of ``cola-eval/1`` that apply
+(``command``, ``config``, ``model``, ``dataset``, ``accuracy`` = per-image worst case, ``n``, ``accuracy_ci95``,
+``rounding``, ``versions``) plus ``suite`` (per eps: ``worst_case`` and ``cascade_correct_or_flagged`` as
+``{value, n, ci95}``, and one row per attack with its target, how many images it attacked and broke, and the
+accuracy after it) and ``data`` (which slices were used for what)."""
+
+
+def build_suite_report(suite: dict[str, Any], *, config: dict[str, Any], model: dict[str, Any],
+                       dataset: dict[str, Any], data: dict[str, Any],
+                       command: list[str] | None = None) -> dict[str, Any]:
+    by_eps = suite["by_eps"]
+    methods = list(suite["clean"])
+    accuracy = {m: {"clean": suite["clean"][m]["value"], **{e: by_eps[e]["worst_case"][m]["value"] for e in by_eps}}
+                for m in methods}
+    intervals = {m: {"clean": suite["clean"][m]["ci95"], **{e: by_eps[e]["worst_case"][m]["ci95"] for e in by_eps}}
+                 for m in methods}
+    return {
+        "schema": SUITE_SCHEMA,
+        "command": command,
+        "config": config,
+        "model": model,
+        "dataset": dataset,
+        "data": data,
+        "attack": {"name": suite["name"], "threat_model": "adaptive", "norm": "linf",
+                   "eps_labels": list(by_eps), "eps": [_eps_value(e) for e in by_eps]},
+        "methods": {m: METHOD_DESCRIPTIONS[m] for m in methods},
+        "accuracy": accuracy,
+        "n": int(dataset.get("images", 0)),
+        "accuracy_ci95": intervals,
+        "rounding": ROUNDING,
+        "suite": suite,
+        "timings": {"total_s": suite["total_s"], "threads": torch.get_num_threads(),
+                    "by_eps": {e: by_eps[e]["seconds"] for e in by_eps}},
+        "versions": versions(),
+    }
+
+
+def _eps_value(label: str) -> float:
+    numerator, _, denominator = label.partition("/")
+    return float(numerator) / float(denominator or 1)
+
+
+def suite_markdown(report: dict[str, Any]) -> str:
+    """Worst-case accuracy (%) with 95% CI per method and eps, plus the cascade's correct-or-flagged."""
+    suite = report["suite"]
+    columns = ["clean", *suite["by_eps"]]
+
+    def cell(entry: dict[str, Any]) -> str:
+        low, high = entry["ci95"]
+        return f"{100 * entry['value']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+    lines = [f"N = {report['n']} ({report['dataset']['name']} {report['dataset'].get('slice', '')}); worst case "
+             "over the suite, 95% Wilson CI", "| method | " + " | ".join(columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for method in suite["clean"]:
+        cells = [cell(suite["clean"][method]), *(cell(suite["by_eps"][e]["worst_case"][method])
+                                                  for e in suite["by_eps"])]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    cof = [cell(suite["cascade_clean_correct_or_flagged"]),
+           *(cell(suite["by_eps"][e]["cascade_correct_or_flagged"]) for e in suite["by_eps"])]
+    lines.append("| cascade correct-or-flagged | " + " | ".join(cof) + " |")
+    flagged = suite["clean_flagged"]["cascade"]
+    lines.append(f"cascade clean flagged: {cell(flagged)} (threshold {suite['detector_threshold']})")
+    return "\n".join(lines)
