@@ -14,7 +14,6 @@ oversized upload cannot block the stream.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from datetime import date, datetime
@@ -27,6 +26,7 @@ from kafka.errors import KafkaError
 from cola_moderation.connectors.base import Sink, check_route
 from cola_moderation.connectors.config import KafkaConfig
 from cola_moderation.connectors.errors import SinkWriteError
+from cola_moderation.connectors.json_codec import dumps_strict, finite_or_string
 from cola_moderation.connectors.records import Batch, DeadLetter, Route
 
 log = logging.getLogger(__name__)
@@ -41,15 +41,16 @@ def json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     if hasattr(value, "item"):
-        return value.item()
+        return finite_or_string(value.item())
     raise TypeError(f"output record field of type {type(value).__name__} is not JSON-serialisable: {value!r}")
 
 
 def encode_output(record: Mapping[str, Any]) -> tuple[bytes, bytes]:
-    """(key, value) of an output record: key = UTF-8 id, value = compact UTF-8 JSON."""
+    """(key, value) of an output record: key = UTF-8 id, value = compact, standard UTF-8 JSON (non-finite floats
+    as strings, see :mod:`cola_moderation.connectors.json_codec`)."""
     if "id" not in record:
         raise ValueError(f"output record has no 'id' field (fields: {sorted(record)})")
-    value = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=json_default)
+    value = dumps_strict(record, separators=(",", ":"), ensure_ascii=False, default=json_default)
     return str(record["id"]).encode(), value.encode()
 
 
@@ -58,7 +59,7 @@ def dead_letter_headers(dead: DeadLetter) -> list[tuple[str, bytes]]:
     headers += [(f"source.{key}", str(value).encode()) for key, value in dead.record.source.as_dict().items()]
     extra = {key: value for key, value in dead.record.metadata.items() if key != "headers"}
     if extra:
-        headers.append(("cola.metadata", json.dumps(extra, default=json_default).encode()))
+        headers.append(("cola.metadata", dumps_strict(extra, default=json_default).encode()))
     return headers + list(dead.record.headers)
 
 

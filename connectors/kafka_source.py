@@ -4,8 +4,10 @@
 * Value formats: ``raw`` (value = image bytes, key = id) and ``json`` (``{"id", "image_b64", ...}``, other fields
   -> metadata). No key / no ``id`` -> ``topic:partition:offset``. Headers are kept byte-exact on the record and, as
   text, in ``metadata["headers"]``.
-* A message that cannot become a record (malformed envelope, bad base64, empty value) is a dead letter in the batch
-  (stage ``source``, :class:`~cola_moderation.connectors.errors.MalformedRecordError`); the stream goes on.
+* A message that cannot become a record (malformed envelope, bad base64, empty value, ``NaN``/``Infinity``, nesting
+  deeper than :data:`~cola_moderation.connectors.json_codec.MAX_DEPTH`, or any other exception while parsing it) is a
+  dead letter in the batch (stage ``source``, :class:`~cola_moderation.connectors.errors.MalformedRecordError`); the
+  stream goes on.
 * Rebalance: before partitions are revoked, acknowledged-but-uncommitted offsets are committed; records of revoked
   partitions still being collected are dropped, and in-flight batches are not committed for partitions this member
   lost (their new owner re-reads them: at-least-once).
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -29,6 +30,7 @@ from kafka.structs import OffsetAndMetadata
 from cola_moderation.connectors.base import Source
 from cola_moderation.connectors.config import KafkaConfig
 from cola_moderation.connectors.errors import MalformedRecordError
+from cola_moderation.connectors.json_codec import JsonInputError, loads_strict
 from cola_moderation.connectors.records import Batch, DeadLetter, InputRecord, KafkaPosition
 
 log = logging.getLogger(__name__)
@@ -62,15 +64,19 @@ def message_to_record(message: Any, value_format: str) -> InputRecord | DeadLett
         return _from_envelope(value, key, position, headers, metadata)
     except MalformedRecordError as exc:
         return DeadLetter.from_exception(raw, exc)
+    except Exception as exc:  # noqa: BLE001 - any failure on one message is that message's dead letter
+        error = MalformedRecordError(f"{position.default_id()}: cannot parse the message: {type(exc).__name__}: "
+                                     f"{str(exc)[:200]}")
+        return DeadLetter.from_exception(raw, error)
 
 
 def _from_envelope(value: bytes, key: str | None, position: KafkaPosition, headers: tuple[tuple[str, bytes], ...],
                    metadata: dict[str, Any]) -> InputRecord:
     where = position.default_id()
     try:
-        envelope = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedRecordError(f"{where}: value is not a JSON envelope: {exc}") from None
+        envelope = loads_strict(value)
+    except JsonInputError as exc:
+        raise MalformedRecordError(f"{where}: value is not a JSON envelope ({exc.code}): {exc}") from None
     if not isinstance(envelope, dict):
         raise MalformedRecordError(f"{where}: JSON envelope must be an object, got {type(envelope).__name__}")
     image_b64 = envelope.pop("image_b64", None)

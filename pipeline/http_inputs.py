@@ -8,18 +8,27 @@ Accepted bodies (the ``Content-Type`` header picks the form; none means raw byte
 * ``application/json``: ``{"image_b64": "<base64, a data: URL is fine>", "id": "...", "metadata": {...}}``.
 
 Every problem with the request itself raises :class:`RequestError` with the HTTP status to answer: 400 (empty body,
-bad base64/JSON/multipart, wrong field types), 413 (over ``serve.max_request_bytes``), 415 (other content types).
-Whether the bytes are an image is the decoder's call, later (422 there).
+bad base64/JSON/multipart, wrong field types, JSON nested deeper than :data:`JSON_MAX_DEPTH` or holding ``NaN`` /
+``Infinity``), 408 (the body did not arrive within ``serve.body_timeout_s``), 413 (over ``serve.max_request_bytes``),
+415 (other content types), 429 (``serve.max_slow_bodies`` bodies are already arriving slowly). Whether the bytes are
+an image is the decoder's call, later (422 there).
+
+Slow bodies (:class:`BodyReader`): a body that has not fully arrived ``serve.body_grace_s`` after the request reached
+the replica needs one of ``serve.max_slow_bodies`` slots to go on arriving (else 429 at once), and must be complete
+within ``serve.body_timeout_s`` (else 408). So clients that send headers and then trickle their bodies hold at most
+that many of a replica's ``serve.max_ongoing_requests``, each for a bounded time, and the rest stay free for other
+requests and ``/healthz``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import json
 import re
+import time
 import uuid
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +36,12 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from cola_moderation.connectors.json_codec import JsonInputError, loads_strict
 from cola_moderation.connectors.records import HttpPosition, InputRecord
 from cola_moderation.operators.errors import ColaError
 
+JSON_MAX_DEPTH = 16
+"""Deepest nesting accepted in a JSON body or metadata field (objects and arrays)."""
 JSON_FIELDS = frozenset({"image_b64", "id", "metadata"})
 RAW_TYPES = ("application/octet-stream",)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -71,33 +83,83 @@ def request_id(headers: Mapping[str, str]) -> str:
     return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
 
 
-async def read_body(request: Request, *, max_bytes: int) -> bytes:
-    """The request body, refusing (413) more than ``max_bytes`` from ``Content-Length`` or while streaming."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise RequestError(400, "bad_content_length", f"Content-Length must be a byte count, got {declared!r}")
-        if int(declared) > max_bytes:
-            raise too_large(int(declared), max_bytes)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large(size, max_bytes, streamed=True)
-        chunks.append(chunk)
-    return b"".join(chunks)
+class BodyReader:
+    """Reads request bodies under a deadline, with a cap on bodies still arriving after a grace period (see the
+    module docstring). One per replica, used from its event loop."""
+
+    def __init__(self, *, max_bytes: int, timeout_s: float = 30.0, grace_s: float = 0.5,
+                 max_slow: int = 4, where: str = "serve") -> None:
+        """``where``: the config prefix named in error messages."""
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.grace_s = min(grace_s, timeout_s)
+        self.max_slow = max_slow
+        self.where = where
+        self.size_setting = f"{where}.max_request_bytes"
+        self.slow = 0
+
+    async def read(self, request: Request, *, started: float | None = None) -> bytes:
+        """The request body; ``started`` is the ``time.monotonic()`` the request arrived (default: now)."""
+        messages = await self.read_messages(request.receive, request.headers.get("content-length"), started=started)
+        return b"".join(message.get("body", b"") for message in messages)
+
+    async def read_messages(self, receive: Callable[[], Awaitable[MutableMapping[str, Any]]], declared: str | None,
+                            *, started: float | None = None) -> list[MutableMapping[str, Any]]:
+        """The ``http.request`` messages of a body from an ASGI ``receive`` (see :meth:`read`)."""
+        if declared is not None:
+            if not declared.isdigit():
+                raise RequestError(400, "bad_content_length",
+                                   f"Content-Length must be a byte count, got {declared[:40]!r}")
+            if int(declared) > self.max_bytes:
+                raise too_large(int(declared), self.max_bytes, setting=self.size_setting)
+        started = time.monotonic() if started is None else started
+        chunks: list[MutableMapping[str, Any]] = []
+        size = 0
+        holding = False
+        try:
+            while True:
+                now = time.monotonic()
+                if not holding and now >= started + self.grace_s:
+                    if self.slow >= self.max_slow:
+                        raise RequestError(429, "too_many_slow_bodies",
+                                           f"{self.slow} request bodies are already arriving slowly "
+                                           f"({self.where}.max_slow_bodies={self.max_slow}); send the body at once "
+                                           "or retry")
+                    self.slow += 1
+                    holding = True
+                until = started + (self.timeout_s if holding else self.grace_s)
+                try:
+                    message = await asyncio.wait_for(receive(), timeout=max(0.0, until - now))
+                except TimeoutError:
+                    if holding:
+                        raise RequestError(408, "body_timeout",
+                                           f"the request body did not arrive within {self.timeout_s:g} s "
+                                           f"({self.where}.body_timeout_s)") from None
+                    continue
+                if message["type"] == "http.disconnect":
+                    raise RequestError(400, "client_disconnected", "the client closed the connection mid-body")
+                size += len(message.get("body", b""))
+                if size > self.max_bytes:
+                    raise too_large(size, self.max_bytes, streamed=True, setting=self.size_setting)
+                chunks.append(message)
+                if not message.get("more_body", False):
+                    return chunks
+        finally:
+            if holding:
+                self.slow -= 1
 
 
-def too_large(size: int, max_bytes: int, *, streamed: bool = False) -> RequestError:
+def too_large(size: int, max_bytes: int, *, streamed: bool = False,
+              setting: str = "serve.max_request_bytes") -> RequestError:
     amount = f"more than {max_bytes}" if streamed else str(size)
     return RequestError(413, "request_too_large",
-                        f"request body of {amount} bytes exceeds the limit of {max_bytes} bytes "
-                        "(serve.max_request_bytes)")
+                        f"request body of {amount} bytes exceeds the limit of {max_bytes} bytes ({setting})")
 
 
-async def parse_upload(request: Request, *, max_bytes: int) -> Upload:
-    """Read and parse a moderation request (see the module docstring for the accepted forms)."""
+async def parse_upload(request: Request, *, max_bytes: int, reader: BodyReader | None = None,
+                       started: float | None = None) -> Upload:
+    """Read and parse a moderation request (see the module docstring for the accepted forms). ``reader``: the
+    replica's :class:`BodyReader` (default: one with ``max_bytes`` and default limits)."""
     content_type = request.headers.get("content-type", "application/octet-stream")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if not (media_type.startswith("image/") or media_type in RAW_TYPES
@@ -106,7 +168,8 @@ async def parse_upload(request: Request, *, max_bytes: int) -> Upload:
                            f"unsupported Content-Type {media_type!r}: send the image as image/* or "
                            "application/octet-stream, as multipart/form-data (file field 'image'), or as "
                            "application/json {\"image_b64\": ...}")
-    body = await read_body(request, max_bytes=max_bytes)
+    reader = reader or BodyReader(max_bytes=max_bytes)
+    body = await reader.read(request, started=started)
     if not body:
         raise RequestError(400, "empty_body", "empty request body: expected an image")
     if media_type == "application/json":
@@ -119,9 +182,9 @@ async def parse_upload(request: Request, *, max_bytes: int) -> Upload:
 def parse_json_upload(body: bytes) -> Upload:
     """``{"image_b64": ..., "id": ..., "metadata": {...}}``; unknown keys are refused by name."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(400, "bad_json", f"request body is not valid JSON: {exc}") from None
+        data = loads_strict(body, max_depth=JSON_MAX_DEPTH)
+    except JsonInputError as exc:
+        raise RequestError(400, exc.code, f"request body is not acceptable JSON: {exc}") from None
     if not isinstance(data, dict):
         raise RequestError(400, "bad_json", f"JSON body must be an object, got {type(data).__name__}")
     unknown = sorted(set(data) - JSON_FIELDS)
@@ -183,9 +246,9 @@ def _json_text(text: str | None, where: str) -> Any:
     if text is None:
         return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RequestError(400, "bad_json", f"{where} is not valid JSON: {exc}") from None
+        return loads_strict(text, max_depth=JSON_MAX_DEPTH)
+    except JsonInputError as exc:
+        raise RequestError(400, exc.code, f"{where} is not acceptable JSON: {exc}") from None
 
 
 def _optional_id(value: Any, where: str) -> str | None:

@@ -59,6 +59,13 @@ class ServeConfig(Section):
     batch_wait_timeout_s: Annotated[float, Field(ge=0)] = 0.01
     """... waiting at most this long for a batch to fill."""
     max_request_bytes: Annotated[int, Field(ge=1)] = 16 * MiB
+    body_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    """A request body must have fully arrived this long after the request reached the replica, else 408."""
+    body_grace_s: Annotated[float, Field(ge=0)] = 0.5
+    """A body still arriving after this long needs one of ``max_slow_bodies`` slots to go on (else 429)."""
+    max_slow_bodies: Annotated[int, Field(ge=1)] = 4
+    """Per replica: bodies allowed to arrive slowly at once; keep it well below ``max_ongoing_requests`` so that
+    clients trickling their bodies cannot take every request slot of a replica."""
 
     @property
     def starting_replicas(self) -> int:
@@ -68,6 +75,9 @@ class ServeConfig(Section):
 
     @model_validator(mode="after")
     def _replicas(self) -> ServeConfig:
+        if self.max_slow_bodies >= self.max_ongoing_requests:
+            raise ValueError(f"max_slow_bodies ({self.max_slow_bodies}) must be below max_ongoing_requests "
+                             f"({self.max_ongoing_requests}), or slow clients can take every request slot")
         initial = self.initial_replicas if self.initial_replicas is not None else self.min_replicas
         if not self.min_replicas <= initial <= self.max_replicas:
             raise ValueError(f"need min_replicas ({self.min_replicas}) <= initial_replicas ({initial}) <= "

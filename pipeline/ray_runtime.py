@@ -23,6 +23,8 @@ RAY_ENV_DEFAULTS = {
     "RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S": "1",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1",  # num_gpus=0 workers must not see (and grab) GPUs
     "RAY_DEDUP_LOGS": "1",
+    # Serve's HTTP proxy installs this project's header guard (see pipeline/http_guard.py)
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "cola_moderation.pipeline.http_guard:proxy_middlewares",
 }
 
 

@@ -16,8 +16,12 @@ HTTP (``serve.host``:``serve.port``, 127.0.0.1:8000 by default):
   ``{"image_b64", "id", "metadata"}``. Concurrent requests are grouped by ``@serve.batch`` into model batches of up
   to ``serve.max_batch_size`` images, waiting at most ``serve.batch_wait_timeout_s``. 200: the output record (schema
   v1, :mod:`cola_moderation.pipeline.records`) plus ``"route": "output" | "quarantine"``. Errors are JSON
-  ``{"error": {"status", "code", "message"}}``: 400 bad request body, 413 over ``serve.max_request_bytes``, 415
-  unsupported content type, 422 not a decodable image (the decoder's message). User errors are never 5xx.
+  ``{"error": {"status", "code", "message"}}``: 400 bad request body (also JSON deeper than 16 levels or with
+  ``NaN``), 408 body not received within ``serve.body_timeout_s``, 413 over ``serve.max_request_bytes``, 415
+  unsupported content type, 422 not a decodable image (the decoder's message), 429 too many slow bodies
+  (``serve.max_slow_bodies``, see :mod:`cola_moderation.pipeline.http_inputs`). User errors are never 5xx; headers
+  Serve's proxy would choke on are dropped by :mod:`cola_moderation.pipeline.http_guard`. Responses are standard
+  JSON (non-finite numbers as strings).
 * ``GET /v1/labels`` - ``{"labels", "model", "method", "policy_version"}``.
 * ``GET /healthz`` - ``{"status": "ok", "model", "replica"}`` once the replica's model is loaded.
 
@@ -52,10 +56,11 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 
+from cola_moderation.connectors.json_codec import dumps_strict
 from cola_moderation.connectors.records import DeadLetter, InputRecord, Route
 from cola_moderation.operators.errors import ColaError, ConfigError
 from cola_moderation.pipeline.config import PipelineConfig
-from cola_moderation.pipeline.http_inputs import RequestError, parse_upload, request_id
+from cola_moderation.pipeline.http_inputs import BodyReader, RequestError, parse_upload, request_id
 from cola_moderation.pipeline.ray_runtime import check_worker_resources, init_ray, worker_options
 from cola_moderation.pipeline.worker import ModerationWorker, WorkerResult
 
@@ -68,6 +73,13 @@ api = FastAPI(title="cola-moderation", docs_url=None, redoc_url=None)
 
 Verdict = tuple[Route, dict[str, Any]] | DeadLetter
 """What the HTTP batch handler returns per request: a routed output record, or the dead letter of an input."""
+
+
+class StrictJSONResponse(JSONResponse):
+    """Standard JSON bodies: non-finite floats written as strings instead of failing the response (500)."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps_strict(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 class ServeDeployError(ColaError, RuntimeError):
@@ -85,6 +97,9 @@ class ModerationReplica:
         self.worker = ModerationWorker(config, job="serve")
         self.worker.start()  # load the model now: the replica reports healthy only once it can serve
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="cola-model")
+        serve_config = config.serve
+        self.bodies = BodyReader(max_bytes=serve_config.max_request_bytes, timeout_s=serve_config.body_timeout_s,
+                                 grace_s=serve_config.body_grace_s, max_slow=serve_config.max_slow_bodies)
         batcher: Any = self.moderate_one  # @serve.batch's wrapper carries the setters
         batcher.set_max_batch_size(config.serve.max_batch_size)
         batcher.set_batch_wait_timeout_s(config.serve.batch_wait_timeout_s)
@@ -113,18 +128,23 @@ class ModerationReplica:
 
     @api.post("/v1/moderate")
     async def moderate(self, request: Request) -> JSONResponse:
-        received_at = time.time()
+        received_at, started = time.time(), time.monotonic()
         try:
-            upload = await parse_upload(request, max_bytes=self.config.serve.max_request_bytes)
+            upload = await parse_upload(request, max_bytes=self.config.serve.max_request_bytes, reader=self.bodies,
+                                        started=started)
         except RequestError as exc:
-            return JSONResponse(exc.body(), status_code=exc.status)
+            headers = {"Retry-After": "1"} if exc.status == 429 else None
+            return StrictJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        except Exception as exc:  # noqa: BLE001 - whatever a client sends is a 4xx, never a 500
+            error = RequestError(400, "bad_request", f"the request could not be parsed: {type(exc).__name__}")
+            return StrictJSONResponse(error.body(), status_code=400)
         verdict = await self.moderate_one((upload.to_record(request_id(request.headers)), received_at))
         if isinstance(verdict, DeadLetter):
             error = RequestError(422, "undecodable_image", verdict.error_message)
-            return JSONResponse({"error": {**error.body()["error"], "class": verdict.error_class,
-                                           "stage": verdict.error_stage}}, status_code=422)
+            return StrictJSONResponse({"error": {**error.body()["error"], "class": verdict.error_class,
+                                                 "stage": verdict.error_stage}}, status_code=422)
         route, body = verdict
-        return JSONResponse({**body, "route": route.value})
+        return StrictJSONResponse({**body, "route": route.value})
 
     @api.get("/v1/labels")
     async def labels(self) -> dict[str, Any]:
