@@ -23,13 +23,13 @@ from kafka import KafkaConsumer
 from cola_moderation.connectors.broker import EmbeddedBroker
 from cola_moderation.connectors.kafka_sink import KafkaSink
 from cola_moderation.connectors.kafka_source import KafkaSource
-from tests.connectors.jobs import handle
+from tests.connectors.jobs import SERIALIZER, handle
 from tests.connectors.kafka_util import produce, topics_config
 
 
 def ours(config, total: int) -> float:  # type: ignore[no-untyped-def]
     done, started = 0, None
-    with KafkaSource(config) as source, KafkaSink(config) as sink:
+    with KafkaSource(config) as source, KafkaSink(config, SERIALIZER) as sink:
         while done < total:
             batch = source.poll()
             if not len(batch):

@@ -64,12 +64,12 @@ def run_pipeline(inputs: Path, output: Path) -> dict[str, float]:
     from cola_moderation.connectors.config import ParquetConfig
     from cola_moderation.connectors.parquet_sink import ParquetSink
     from cola_moderation.connectors.parquet_source import ParquetSource
-    from tests.connectors.jobs import drain
+    from tests.connectors.jobs import SERIALIZER, drain
 
     config = ParquetConfig()
     baseline = peak_rss_mib()
     started = time.perf_counter()
-    sink = ParquetSink(output, config)
+    sink = ParquetSink(output, SERIALIZER, config)
     with ParquetSource(inputs, config, skip=sink.is_complete) as source, sink:
         rows = drain(source, sink)
     return {"rows": rows, "seconds": time.perf_counter() - started, "peak_rss_mib": peak_rss_mib(),

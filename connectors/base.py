@@ -4,11 +4,14 @@ Source lifecycle (one thread)::
 
     batch = source.poll()            # bounded by records / bytes / time; None = input exhausted (files)
     ...process batch.records, route batch.dead_letters...
-    sink.add(route, record) / sink.add_dead_letter(dead)
+    sink.add_outcome(outcome)        # one Routed | DeadLetter per input, in input order
     sink.flush(batch)                # durable: raises SinkWriteError on failure -> do NOT commit
     source.commit(batch)             # only now is the batch acknowledged upstream
     ...
     sink.close(); source.close()
+
+:mod:`cola_moderation.connectors.loop` is the one implementation of this loop (with an in-flight window).
+Sinks know nothing of moderation fields: they are given a :class:`RecordSerializer` for the records they write.
 
 Delivery is at-least-once: a crash between ``flush`` and ``commit`` (or anywhere before ``commit``) re-delivers the
 uncommitted batches. Not guaranteed: ``close`` runs on abort (a SIGKILL skips it; nothing is lost, only re-delivered).
@@ -19,9 +22,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
-from cola_moderation.connectors.records import Batch, DeadLetter, Route
+import pyarrow as pa
+
+from cola_moderation.connectors.records import Batch, DeadLetter, Outcome, Route
 
 
 class Closing:
@@ -61,16 +66,58 @@ class Source(Closing, ABC):
         """Release connections and files. Uncommitted batches will be re-delivered to the next reader."""
 
 
+class RecordSerializer(Protocol):
+    """How a sink writes output records: Kafka takes :meth:`key` / :meth:`to_json` / :attr:`headers`, Parquet takes
+    :attr:`arrow_schema` / :meth:`to_columns` / :meth:`passthrough`. One implementation per record type
+    (:class:`cola_moderation.pipeline.records.OutputSerializer`)."""
+
+    content_type: str
+    """MIME type of :meth:`to_json`'s bytes (Kafka header ``content-type``)."""
+    schema_version: str
+    """Version of the record schema (Kafka header ``cola.schema-version``, Parquet key-value metadata)."""
+    arrow_schema: pa.Schema
+    """Columns every record has (passthrough metadata comes after them)."""
+
+    def key(self, record: Any) -> str:
+        """The record's id (Kafka key)."""
+        ...
+
+    def to_json(self, record: Any) -> bytes:
+        """The record as a UTF-8 JSON document (Kafka value)."""
+        ...
+
+    def to_columns(self, records: list[Any]) -> dict[str, pa.Array]:
+        """The :attr:`arrow_schema` columns of ``records``."""
+        ...
+
+    def passthrough(self, record: Any) -> Mapping[str, Any]:
+        """The record's passthrough metadata (written as extra columns by column-oriented sinks)."""
+        ...
+
+    @property
+    def headers(self) -> list[tuple[str, bytes]]:
+        """Headers every message of this record type carries."""
+        ...
+
+
 class Sink(Closing, ABC):
     """Buffers routed records and writes them durably on :meth:`flush`."""
 
     @abstractmethod
-    def add(self, route: Route, record: Mapping[str, Any]) -> None:
-        """Buffer one output record (JSON-able dict with an ``id``) for ``Route.OUTPUT`` or ``Route.QUARANTINE``."""
+    def add(self, route: Route, record: Any) -> None:
+        """Buffer one output record (of the type the sink's serializer writes) for ``Route.OUTPUT`` or
+        ``Route.QUARANTINE``."""
 
     @abstractmethod
     def add_dead_letter(self, dead: DeadLetter) -> None:
         """Buffer one dead letter (original bytes + error fields + source position)."""
+
+    def add_outcome(self, outcome: Outcome) -> None:
+        """Buffer what became of one input: a :class:`Routed` record or a :class:`DeadLetter`."""
+        if isinstance(outcome, DeadLetter):
+            self.add_dead_letter(outcome)
+        else:
+            self.add(outcome.route, outcome.record)
 
     @abstractmethod
     def flush(self, batch: Batch) -> None:

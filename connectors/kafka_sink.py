@@ -1,4 +1,8 @@
-"""KafkaSink: JSON output records keyed by id on the output / quarantine topics; dead letters on the dead-letter topic.
+"""KafkaSink: output records keyed by id on the output / quarantine topics; dead letters on the dead-letter topic.
+
+Output message: key = the record's id, value = its JSON form, headers = the serializer's (``content-type`` and
+``cola.schema-version`` for :class:`cola_moderation.pipeline.records.OutputSerializer`); the sink itself knows no
+record fields.
 
 Producer: ``acks=all``, bounded retries, ``max_request_size`` from config. :meth:`add` sends asynchronously;
 :meth:`flush` waits for every send and raises :class:`~cola_moderation.connectors.errors.SinkWriteError` if any failed,
@@ -15,15 +19,12 @@ oversized upload cannot block the stream.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from datetime import date, datetime
-from pathlib import Path
 from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from cola_moderation.connectors.base import Sink, check_route
+from cola_moderation.connectors.base import RecordSerializer, Sink, check_route
 from cola_moderation.connectors.config import KafkaConfig
 from cola_moderation.connectors.errors import SinkWriteError
 from cola_moderation.connectors.json_codec import dumps_strict, finite_or_string
@@ -34,41 +35,30 @@ log = logging.getLogger(__name__)
 _HEADER_OVERHEAD = 4096  # record + batch framing, generous
 
 
-def json_default(value: Any) -> Any:
-    """JSON encoding of the non-JSON types output records may hold (datetimes, paths, numpy scalars)."""
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item"):
-        return finite_or_string(value.item())
-    raise TypeError(f"output record field of type {type(value).__name__} is not JSON-serialisable: {value!r}")
-
-
-def encode_output(record: Mapping[str, Any]) -> tuple[bytes, bytes]:
-    """(key, value) of an output record: key = UTF-8 id, value = compact, standard UTF-8 JSON (non-finite floats
-    as strings, see :mod:`cola_moderation.connectors.json_codec`)."""
-    if "id" not in record:
-        raise ValueError(f"output record has no 'id' field (fields: {sorted(record)})")
-    value = dumps_strict(record, separators=(",", ":"), ensure_ascii=False, default=json_default)
-    return str(record["id"]).encode(), value.encode()
-
-
 def dead_letter_headers(dead: DeadLetter) -> list[tuple[str, bytes]]:
     headers = [(key, value.encode()) for key, value in dead.error_fields().items()]
     headers += [(f"source.{key}", str(value).encode()) for key, value in dead.record.source.as_dict().items()]
     extra = {key: value for key, value in dead.record.metadata.items() if key != "headers"}
     if extra:
-        headers.append(("cola.metadata", dumps_strict(extra, default=json_default).encode()))
+        headers.append(("cola.metadata", dumps_strict(extra, default=_json_default).encode()))
     return headers + list(dead.record.headers)
+
+
+def _json_default(value: Any) -> Any:
+    """Passthrough values JSON lacks (timestamps from Parquet, numpy scalars) in the ``cola.metadata`` header."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return finite_or_string(value.item()) if hasattr(value, "item") else str(value)
 
 
 class KafkaSink(Sink):
     """Write routed records to Kafka. Not thread-safe."""
 
-    def __init__(self, config: KafkaConfig, *, bootstrap_servers: str | None = None,
+    def __init__(self, config: KafkaConfig, serializer: RecordSerializer, *, bootstrap_servers: str | None = None,
                  client_id: str = "cola-sink") -> None:
         self.config = config
+        self.serializer = serializer
+        self._headers = list(serializer.headers)
         self.topics = {Route.OUTPUT: config.output_topic, Route.QUARANTINE: config.quarantine_topic,
                        Route.DEAD_LETTER: config.dead_letter_topic}
         options: dict[str, Any] = {
@@ -82,10 +72,11 @@ class KafkaSink(Sink):
         self._futures: list[Any] = []
         self._errors: list[str] = []
 
-    def add(self, route: Route, record: Mapping[str, Any]) -> None:
+    def add(self, route: Route, record: Any) -> None:
         check_route(route)
-        key, value = encode_output(record)
-        self._send(self.topics[route], key, value, [], what=f"{route.value} record {key.decode()!r}")
+        key = self.serializer.key(record)
+        self._send(self.topics[route], key.encode(), self.serializer.to_json(record), self._headers,
+                   what=f"{route.value} record {key!r}")
 
     def add_dead_letter(self, dead: DeadLetter) -> None:
         headers = dead_letter_headers(dead)

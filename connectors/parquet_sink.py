@@ -29,74 +29,36 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cola_moderation.connectors.base import Sink, check_route
+from cola_moderation.connectors.base import RecordSerializer, Sink, check_route
 from cola_moderation.connectors.config import ParquetConfig
 from cola_moderation.connectors.errors import SinkWriteError
-from cola_moderation.connectors.records import Batch, DeadLetter, Route
+from cola_moderation.connectors.records import SOURCE_ARROW_TYPE, Batch, DeadLetter, Route, source_array
 from cola_moderation.operators.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
-SOURCE_TYPE = pa.struct([("topic", pa.string()), ("partition", pa.int32()), ("offset", pa.int64()),
-                         ("file", pa.string()), ("row", pa.int64())])
-OUTPUT_SCHEMA = pa.schema([
-    ("schema_version", pa.int32()), ("id", pa.string()), ("label", pa.string()), ("score", pa.float64()),
-    ("topk", pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))),
-    ("action", pa.string()), ("adversarial_score", pa.float64()), ("suspected_adversarial", pa.bool_()),
-    ("method", pa.string()), ("model", pa.string()), ("policy_version", pa.string()), ("source", SOURCE_TYPE),
-    ("processed_at", pa.timestamp("us", tz="UTC")), ("latency_ms", pa.float64()),
-])
 DEAD_LETTER_SCHEMA = pa.schema([
     ("id", pa.string()), ("payload", pa.large_binary()), ("error_class", pa.string()),
-    ("error_message", pa.string()), ("error_stage", pa.string()), ("source", SOURCE_TYPE),
+    ("error_message", pa.string()), ("error_stage", pa.string()), ("source", SOURCE_ARROW_TYPE),
 ])
 BATCHING_MANIFEST = "_cola_batching.json"
 """Batch settings the directory was written with (pyarrow and pandas ignore ``_``-prefixed files)."""
 DIRECTORIES = {Route.OUTPUT: "output", Route.QUARANTINE: "quarantine", Route.DEAD_LETTER: "dead_letter"}
 
 
-def _timestamp(value: Any) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value, tz=UTC)
-    return datetime.fromisoformat(str(value))
-
-
-def flatten_metadata(row: Mapping[str, Any], schema: pa.Schema) -> dict[str, Any]:
-    """``row`` with its ``metadata`` mapping (if any) spread into top-level keys that do not clash with ``schema``."""
-    metadata = row.get("metadata")
-    if not isinstance(metadata, Mapping):
-        return dict(row)
-    flat = {key: value for key, value in row.items() if key != "metadata"}
-    for key, value in metadata.items():
-        flat[f"metadata.{key}" if key in schema.names or key in flat else key] = value
-    return flat
-
-
-def to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema, kind: str) -> pa.Table:
-    """Columns of ``schema`` with their declared types, then every other key (``metadata`` spread out) as an
-    inferred column."""
-    rows = [flatten_metadata(row, schema) for row in rows]
+def passthrough_columns(rows: Sequence[Mapping[str, Any]], taken: Sequence[str], kind: str) -> dict[str, pa.Array]:
+    """Passthrough metadata as inferred columns (all-null -> string); a name in ``taken`` becomes
+    ``metadata.<name>``."""
+    names = sorted({key for row in rows for key in row})
     columns: dict[str, pa.Array] = {}
-    for field in schema:
-        values = [row.get(field.name) for row in rows]
-        if field.name == "processed_at":
-            values = [_timestamp(v) for v in values]
-        try:
-            columns[field.name] = pa.array(values, type=field.type)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
-            raise SinkWriteError(f"{kind} column {field.name!r} does not fit type {field.type}: {exc}") from exc
-    extra = sorted({key for row in rows for key in row} - set(schema.names))
-    for name in extra:
+    for name in names:
         values = [row.get(name) for row in rows]
         try:
             array = pa.array(values)
@@ -104,9 +66,14 @@ def to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema, kind: str) ->
             raise SinkWriteError(f"{kind} passthrough column {name!r} has values of mixed types: {exc}") from exc
         if pa.types.is_null(array.type) or (pa.types.is_struct(array.type) and array.type.num_fields == 0):
             array = pa.array([None if v is None else str(v) for v in values], type=pa.string())
-        columns[name] = array
-    table = pa.table(columns)
-    return table.replace_schema_metadata({"cola.schema": f"{kind}/{SCHEMA_VERSION}"})
+        columns[f"metadata.{name}" if name in taken else name] = array
+    return columns
+
+
+def table_of(columns: dict[str, pa.Array], passthrough: Sequence[Mapping[str, Any]], schema_tag: str) -> pa.Table:
+    kind = schema_tag.split("/")[0]
+    table = pa.table({**columns, **passthrough_columns(passthrough, list(columns), kind)})
+    return table.replace_schema_metadata({"cola.schema": schema_tag})
 
 
 def write_atomic(table: pa.Table, path: Path, *, compression: str) -> None:
@@ -130,10 +97,12 @@ def write_atomic(table: pa.Table, path: Path, *, compression: str) -> None:
 class ParquetSink(Sink):
     """Write routed records of each batch to part files under ``directory`` (created if missing)."""
 
-    def __init__(self, directory: str | Path, config: ParquetConfig | None = None) -> None:
+    def __init__(self, directory: str | Path, serializer: RecordSerializer,
+                 config: ParquetConfig | None = None) -> None:
         self.config = config or ParquetConfig()
+        self.serializer = serializer
         self.directory = Path(directory)
-        self._rows: dict[Route, list[Mapping[str, Any]]] = {Route.OUTPUT: [], Route.QUARANTINE: []}
+        self._rows: dict[Route, list[Any]] = {Route.OUTPUT: [], Route.QUARANTINE: []}
         self._dead: list[DeadLetter] = []
         self._check_batching()
         for name in DIRECTORIES.values():
@@ -165,10 +134,8 @@ class ParquetSink(Sink):
         """Whether the batch ``key`` was fully written by this or an earlier run."""
         return self.part_path(Route.OUTPUT, key).exists()
 
-    def add(self, route: Route, record: Mapping[str, Any]) -> None:
+    def add(self, route: Route, record: Any) -> None:
         check_route(route)
-        if "id" not in record:
-            raise ValueError(f"output record has no 'id' field (fields: {sorted(record)})")
         self._rows[route].append(record)
 
     def add_dead_letter(self, dead: DeadLetter) -> None:
@@ -178,22 +145,36 @@ class ParquetSink(Sink):
         if batch is None:
             raise ValueError("ParquetSink.flush needs the batch: its key names the part files")
         try:
-            dead_rows = [{"metadata": d.record.metadata, "id": d.record.id, "payload": d.record.payload,
-                          "error_class": d.error_class, "error_message": d.error_message,
-                          "error_stage": d.error_stage, "source": d.record.source.as_dict()} for d in self._dead]
-            parts: list[tuple[Route, Sequence[Mapping[str, Any]], pa.Schema, str]] = [
-                (Route.DEAD_LETTER, dead_rows, DEAD_LETTER_SCHEMA, "dead_letter"),
-                (Route.QUARANTINE, self._rows[Route.QUARANTINE], OUTPUT_SCHEMA, "output"),
-                (Route.OUTPUT, self._rows[Route.OUTPUT], OUTPUT_SCHEMA, "output")]
-            for route, rows, schema, kind in parts:
+            dead = self._dead
+            version = self.serializer.schema_version
+            tables = {Route.DEAD_LETTER: lambda: table_of({
+                "id": pa.array([d.record.id for d in dead], pa.string()),
+                "payload": pa.array([d.record.payload for d in dead], pa.large_binary()),
+                "error_class": pa.array([d.error_class for d in dead], pa.string()),
+                "error_message": pa.array([d.error_message for d in dead], pa.string()),
+                "error_stage": pa.array([d.error_stage for d in dead], pa.string()),
+                "source": source_array([d.record.source for d in dead])},
+                [d.record.metadata for d in dead], f"dead_letter/{version}")}
+            for route in (Route.QUARANTINE, Route.OUTPUT):
+                tables[route] = partial(self._output_table, self._rows[route])
+            counts = {Route.DEAD_LETTER: len(dead), **{route: len(rows) for route, rows in self._rows.items()}}
+            for route in (Route.DEAD_LETTER, Route.QUARANTINE, Route.OUTPUT):
                 path = self.part_path(route, batch.key)
-                if not rows and route is not Route.OUTPUT:
+                if not counts[route] and route is not Route.OUTPUT:
                     path.unlink(missing_ok=True)  # a stale part of an earlier, different attempt
                     continue
                 try:
-                    write_atomic(to_table(rows, schema, kind), path, compression=self.config.compression)
+                    write_atomic(tables[route](), path, compression=self.config.compression)
                 except OSError as exc:
                     raise SinkWriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
         finally:
             self._rows = {Route.OUTPUT: [], Route.QUARANTINE: []}
             self._dead = []
+
+    def _output_table(self, records: list[Any]) -> pa.Table:
+        serializer = self.serializer
+        try:
+            columns = serializer.to_columns(records)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            raise SinkWriteError(f"output records do not fit the record schema: {exc}") from exc
+        return table_of(columns, [serializer.passthrough(r) for r in records], f"output/{serializer.schema_version}")

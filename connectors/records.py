@@ -4,9 +4,12 @@
   ``metadata`` (JSON-able: other Parquet columns, JSON-envelope fields, Kafka headers decoded as text) and the
   ``source`` position (:class:`KafkaPosition`, :class:`FilePosition` or :class:`HttpPosition`).
 * :class:`DeadLetter` - an input that produced no output, with the error that stopped it.
-* :class:`Route` - where a processed record goes. The pipeline turns each model result into an output record dict
-  (``id, label, score, topk, action, ..., source, processed_at, latency_ms`` + passthrough metadata, see DESIGN.md)
-  and hands the sink ``(Route.OUTPUT | Route.QUARANTINE, record)`` pairs plus :class:`DeadLetter` objects.
+* :class:`Route` - where a processed record goes.
+* :class:`Routed` - an output record and its route (``OUTPUT`` or ``QUARANTINE``). The record type belongs to the
+  pipeline (:class:`cola_moderation.pipeline.records.OutputRecord`); sinks turn it into bytes or columns through the
+  :class:`~cola_moderation.connectors.base.RecordSerializer` they were given.
+* :data:`Outcome` - ``Routed | DeadLetter``: what processing makes of one input. A processor returns exactly one
+  outcome per input, in input order.
 * :class:`Batch` - what :meth:`cola_moderation.connectors.base.Source.poll` returns: records, the source-stage dead
   letters, a stable
   ``key`` (file sinks name their part files after it) and an opaque commit position.
@@ -19,7 +22,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+import pyarrow as pa
 
 from cola_moderation.operators.errors import error_fields
 
@@ -74,6 +79,15 @@ class HttpPosition:
 
 SourcePosition = KafkaPosition | FilePosition | HttpPosition
 
+SOURCE_ARROW_TYPE = pa.struct([("topic", pa.string()), ("partition", pa.int32()), ("offset", pa.int64()),
+                               ("file", pa.string()), ("row", pa.int64()), ("request", pa.string())])
+"""A :data:`SourcePosition` as an Arrow struct (the fields a position does not have are null)."""
+
+
+def source_array(positions: list[SourcePosition]) -> pa.Array:
+    """``positions`` as a :data:`SOURCE_ARROW_TYPE` array."""
+    return pa.array([p.as_dict() for p in positions], type=SOURCE_ARROW_TYPE)
+
 
 @dataclass(frozen=True, slots=True)
 class InputRecord:
@@ -115,6 +129,21 @@ class DeadLetter:
     def error_fields(self) -> dict[str, str]:
         return {"error.class": self.error_class, "error.message": self.error_message,
                 "error.stage": self.error_stage}
+
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Routed(Generic[R]):
+    """An output record and the route the policy chose for it (``Route.OUTPUT`` or ``Route.QUARANTINE``)."""
+
+    route: Route
+    record: R
+
+
+Outcome = Routed[Any] | DeadLetter
+"""What became of one input: an output record on a route, or a dead letter."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ from cola_moderation.operators.decode import DecodedBatch, ImageDecoder
 from cola_moderation.operators.errors import DecodeError
 from cola_moderation.pipeline.config import PipelineConfig
 from cola_moderation.pipeline.ray_runtime import check_worker_resources, init_ray
+from cola_moderation.pipeline.records import OutputRecord, OutputSerializer
 from cola_moderation.pipeline.summary import RunSummary
 from cola_moderation.pipeline.worker import ModerationWorker
 
@@ -137,20 +138,18 @@ class ModelStage:
             errors={n: DecodeError(str(batch["decode_error"][i])) for n, i in enumerate(live)
                     if batch["decode_error"][i]},
         )
-        result = self.worker.process_decoded(records, decoded, received_at=received_at)
-        # rows are matched back by source position: ids need not be unique
-        by_position = {(str(batch["file"][i]), int(batch["row"][i])): i for i in live}
-        for route, record in result.routed:
-            emit(by_position[record["source"]["file"], record["source"]["row"]], route, _json(record))
-        for dead in result.dead_letters:
-            position = dead.record.source
-            index = by_position[position.file, position.row]  # type: ignore[union-attr]
-            emit(index, Route.DEAD_LETTER, _dead_json(dead, index, batch), bytes(batch["payload"][index]))
+        outcomes = iter(self.worker.process_decoded(records, decoded, received_at=received_at).outcomes)
         for index, error in enumerate(batch["error_class"]):
-            if error:
+            if error:  # a source-stage dead letter
                 dead = DeadLetter(InputRecord(str(batch["id"][index]), b"", {}, FilePosition("", 0)), str(error),
                                   str(batch["error_message"][index]), str(batch["error_stage"][index]))
                 emit(index, Route.DEAD_LETTER, _dead_json(dead, index, batch), bytes(batch["payload"][index]))
+                continue
+            outcome = next(outcomes)  # one per live row, in order
+            if isinstance(outcome, DeadLetter):
+                emit(index, Route.DEAD_LETTER, _dead_json(outcome, index, batch), bytes(batch["payload"][index]))
+            else:
+                emit(index, outcome.route, _json(outcome.record.to_json()))
         return {name: np.array(values, dtype=object) for name, values in out.items()}
 
 
@@ -185,13 +184,13 @@ class BatchWriter:
                 self.sink.add_dead_letter(DeadLetter(record_in, data["error_class"], data["error_message"],
                                                      data["error_stage"]))
             else:
-                self.sink.add(Route(route_name), data)
+                self.sink.add(Route(route_name), OutputRecord.from_json(data))
         self.sink.flush(Batch(key, ()))
         for route_name, data, _ in parsed:  # counted once written
             if route_name == Route.DEAD_LETTER.value:
                 self.summary.add_dead_letter(data["error_stage"], data["error_class"])
             else:
-                self.summary.add_output(route_name, data)
+                self.summary.add_output(route_name, OutputRecord.from_json(data))
         self.summary.mark_first_output(time.perf_counter() - self.started)
         return len(rows)
 
@@ -211,7 +210,7 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
 
     files = expand_inputs(inputs)
     output = Path(output)
-    sink = ParquetSink(output, config.parquet)
+    sink = ParquetSink(output, OutputSerializer(), config.parquet)
     done = completed_keys(output)
     geometry = load_geometry(config.model)
     init_ray(config.ray, address=address)  # before importing ray: it reads its environment at import

@@ -19,7 +19,12 @@ Outside a Ray process (``cola classify``, unit tests) :func:`worker_metrics` ret
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+from cola_moderation.connectors.records import DeadLetter, Route
+
+if TYPE_CHECKING:
+    from cola_moderation.pipeline.worker import WorkerResult
 
 LATENCY_BOUNDARIES_MS: list[float] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
 BATCH_BOUNDARIES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
@@ -46,22 +51,23 @@ class WorkerMetrics:
         self.end_to_end = Histogram("cola_end_to_end_latency_ms", "receipt to processed, per record",
                                     boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("job",))
 
-    def observe(self, result: Any) -> None:
+    def observe(self, result: WorkerResult) -> None:
         """Record one :class:`cola_moderation.pipeline.worker.WorkerResult`."""
         if not len(result):
             return  # Ray counters refuse increments of 0
         self.records_in.inc(len(result), tags=self.tags)
         self.batch_size.observe(len(result), tags=self.tags)
         self.model_latency.observe(result.model_seconds * 1000.0, tags=self.tags)
-        for route, record in result.routed:
-            self.records_out.inc(1, tags={**self.tags, "route": route.value})
-            self.end_to_end.observe(record["latency_ms"], tags=self.tags)
-            if route.value == "quarantine":
+        for outcome in result.outcomes:
+            if isinstance(outcome, DeadLetter):
+                self.dead_letter.inc(1, tags={**self.tags, "stage": outcome.error_stage})
+                continue
+            self.records_out.inc(1, tags={**self.tags, "route": outcome.route.value})
+            self.end_to_end.observe(outcome.record.latency_ms, tags=self.tags)
+            if outcome.route is Route.QUARANTINE:
                 self.quarantined.inc(1, tags=self.tags)
-            if record["suspected_adversarial"]:
+            if outcome.record.suspected_adversarial:
                 self.flagged.inc(1, tags=self.tags)
-        for dead in result.dead_letters:
-            self.dead_letter.inc(1, tags={**self.tags, "stage": dead.error_stage})
 
 
 def worker_metrics(job: str) -> WorkerMetrics | None:

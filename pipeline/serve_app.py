@@ -15,7 +15,7 @@ HTTP (``serve.host``:``serve.port``, 127.0.0.1:8000 by default):
   ``multipart/form-data`` (file part ``image``; text parts ``id``, ``metadata``) or as JSON
   ``{"image_b64", "id", "metadata"}``. Concurrent requests are grouped by ``@serve.batch`` into model batches of up
   to ``serve.max_batch_size`` images, waiting at most ``serve.batch_wait_timeout_s``. 200: the output record (schema
-  v1, :mod:`cola_moderation.pipeline.records`) plus ``"route": "output" | "quarantine"``. Errors are JSON
+  v2, :mod:`cola_moderation.pipeline.records`) plus ``"route": "output" | "quarantine"``. Errors are JSON
   ``{"error": {"status", "code", "message"}}``: 400 bad request body (also JSON deeper than 16 levels or with
   ``NaN``), 408 body not received within ``serve.body_timeout_s``, 413 over ``serve.max_request_bytes``, 415
   unsupported content type, 422 not a decodable image (the decoder's message), 429 too many slow bodies
@@ -32,7 +32,7 @@ Handle API (the stream job)::
 
 ``process_records(records: list[InputRecord], received_at: float | None = None) -> WorkerResult`` moderates a whole
 batch (no ``@serve.batch`` regrouping); ``received_at`` is the ``time.time()`` the batch was polled and feeds each
-record's ``latency_ms``. Every record comes back exactly once, routed or dead-lettered.
+record's ``latency_ms``. ``result.outcomes`` holds one ``Routed | DeadLetter`` per record, in input order.
 
 Entry points: :func:`deploy_moderation` (``cola serve``, the stream job with ``http=False``), :func:`app_builder`
 (Serve config files / KubeRay ``serveConfigV2``: ``import_path: cola_moderation.pipeline.serve_app:app_builder``,
@@ -47,6 +47,7 @@ import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -57,11 +58,12 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 
 from cola_moderation.connectors.json_codec import dumps_strict
-from cola_moderation.connectors.records import DeadLetter, InputRecord, Route
+from cola_moderation.connectors.records import DeadLetter, InputRecord, Routed
 from cola_moderation.operators.errors import ColaError, ConfigError
 from cola_moderation.pipeline.config import PipelineConfig
 from cola_moderation.pipeline.http_inputs import BodyReader, RequestError, parse_upload, request_id
 from cola_moderation.pipeline.ray_runtime import check_worker_resources, init_ray, worker_options
+from cola_moderation.pipeline.records import OutputRecord
 from cola_moderation.pipeline.worker import ModerationWorker, WorkerResult
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,7 @@ DEPLOYMENT_NAME = "moderation"
 
 api = FastAPI(title="cola-moderation", docs_url=None, redoc_url=None)
 
-Verdict = tuple[Route, dict[str, Any]] | DeadLetter
+Verdict = Routed[OutputRecord] | DeadLetter
 """What the HTTP batch handler returns per request: a routed output record, or the dead letter of an input."""
 
 
@@ -119,11 +121,12 @@ class ModerationReplica:
         records = [record for record, _ in items]
         batch_received = min(received for _, received in items)
         result = await self._process(records, batch_received)
-        verdicts = in_input_order(records, result)
-        for (_, received), verdict in zip(items, verdicts, strict=True):
-            if not isinstance(verdict, DeadLetter):  # latency from this request's own receipt, not the batch's
-                body = verdict[1]
-                body["latency_ms"] = round(max(0.0, body["latency_ms"] - (received - batch_received) * 1000.0), 3)
+        verdicts: list[Verdict] = []
+        for (_, received), outcome in zip(items, result.outcomes, strict=True):
+            if isinstance(outcome, Routed):  # latency from this request's own receipt, not the batch's
+                latency = round(max(0.0, outcome.record.latency_ms - (received - batch_received) * 1000.0), 3)
+                outcome = Routed(outcome.route, replace(outcome.record, latency_ms=latency))
+            verdicts.append(outcome)
         return verdicts
 
     @api.post("/v1/moderate")
@@ -143,8 +146,7 @@ class ModerationReplica:
             error = RequestError(422, "undecodable_image", verdict.error_message)
             return StrictJSONResponse({"error": {**error.body()["error"], "class": verdict.error_class,
                                                  "stage": verdict.error_stage}}, status_code=422)
-        route, body = verdict
-        return StrictJSONResponse({**body, "route": route.value})
+        return StrictJSONResponse({**verdict.record.to_json(), "route": verdict.route.value})
 
     @api.get("/v1/labels")
     async def labels(self) -> dict[str, Any]:
@@ -165,26 +167,6 @@ class ModerationReplica:
 
 
 ModerationDeployment = serve.deployment(name=DEPLOYMENT_NAME)(serve.ingress(api)(ModerationReplica))
-
-
-def in_input_order(records: list[InputRecord], result: WorkerResult) -> list[Verdict]:
-    """Re-interleave ``result`` (routed and dead letters kept apart, each in input order) into one verdict per
-    record, in the order of ``records``."""
-    dead = {id(letter.record): letter for letter in result.dead_letters}
-    routed = iter(result.routed)
-    verdicts: list[Verdict] = []
-    for record in records:
-        letter = dead.get(id(record))
-        if letter is not None:
-            verdicts.append(letter)
-            continue
-        item = next(routed, None)
-        if item is None or item[1]["id"] != record.id:
-            raise RuntimeError(f"worker result does not follow the input order at record {record.id!r}")
-        verdicts.append(item)
-    if len(verdicts) != len(result):
-        raise RuntimeError(f"worker returned {len(result)} results for {len(records)} records")
-    return verdicts
 
 
 def deployment_options(config: PipelineConfig) -> dict[str, Any]:

@@ -17,21 +17,23 @@ import logging
 import signal
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cola_moderation.connectors.kafka_sink import KafkaSink
 from cola_moderation.connectors.kafka_source import KafkaSource
-from cola_moderation.connectors.records import Batch
+from cola_moderation.connectors.loop import DeliveryLoop, LoopState
+from cola_moderation.connectors.records import Batch, Outcome
 from cola_moderation.pipeline.config import PipelineConfig
+from cola_moderation.pipeline.records import OutputSerializer
 from cola_moderation.pipeline.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
 
 class StreamConsumer:
-    """One consumer-group member: poll -> moderate (via ``moderate``) -> write -> flush -> commit, in order.
+    """One consumer-group member: the :class:`~cola_moderation.connectors.loop.DeliveryLoop` over a Kafka source and
+    sink, moderating through ``moderate``.
 
     ``moderate(records, received_at)`` returns a future-like object with ``.result()`` giving a
     :class:`~cola_moderation.pipeline.worker.WorkerResult` (a Serve ``DeploymentResponse`` in the stream job).
@@ -45,10 +47,9 @@ class StreamConsumer:
         self._moderate = moderate
         self._stop = threading.Event()
         self.summary = RunSummary()
-        self.last_input = time.monotonic()
         self._started = time.monotonic()
         self._joined_at: float | None = None
-        self._last_commit = time.monotonic()
+        self._loop: DeliveryLoop | None = None
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish the batches in flight and return (callable from another thread)."""
@@ -56,7 +57,8 @@ class StreamConsumer:
 
     def progress(self) -> tuple[int, float]:
         """(inputs written, seconds since the last input arrived)."""
-        return self.summary.inputs, time.monotonic() - self.last_input
+        last_input = self._loop.state.last_input if self._loop is not None else self._started
+        return self.summary.inputs, time.monotonic() - last_input
 
     def _handle(self) -> Callable[[Any, float], Any]:
         if self._moderate is None:
@@ -68,37 +70,38 @@ class StreamConsumer:
 
     def run(self, *, max_records: int | None = None, idle_timeout_s: float | None = None) -> RunSummary:
         moderate = self._handle()
-        first_input: float | None = None
         self._started = time.monotonic()
-        in_flight: deque[InFlight] = deque()
-        limit = self.config.stream.max_in_flight
         source = KafkaSource(self.config.kafka, bootstrap_servers=self.bootstrap_servers, client_id=self.name)
-        sink = KafkaSink(self.config.kafka, bootstrap_servers=self.bootstrap_servers, client_id=f"{self.name}-sink")
-        self.last_input = time.monotonic()
+        sink = KafkaSink(self.config.kafka, OutputSerializer(), bootstrap_servers=self.bootstrap_servers,
+                         client_id=f"{self.name}-sink")
         self._joined_at = None
+
+        def submit(batch: Batch) -> ServeResponse:
+            return ServeResponse(moderate(list(batch.records), time.time()))
+
+        def stop(state: LoopState) -> bool:
+            if self._stop.is_set():
+                return True
+            if max_records is not None and state.committed_inputs + state.pending_inputs >= max_records:
+                return True
+            return idle_timeout_s is not None and not state.in_flight and self._idle_for(source) > idle_timeout_s
+
+        self._loop = DeliveryLoop(source, sink, submit, max_in_flight=self.config.stream.max_in_flight,
+                                  on_committed=lambda _batch, outcomes: self._count(outcomes))
         try:
-            while not self._stop.is_set():
-                if max_records is not None and self.summary.inputs + _pending(in_flight) >= max_records:
-                    break
-                if idle_timeout_s is not None and not in_flight and self._idle_for(source) > idle_timeout_s:
-                    break
-                batch = source.poll()
-                if len(batch):
-                    self.last_input = time.monotonic()
-                    first_input = self.last_input if first_input is None else first_input
-                    response = moderate(list(batch.records), time.time()) if batch.records else None
-                    in_flight.append(InFlight(batch, response))
-                # write finished batches in poll order; wait for the oldest when the window is full
-                while in_flight and (len(in_flight) >= limit or in_flight[0].ready()):
-                    self._write(source, sink, in_flight.popleft())
-            while in_flight:  # graceful stop: finish what was sent, commit what was written
-                self._write(source, sink, in_flight.popleft())
+            self._loop.run(stop)
         finally:
             sink.close()
             source.close()
+            state = self._loop.state
             # active time: first input polled to last batch committed (the group join and idle tail excluded)
-            self.summary.seconds = self._last_commit - first_input if first_input is not None else 0.0
+            if state.first_input is not None and state.last_commit is not None:
+                self.summary.seconds = state.last_commit - state.first_input
         return self.summary
+
+    def _count(self, outcomes: Sequence[Outcome]) -> None:
+        for outcome in outcomes:
+            self.summary.add(outcome)
 
     def _idle_for(self, source: KafkaSource) -> float:
         """Seconds without input, counted from the group join: joining takes a few seconds and is not idleness. A
@@ -108,58 +111,31 @@ class StreamConsumer:
             self._joined_at = now
         grace = 2 * self.config.kafka.session_timeout_ms / 1000
         start = self._joined_at if self._joined_at is not None else self._started + grace
-        return now - max(self.last_input, start)
-
-    def _write(self, source: KafkaSource, sink: KafkaSink, item: InFlight) -> None:
-        batch, result = item.batch, item.result()
-        for dead in batch.dead_letters:
-            sink.add_dead_letter(dead)
-        if result is not None:
-            for route, record in result.routed:
-                sink.add(route, record)
-            for dead in result.dead_letters:
-                sink.add_dead_letter(dead)
-        sink.flush(batch)  # raises SinkWriteError: the batch is not committed and will be re-delivered
-        source.commit(batch)
-        self._last_commit = time.monotonic()
-        for dead in batch.dead_letters:
-            self.summary.add_dead_letter(dead.error_stage, dead.error_class)
-        if result is not None:
-            for route, record in result.routed:
-                self.summary.add_output(route.value, record)
-            for dead in result.dead_letters:
-                self.summary.add_dead_letter(dead.error_stage, dead.error_class)
+        last_input = self._loop.state.last_input if self._loop is not None else self._started
+        return now - max(last_input, start)
 
 
-class InFlight:
-    """A batch sent for moderation, with its (future) result."""
+class ServeResponse:
+    """A :class:`~cola_moderation.connectors.loop.Pending` over a Serve ``DeploymentResponse`` (or anything with
+    ``result(timeout_s=...)`` that raises ``TimeoutError``) whose result is a
+    :class:`~cola_moderation.pipeline.worker.WorkerResult`."""
 
-    def __init__(self, batch: Batch, response: Any) -> None:
-        self.batch = batch
-        self.response = response  # None when the batch has no records (only source dead letters)
-        self._result: Any = None
-        self._fetched = response is None
+    def __init__(self, response: Any) -> None:
+        self.response = response
+        self._outcomes: Sequence[Outcome] | None = None
 
     def ready(self) -> bool:
-        """Whether the result has arrived (never blocks)."""
-        if not self._fetched:
+        if self._outcomes is None:
             try:
-                self._result = self.response.result(timeout_s=0)
-                self._fetched = True
+                self._outcomes = self.response.result(timeout_s=0).outcomes
             except TimeoutError:
                 return False
         return True
 
-    def result(self) -> Any:
-        """The :class:`~cola_moderation.pipeline.worker.WorkerResult` (``None`` for a batch without records); blocks."""
-        if not self._fetched:
-            self._result = self.response.result()
-            self._fetched = True
-        return self._result
-
-
-def _pending(in_flight: deque[InFlight]) -> int:
-    return sum(len(item.batch) for item in in_flight)
+    def result(self) -> Sequence[Outcome]:
+        if self._outcomes is None:
+            self._outcomes = self.response.result().outcomes
+        return self._outcomes
 
 
 def run_stream_job(config: PipelineConfig, *, bootstrap_servers: str | None = None, max_records: int | None = None,

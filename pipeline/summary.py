@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from cola_moderation.connectors.records import DeadLetter, Outcome
+
+if TYPE_CHECKING:
+    from cola_moderation.pipeline.records import OutputRecord
 
 
 @dataclass
@@ -25,12 +30,19 @@ class RunSummary:
     model loading), and how many inputs that batch held; see :attr:`steady_throughput`."""
     first_output_inputs: int = 0
 
-    def add_output(self, route: str, record: Mapping[str, Any]) -> None:
+    def add_output(self, route: str, record: OutputRecord) -> None:
         self.inputs += 1
         self.routes[route] += 1
-        self.labels[str(record["label"])] += 1
-        self.actions[str(record["action"])] += 1
-        self.flagged += bool(record["suspected_adversarial"])
+        self.labels[record.label] += 1
+        self.actions[record.action] += 1
+        self.flagged += bool(record.suspected_adversarial)
+
+    def add(self, outcome: Outcome) -> None:
+        """Count one written outcome."""
+        if isinstance(outcome, DeadLetter):
+            self.add_dead_letter(outcome.error_stage, outcome.error_class)
+        else:
+            self.add_output(outcome.route.value, outcome.record)
 
     def mark_first_output(self, elapsed_s: float) -> None:
         """Record, once, that the first batch (all inputs counted so far) was written ``elapsed_s`` after the start."""

@@ -8,31 +8,41 @@ model inside the process that will use it, and is called lazily on first use.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from cola_moderation.connectors.records import DeadLetter, InputRecord, Route
+from cola_moderation.connectors.records import DeadLetter, InputRecord, Outcome, Route, Routed
 from cola_moderation.operators.decode import DecodedBatch
 from cola_moderation.operators.errors import DecodeError
 from cola_moderation.operators.moderator import Moderator
 from cola_moderation.operators.policy import Policy
 from cola_moderation.pipeline.config import PipelineConfig
 from cola_moderation.pipeline.metrics import WorkerMetrics, worker_metrics
-from cola_moderation.pipeline.records import output_record
+from cola_moderation.pipeline.records import OutputRecord
 
 
 @dataclass
 class WorkerResult:
-    """Every input of a batch, routed: ``routed`` holds (OUTPUT | QUARANTINE, record) pairs, ``dead_letters`` the
-    inputs that produced no output."""
+    """One outcome per input, in input order: ``Routed(OUTPUT | QUARANTINE, OutputRecord)`` or a ``DeadLetter``."""
 
-    routed: list[tuple[Route, dict[str, Any]]] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
     model_seconds: float = 0.0
 
     def __len__(self) -> int:
-        return len(self.routed) + len(self.dead_letters)
+        return len(self.outcomes)
+
+    def __iter__(self) -> Iterator[Outcome]:
+        return iter(self.outcomes)
+
+    @property
+    def routed(self) -> list[Routed[OutputRecord]]:
+        """The routed outcomes (input order)."""
+        return [o for o in self.outcomes if isinstance(o, Routed)]
+
+    @property
+    def dead_letters(self) -> list[DeadLetter]:
+        """The dead letters (input order)."""
+        return [o for o in self.outcomes if isinstance(o, DeadLetter)]
 
 
 class ModerationWorker:
@@ -61,7 +71,7 @@ class ModerationWorker:
         return self.config.model.path
 
     def process(self, records: Sequence[InputRecord], *, received_at: float | None = None) -> WorkerResult:
-        """Decode and moderate ``records``; every one ends up routed or dead-lettered."""
+        """Decode and moderate ``records``: one outcome per record, in order."""
         moderator = self.start()
         started = time.perf_counter()
         decoded = moderator.decoder.decode([record.payload for record in records])
@@ -74,14 +84,15 @@ class ModerationWorker:
         started = time.perf_counter() if started is None else started
         verdicts = self.start().moderate_decoded(decoded, len(records))
         result = WorkerResult(model_seconds=time.perf_counter() - started)
+        now = time.time()
         for record, verdict in zip(records, verdicts, strict=True):
             if isinstance(verdict, DecodeError):
-                result.dead_letters.append(DeadLetter.from_exception(record, verdict))
+                result.outcomes.append(DeadLetter.from_exception(record, verdict))
                 continue
             decision = self.policy.decide(verdict.topk, suspected_adversarial=verdict.suspected_adversarial)
-            routed = output_record(record, verdict, decision, model=self.model_name,
-                                   policy_version=self.policy.version, received_at=received_at)
-            result.routed.append((Route.QUARANTINE if decision.quarantine else Route.OUTPUT, routed))
+            output = OutputRecord.from_verdict(record, verdict, decision, model=self.model_name,
+                                               policy_version=self.policy.version, received_at=received_at, now=now)
+            result.outcomes.append(Routed(Route.QUARANTINE if decision.quarantine else Route.OUTPUT, output))
         if self._metrics is not None:
             self._metrics.observe(result)
         return result

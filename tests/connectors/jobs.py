@@ -3,7 +3,8 @@ crash tests SIGKILL (``python -m tests.connectors.jobs kafka|parquet ...``).
 
 Processing: payloads starting with a PNG or JPEG signature become output records (``label`` = the format); a header
 or column ``route`` = ``quarantine`` sends them to the quarantine route; anything else becomes a dead letter with a
-``DecodeError`` (stage ``decode``).
+``DecodeError`` (stage ``decode``). The loop is the pipeline's own
+:class:`~cola_moderation.connectors.loop.DeliveryLoop`.
 """
 
 from __future__ import annotations
@@ -13,18 +14,22 @@ import json
 import os
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from cola_moderation.connectors.base import Sink, Source
-from cola_moderation.connectors.records import Batch, DeadLetter, InputRecord, Route
+from cola_moderation.connectors.loop import DeliveryLoop, Done, LoopState
+from cola_moderation.connectors.records import Batch, DeadLetter, InputRecord, Outcome, Route, Routed
 from cola_moderation.operators.errors import DecodeError
+from cola_moderation.pipeline.records import OutputRecord, OutputSerializer
 
 PNG = b"\x89PNG\r\n\x1a\n"
 JPEG = b"\xff\xd8\xff"
+SERIALIZER = OutputSerializer()
 
 
-def process(record: InputRecord, *, run: int = 0) -> tuple[Route, dict[str, Any]] | DeadLetter:
+def process(record: InputRecord, *, run: int = 0) -> Outcome:
+    """The outcome of one input; ``metadata["run"]`` says which run wrote it."""
     if record.payload.startswith(PNG):
         label = "png"
     elif record.payload.startswith(JPEG):
@@ -35,56 +40,57 @@ def process(record: InputRecord, *, run: int = 0) -> tuple[Route, dict[str, Any]
     metadata = dict(record.metadata)
     route_hint = metadata.get("route") or metadata.get("headers", {}).get("route")
     route = Route.QUARANTINE if route_hint == "quarantine" else Route.OUTPUT
-    return route, {"schema_version": 1, "id": record.id, "label": label, "score": 1.0,
-                   "topk": [{"label": label, "score": 1.0}], "action": route.value, "method": "magic",
-                   "source": record.source.as_dict(), "processed_at": time.time(), "latency_ms": 0.0,
-                   "run": run, "metadata": metadata}
+    return Routed(route, OutputRecord(
+        id=record.id, label=label, score=1.0, topk=((label, 1.0),), action=route.value, adversarial_score=0.0,
+        suspected_adversarial=False, method="magic", model="magic", policy_version="test",
+        source=record.source, processed_at=datetime.now(UTC), latency_ms=0.0, metadata={**metadata, "run": run}))
 
 
 def handle(batch: Batch, sink: Sink, *, run: int = 0) -> None:
+    """Write one batch's outcomes and flush (no commit): for benchmarks that time the connectors alone."""
     for dead in batch.dead_letters:
         sink.add_dead_letter(dead)
     for record in batch.records:
-        result = process(record, run=run)
-        if isinstance(result, DeadLetter):
-            sink.add_dead_letter(result)
-        else:
-            sink.add(*result)
+        sink.add_outcome(process(record, run=run))
     sink.flush(batch)
 
 
 def drain(source: Source, sink: Sink, *, run: int = 0, idle_exit_s: float = 3.0, max_inputs: int | None = None,
-          sleep_per_batch_s: float = 0.0, commit_log: Path | None = None) -> int:
-    """Loop until the source is exhausted, idle for ``idle_exit_s``, or ``max_inputs`` inputs were committed.
-    Returns the number of inputs committed."""
-    done = 0
-    idle_since = time.monotonic()
-    while max_inputs is None or done < max_inputs:
-        batch = source.poll()
-        if batch is None:
-            break
-        if not len(batch):
-            if hasattr(source, "assignment") and not source.assignment():
-                idle_since = time.monotonic()  # still joining the consumer group
-            if time.monotonic() - idle_since > idle_exit_s:
-                break
-            continue
-        if sleep_per_batch_s:  # slow "processing": a kill often lands inside a batch, flushed or not
+          sleep_per_batch_s: float = 0.0, commit_log: Path | None = None, max_in_flight: int = 1) -> int:
+    """Run the delivery loop until the source is exhausted, idle for ``idle_exit_s``, or ``max_inputs`` inputs were
+    committed. Returns the number of inputs committed. ``sleep_per_batch_s``: slow "processing" and a pause between
+    flush and commit, so a kill often lands inside a batch, flushed or not."""
+
+    def submit(batch: Batch) -> Done:
+        if sleep_per_batch_s:
             time.sleep(sleep_per_batch_s / 2)
-        handle(batch, sink, run=run)
+        return Done([process(record, run=run) for record in batch.records])
+
+    def commit(batch: Batch) -> None:
+        sink.flush(batch)
         if sleep_per_batch_s:
             time.sleep(sleep_per_batch_s / 2)
         source.commit(batch)
-        done += len(batch)
-        idle_since = time.monotonic()
-        if commit_log is not None:
-            offsets = {f"{tp.topic}:{tp.partition}": off for tp, (_epoch, off) in (batch.position or {}).items()} \
-                if isinstance(batch.position, dict) else {}
-            with open(commit_log, "a") as log:
-                log.write(json.dumps({"run": run, "key": batch.key, "offsets": offsets, "inputs": len(batch)}) + "\n")
-                log.flush()
-                os.fsync(log.fileno())
-    return done
+
+    def log_commit(batch: Batch, _outcomes: object) -> None:
+        if commit_log is None:
+            return
+        offsets = {f"{tp.topic}:{tp.partition}": off for tp, (_epoch, off) in (batch.position or {}).items()} \
+            if isinstance(batch.position, dict) else {}
+        with open(commit_log, "a") as log:
+            log.write(json.dumps({"run": run, "key": batch.key, "offsets": offsets, "inputs": len(batch)}) + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+
+    def stop(state: LoopState) -> bool:
+        if max_inputs is not None and state.committed_inputs + state.pending_inputs >= max_inputs:
+            return True
+        if hasattr(source, "assignment") and not source.assignment():
+            state.last_input = time.monotonic()  # still joining the consumer group
+        return not state.in_flight and time.monotonic() - state.last_input > idle_exit_s
+
+    loop = DeliveryLoop(source, sink, submit, max_in_flight=max_in_flight, commit=commit, on_committed=log_commit)
+    return loop.run(stop).committed_inputs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,14 +114,14 @@ def main(argv: list[str] | None = None) -> int:
 
         kafka = KafkaConfig.model_validate(json.loads(args.config))
         source = KafkaSource(kafka, bootstrap_servers=args.bootstrap)
-        sink = KafkaSink(kafka, bootstrap_servers=args.bootstrap)
+        sink = KafkaSink(kafka, SERIALIZER, bootstrap_servers=args.bootstrap)
     else:
         from cola_moderation.connectors.config import ParquetConfig
         from cola_moderation.connectors.parquet_sink import ParquetSink
         from cola_moderation.connectors.parquet_source import ParquetSource
 
         parquet = ParquetConfig.model_validate(json.loads(args.config))
-        parquet_sink = ParquetSink(args.output, parquet)
+        parquet_sink = ParquetSink(args.output, SERIALIZER, parquet)
         source, sink = ParquetSource(args.input, parquet, skip=parquet_sink.is_complete), parquet_sink
     with source, sink:
         done = drain(source, sink, run=args.run, idle_exit_s=args.idle_exit, sleep_per_batch_s=args.sleep_per_batch,

@@ -19,7 +19,7 @@ import pytest
 
 from cola_moderation.connectors.kafka_sink import KafkaSink
 from cola_moderation.connectors.kafka_source import KafkaSource
-from tests.connectors.jobs import JPEG, PNG, drain
+from tests.connectors.jobs import JPEG, PNG, SERIALIZER, drain
 from tests.connectors.kafka_util import produce, read_topic, topics_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,7 +82,7 @@ def test_5000_mixed_messages_each_id_exactly_once(kafka_broker) -> None:  # type
     positions = produce(bootstrap, config.input_topics[0], messages)
     expected = ids_from_positions(config, messages, positions, expected)
     started = time.perf_counter()
-    with KafkaSource(config) as source, KafkaSink(config) as sink:
+    with KafkaSource(config) as source, KafkaSink(config, SERIALIZER) as sink:
         committed = drain(source, sink, idle_exit_s=3.0)
     elapsed = time.perf_counter() - started
     assert committed == 5000
@@ -113,7 +113,7 @@ def test_corrupt_records_become_specific_dead_letters_and_stream_continues(kafka
                 (None, json.dumps({"id": "gif", "image_b64": "R0lGODlh"}).encode(), []),
                 (None, good(1), [])]
     produce(bootstrap, config.input_topics[0], messages)
-    with KafkaSource(config) as source, KafkaSink(config) as sink:
+    with KafkaSource(config) as source, KafkaSink(config, SERIALIZER) as sink:
         assert drain(source, sink, idle_exit_s=2.0) == len(messages)
     outputs = read_topic(bootstrap, config.output_topic, expect=2)
     assert sorted(json.loads(m.value)["id"] for m in outputs) == ["ok-0", "ok-1"]
@@ -186,8 +186,9 @@ def test_sigkill_three_times_loses_nothing_and_redelivers_only_uncommitted(kafka
     for message in routed["_messages"]["output"]:  # type: ignore[index]
         record = json.loads(message.value)
         partition = f"{record['source']['topic']}:{record['source']['partition']}"
-        floor = committed_before[record["run"]].get(partition, 0)
-        assert record["source"]["offset"] >= floor, (record["id"], record["run"], floor)
+        run = record["metadata"]["run"]
+        floor = committed_before[run].get(partition, 0)
+        assert record["source"]["offset"] >= floor, (record["id"], run, floor)
     duplicates = sum(c - 1 for route in ("output", "quarantine", "dead_letter") for c in routed[route].values())
     assert duplicates <= 3 * batch_records, duplicates  # at most the batch in flight at each kill
     print(f"\n3 SIGKILLs: {duplicates} re-delivered inputs (bound {3 * batch_records}), none lost")

@@ -11,7 +11,7 @@ import pytest
 
 from cola_moderation.connectors.kafka_sink import KafkaSink
 from cola_moderation.connectors.kafka_source import KafkaSource
-from tests.connectors.jobs import PNG, drain
+from tests.connectors.jobs import PNG, SERIALIZER, drain
 from tests.connectors.kafka_util import topics_config
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
@@ -26,7 +26,7 @@ def test_confluent_kafka_writes_inputs_and_reads_outputs(kafka_broker) -> None: 
     producer.produce(config.input_topics[0], key=b"c-2", value=big)
     producer.produce(config.input_topics[0], key=b"c-3", value=b"not an image")
     assert producer.flush(30) == 0
-    with KafkaSource(config) as source, KafkaSink(config) as sink:
+    with KafkaSource(config) as source, KafkaSink(config, SERIALIZER) as sink:
         assert drain(source, sink, idle_exit_s=2.0) == 3
 
     consumer = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": f"peer-{uuid.uuid4().hex[:6]}",

@@ -9,8 +9,9 @@ import pytest
 
 from cola_moderation.connectors.broker import EmbeddedBroker
 from cola_moderation.connectors.errors import SinkWriteError
-from cola_moderation.connectors.kafka_sink import KafkaSink, encode_output
+from cola_moderation.connectors.kafka_sink import KafkaSink
 from cola_moderation.connectors.records import DeadLetter, FilePosition, InputRecord, Route
+from tests.connectors.jobs import PNG, SERIALIZER, process
 from tests.connectors.kafka_util import read_topic, topics_config
 
 
@@ -18,15 +19,19 @@ def _record(record_id: str, payload: bytes = b"x") -> InputRecord:
     return InputRecord(record_id, payload, {"user": "u"}, FilePosition("/data/in.parquet", 3))
 
 
+def _output(record_id: str) -> object:
+    return process(_record(record_id, PNG)).record  # type: ignore[union-attr]
+
+
 def test_flush_raises_when_the_broker_is_gone() -> None:
     with EmbeddedBroker() as broker:
         config = topics_config(broker.bootstrap_servers, request_timeout_ms=1500, flush_timeout_s=3.0,
                                producer_retries=1)
-        sink = KafkaSink(config)
-        sink.add(Route.OUTPUT, {"id": "a"})
+        sink = KafkaSink(config, SERIALIZER)
+        sink.add(Route.OUTPUT, _output("a"))
         sink.flush()  # acknowledged while the broker runs
         broker.stop()
-        sink.add(Route.OUTPUT, {"id": "b"})
+        sink.add(Route.OUTPUT, _output("b"))
         with pytest.raises(SinkWriteError, match="not"):
             sink.flush()
         sink.close()
@@ -34,14 +39,12 @@ def test_flush_raises_when_the_broker_is_gone() -> None:
 
 def test_dead_letter_too_large_is_written_without_bytes_and_routes_checked(kafka_broker) -> None:  # type: ignore[no-untyped-def]
     config = topics_config(kafka_broker.bootstrap_servers, max_request_size=64 * 1024)
-    with KafkaSink(config) as sink:
+    with KafkaSink(config, SERIALIZER) as sink:
         sink.add_dead_letter(DeadLetter.from_exception(_record("big", b"z" * 100_000), ValueError("too big")))
         sink.add_dead_letter(DeadLetter.from_exception(_record("small", b"z"), ValueError("bad"), stage="decode"))
-        sink.add(Route.QUARANTINE, {"id": "q", "score": 0.5})
+        sink.add(Route.QUARANTINE, _output("q"))
         with pytest.raises(ValueError, match="add_dead_letter"):
-            sink.add(Route.DEAD_LETTER, {"id": "d"})
-        with pytest.raises(ValueError, match="no 'id'"):
-            sink.add(Route.OUTPUT, {"label": "x"})
+            sink.add(Route.DEAD_LETTER, _output("d"))
         sink.flush()
     dead = {m.key.decode(): m for m in read_topic(kafka_broker.bootstrap_servers, config.dead_letter_topic, expect=2)}
     big_headers = dict(dead["big"].headers)
@@ -51,13 +54,5 @@ def test_dead_letter_too_large_is_written_without_bytes_and_routes_checked(kafka
     assert small_headers["source.file"] == b"/data/in.parquet" and small_headers["source.row"] == b"3"
     assert json.loads(small_headers["cola.metadata"]) == {"user": "u"}
     (quarantined,) = read_topic(kafka_broker.bootstrap_servers, config.quarantine_topic, expect=1)
-    assert json.loads(quarantined.value) == {"id": "q", "score": 0.5}
-
-
-def test_encode_output_keys_by_id() -> None:
-    from datetime import UTC, datetime
-
-    key, value = encode_output({"id": 7, "at": datetime(2026, 1, 1, tzinfo=UTC), "label": "é"})
-    assert key == b"7" and json.loads(value) == {"id": 7, "at": "2026-01-01T00:00:00+00:00", "label": "é"}
-    with pytest.raises(TypeError, match="not JSON-serialisable"):
-        encode_output({"id": 1, "bad": object()})
+    assert quarantined.key == b"q" and json.loads(quarantined.value)["id"] == "q"
+    assert dict(quarantined.headers) == {"content-type": b"application/json", "cola.schema-version": b"2"}

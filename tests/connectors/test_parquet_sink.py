@@ -18,9 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from cola_moderation.connectors.config import ParquetConfig
-from cola_moderation.connectors.parquet_sink import OUTPUT_SCHEMA, ParquetSink
+from cola_moderation.connectors.parquet_sink import ParquetSink
 from cola_moderation.connectors.parquet_source import ParquetSource
-from tests.connectors.jobs import JPEG, PNG, drain
+from cola_moderation.pipeline.records import ARROW_SCHEMA
+from tests.connectors.jobs import JPEG, PNG, SERIALIZER, drain
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,7 +58,7 @@ def _read_ids(directory: Path) -> dict[str, collections.Counter]:
 def test_output_schema_readable_by_pyarrow_and_pandas(tmp_path: Path) -> None:
     expected = _inputs(tmp_path / "in", files=2, rows=40)
     config = ParquetConfig(batch_rows=16)
-    sink = ParquetSink(tmp_path / "out", config)
+    sink = ParquetSink(tmp_path / "out", SERIALIZER, config)
     with ParquetSource(tmp_path / "in", config, skip=sink.is_complete) as source, sink:
         assert drain(source, sink) == 80
     counts = _read_ids(tmp_path / "out")
@@ -67,7 +68,7 @@ def test_output_schema_readable_by_pyarrow_and_pandas(tmp_path: Path) -> None:
     frame = pd.read_parquet(tmp_path / "out" / "output")
     assert len(frame) == sum(1 for r in expected.values() if r == "output")
     table = pq.read_table(tmp_path / "out" / "output")
-    for field in OUTPUT_SCHEMA:
+    for field in ARROW_SCHEMA:
         assert table.schema.field(field.name).type == field.type, field.name
     assert table.schema.field("width").type == pa.int64()  # passthrough column, spread from metadata
     row = table.slice(0, 1).to_pylist()[0]
@@ -75,7 +76,7 @@ def test_output_schema_readable_by_pyarrow_and_pandas(tmp_path: Path) -> None:
     assert row["source"]["file"].endswith(".parquet") and row["source"]["row"] >= 0
     assert row["processed_at"].tzinfo is not None
     assert pq.read_metadata(next((tmp_path / "out" / "output").glob("*.parquet"))).metadata[b"cola.schema"] \
-        == b"output/1"
+        == b"output/2"
     dead = pq.read_table(tmp_path / "out" / "dead_letter").to_pylist()
     first = min(dead, key=lambda d: int(d["id"][1:]))
     assert first["payload"].startswith(b"BM-not") and first["error_class"] == "DecodeError"
@@ -86,10 +87,10 @@ def test_output_schema_readable_by_pyarrow_and_pandas(tmp_path: Path) -> None:
 def test_rerun_skips_completed_batches(tmp_path: Path) -> None:
     _inputs(tmp_path / "in", files=1, rows=64)
     config = ParquetConfig(batch_rows=16)
-    sink = ParquetSink(tmp_path / "out", config)
+    sink = ParquetSink(tmp_path / "out", SERIALIZER, config)
     with ParquetSource(tmp_path / "in", config, skip=sink.is_complete) as source:
         assert drain(source, sink, max_inputs=32) == 32  # "crash" after two batches
-    sink = ParquetSink(tmp_path / "out", config)
+    sink = ParquetSink(tmp_path / "out", SERIALIZER, config)
     again = ParquetSource(tmp_path / "in", config, skip=sink.is_complete)
     assert drain(again, sink) == 32 and again.skipped_batches == 2
     assert sum(sum(c.values()) for c in _read_ids(tmp_path / "out").values()) == 64
@@ -127,7 +128,7 @@ def test_sigkilled_job_reruns_to_complete_output_without_duplicates(tmp_path: Pa
 def test_rerun_with_other_batch_settings_is_refused(tmp_path: Path) -> None:
     from cola_moderation.operators.errors import ConfigError
 
-    ParquetSink(tmp_path / "out", ParquetConfig(batch_rows=64))
-    ParquetSink(tmp_path / "out", ParquetConfig(batch_rows=64))  # same settings: resume is fine
+    ParquetSink(tmp_path / "out", SERIALIZER, ParquetConfig(batch_rows=64))
+    ParquetSink(tmp_path / "out", SERIALIZER, ParquetConfig(batch_rows=64))  # same settings: resume is fine
     with pytest.raises(ConfigError, match=r"parquet.batch_rows=32 \(was 64\)"):
-        ParquetSink(tmp_path / "out", ParquetConfig(batch_rows=32))
+        ParquetSink(tmp_path / "out", SERIALIZER, ParquetConfig(batch_rows=32))

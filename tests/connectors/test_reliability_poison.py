@@ -75,8 +75,9 @@ def test_poison_messages_are_dead_letters_and_the_consumer_goes_on(kafka_broker:
 
     # the dead letters go to the dead-letter topic through the real sink; headers are standard JSON
     from cola_moderation.connectors.kafka_sink import KafkaSink
+    from tests.connectors.jobs import SERIALIZER
 
-    with KafkaSink(topics) as sink:
+    with KafkaSink(topics, SERIALIZER) as sink:
         for letter in dead:
             sink.add_dead_letter(letter)
         sink.flush()

@@ -86,7 +86,7 @@ def test_batch_job_routes_every_input_once_and_resumes(config: PipelineConfig, d
     row = routed.set_index("id").loc["img-001"]
     assert row["uploader"] == "user1" and row["score_hint"] == 1.0
     assert row["source"] == {"topic": None, "partition": None, "offset": None,
-                             "file": str((dataset / "a.parquet").resolve()), "row": 1}
+                             "file": str((dataset / "a.parquet").resolve()), "row": 1, "request": None}
     assert row["label"] in {"cat", "dog", "car"} and row["method"] == "clip"
     assert set(routed[routed["label"] == "car"]["action"]) <= {"review"}
 

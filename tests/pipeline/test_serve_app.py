@@ -80,8 +80,8 @@ def local(config: PipelineConfig) -> ModerationWorker:
 
 
 def expected(local: ModerationWorker, payload: bytes) -> dict[str, Any]:
-    (_, record), = local.process([InputRecord("x", payload, {}, FilePosition("f", 0))]).routed
-    return record
+    (routed,) = local.process([InputRecord("x", payload, {}, FilePosition("f", 0))]).routed
+    return routed.record.to_json()
 
 
 def assert_same_verdict(got: dict[str, Any], want: dict[str, Any]) -> None:
@@ -256,7 +256,9 @@ def test_handle_processes_whole_batches(server: Any, local: ModerationWorker) ->
     assert len(result) == 5
     assert [d.record.id for d in result.dead_letters] == ["k-2"]
     assert "empty" in result.dead_letters[0].error_message
-    routed = {record["id"]: record for _, record in result.routed}
+    assert [o.record.id for o in result.outcomes] == \
+        [r.id for r in records]  # one outcome per input, in input order
+    routed = {o.record.id: o.record.to_json() for o in result.routed}
     assert sorted(routed) == ["k-0", "k-1", "k-3", "k-4"]
     assert routed["k-3"]["metadata"] == {"i": 3} and routed["k-3"]["source"] == {"request": "r3"}
     assert routed["k-0"]["latency_ms"] > 1e6  # measured from the given received_at (epoch second 123)

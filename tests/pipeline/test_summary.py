@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+from cola_moderation.connectors.records import FilePosition
 from cola_moderation.pipeline.demo import ground_truth_report
+from cola_moderation.pipeline.records import OutputRecord
 from cola_moderation.pipeline.summary import RunSummary
 
 
-def record(label: str, action: str = "allow", flagged: bool = False) -> dict[str, object]:
-    return {"label": label, "action": action, "suspected_adversarial": flagged}
+def record(label: str, action: str = "allow", flagged: bool = False) -> OutputRecord:
+    return OutputRecord(id="x", label=label, score=1.0, topk=((label, 1.0),), action=action, adversarial_score=0.0,
+                        suspected_adversarial=flagged, method="clip", model="m", policy_version="1",
+                        source=FilePosition("f", 0), processed_at=datetime.now(UTC), latency_ms=0.0)
 
 
 def test_counts_merge_and_table() -> None:
@@ -42,10 +48,10 @@ def test_start_up_and_steady_throughput() -> None:
 
 
 def test_ground_truth_report() -> None:
-    rows = [{**record("bag"), "true_label": "bag", "attacked": False},
-            {**record("coat"), "true_label": "bag", "attacked": False},
-            {**record("coat", flagged=True), "true_label": "bag", "attacked": True},
-            {**record("coat"), "true_label": None, "attacked": False}]
+    rows = [{**record("bag").to_json(), "true_label": "bag", "attacked": False},
+            {**record("coat").to_json(), "true_label": "bag", "attacked": False},
+            {**record("coat", flagged=True).to_json(), "true_label": "bag", "attacked": True},
+            {**record("coat").to_json(), "true_label": None, "attacked": False}]
     report = ground_truth_report(rows)
     assert "1/2 labelled correctly (50.0%)" in report
     assert "1/1 flagged (100.0%), 0 still labelled correctly" in report

@@ -9,7 +9,7 @@ from PIL import Image
 
 from cola_moderation.connectors.records import FilePosition, InputRecord, Route
 from cola_moderation.pipeline.config import PipelineConfig, parse_config
-from cola_moderation.pipeline.records import SCHEMA_VERSION
+from cola_moderation.pipeline.records import SCHEMA_VERSION, OutputRecord
 from cola_moderation.pipeline.worker import ModerationWorker
 
 
@@ -41,15 +41,16 @@ def test_every_input_is_routed_exactly_once(worker: ModerationWorker) -> None:
     records = [record(0, png(0)), record(1, b""), record(2, png(2)), record(3, b"GIF89a-broken")]
     result = worker.process(records, received_at=0.0)
     assert len(result) == 4
-    assert sorted(d.record.id for d in result.dead_letters) == ["id-1", "id-3"]
+    kinds = [(type(o).__name__, o.record.id) for o in result.outcomes]  # one outcome per input, in input order
+    assert kinds == [("Routed", "id-0"), ("DeadLetter", "id-1"), ("Routed", "id-2"), ("DeadLetter", "id-3")]
     assert {d.error_stage for d in result.dead_letters} == {"decode"}
     assert "empty" in result.dead_letters[0].error_message
-    routed_ids = sorted(r["id"] for _, r in result.routed)
-    assert routed_ids == ["id-0", "id-2"]
 
 
-def test_output_record_schema_v1(worker: ModerationWorker) -> None:
-    (route, out), = worker.process([record(7, png(7))]).routed
+def test_output_record_schema(worker: ModerationWorker) -> None:
+    (routed,) = worker.process([record(7, png(7))]).routed
+    route, out = routed.route, routed.record.to_json()
+    assert OutputRecord.from_json(out).to_json() == out  # JSON round trip (processed_at: milliseconds)
     assert set(out) == {"schema_version", "id", "label", "score", "topk", "action", "adversarial_score",
                         "suspected_adversarial", "method", "model", "policy_version", "source", "processed_at",
                         "latency_ms", "metadata"}
