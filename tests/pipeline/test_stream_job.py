@@ -9,11 +9,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 import pytest
 from PIL import Image
 
 from cola_moderation.pipeline.config import PipelineConfig, parse_config
+from cola_moderation.pipeline.records import SCHEMA_VERSION, json_schema
 from cola_moderation.pipeline.stream_job import StreamConsumer
 from cola_moderation.pipeline.worker import ModerationWorker, WorkerResult
 from tests.connectors.kafka_util import produce, read_topic, topics_config
@@ -77,6 +79,12 @@ def test_consumer_writes_every_input_once_and_commits(kafka_broker: Any, tiny_mo
     assert ids == sorted(f"m{i}" for i in range(100))
     record = json.loads(outputs[0].value if outputs else quarantined[0].value)
     assert record["metadata"]["headers"] == {"tenant": "t1"}
+    # every output message is a valid record of the published JSON Schema, with the content headers
+    validator = jsonschema.Draft202012Validator(json_schema(), format_checker=jsonschema.FormatChecker())
+    for message in outputs + quarantined:
+        validator.validate(json.loads(message.value))
+        assert dict(message.headers) == {"content-type": b"application/json",
+                                         "cola.schema-version": str(SCHEMA_VERSION).encode()}
     assert record["source"]["topic"] == topics.input_topics[0]
     headers = dict(dead[0].headers)
     assert headers["error.stage"] == b"decode" and b"unrecognised image format" in headers["error.message"]

@@ -3,13 +3,14 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 from PIL import Image
 
 from cola_moderation.connectors.records import FilePosition, InputRecord, Route
 from cola_moderation.pipeline.config import PipelineConfig, parse_config
-from cola_moderation.pipeline.records import SCHEMA_VERSION, OutputRecord
+from cola_moderation.pipeline.records import SCHEMA_VERSION, OutputRecord, json_schema
 from cola_moderation.pipeline.worker import ModerationWorker
 
 
@@ -51,6 +52,7 @@ def test_output_record_schema(worker: ModerationWorker) -> None:
     (routed,) = worker.process([record(7, png(7))]).routed
     route, out = routed.route, routed.record.to_json()
     assert OutputRecord.from_json(out).to_json() == out  # JSON round trip (processed_at: milliseconds)
+    jsonschema.Draft202012Validator(json_schema(), format_checker=jsonschema.FormatChecker()).validate(out)
     assert set(out) == {"schema_version", "id", "label", "score", "topk", "action", "adversarial_score",
                         "suspected_adversarial", "method", "model", "policy_version", "source", "processed_at",
                         "latency_ms", "metadata"}
