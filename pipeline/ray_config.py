@@ -33,6 +33,10 @@ class RayConfig(Section):
     """CPUs per decode task of the batch job."""
     actor_pool_min: Annotated[int, Field(ge=1)] = 1
     actor_pool_max: Annotated[int, Field(ge=1)] = 1
+    actor_max_restarts: Annotated[int, Field(ge=-1)] = 0
+    """Restarts of a crashed batch-job pool actor (-1: forever, Ray Data's own default). 0 by default: a failed
+    batch job is rerun and resumes (completed batches are skipped); with restarts Ray logs an E-level line per actor
+    because Ray Data hands the stage to its actors by object reference."""
 
     @model_validator(mode="after")
     def _pool(self) -> RayConfig:

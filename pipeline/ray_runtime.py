@@ -37,14 +37,19 @@ class ClusterResourceError(ColaError, RuntimeError):
 def init_ray(config: RayConfig, *, address: str | None = None) -> dict[str, Any]:
     """Connect to (``address`` / ``ray.address`` / ``RAY_ADDRESS``) or start a loopback Ray cluster; idempotent.
 
+    A private cluster runs without token authentication (``RAY_AUTH_MODE=disabled`` unless set: it is bound to
+    127.0.0.1, and a stray ``~/.ray/auth_token`` would otherwise turn auth on with a warning). Ray's own INFO logs
+    (Ray Data, Serve) reach the console only when the root logger is at INFO or below (``cola -v``).
     Returns ``ray.cluster_resources()``.
     """
     for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    import ray
+    target = address or config.address or os.environ.get("RAY_ADDRESS")
+    if not target:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray  # after the environment: Ray reads it at import
 
     if not ray.is_initialized():
-        target = address or config.address or os.environ.get("RAY_ADDRESS")
         common: dict[str, Any] = {"namespace": config.namespace, "log_to_driver": True,
                                   "logging_level": logging.WARNING}
         if target:
@@ -54,7 +59,18 @@ def init_ray(config: RayConfig, *, address: str | None = None) -> dict[str, Any]
             log.info("starting a private Ray cluster on 127.0.0.1")
             ray.init(num_cpus=config.num_cpus, include_dashboard=config.include_dashboard,
                      _node_ip_address="127.0.0.1", **common)
+    quiet_ray_console()
     return dict(ray.cluster_resources())
+
+
+def quiet_ray_console() -> None:
+    """Ray Data's and Serve's console handlers at WARNING unless our root logger asks for INFO (their session log
+    files keep everything)."""
+    level = logging.INFO if logging.getLogger().getEffectiveLevel() <= logging.INFO else logging.WARNING
+    for name in ("ray.data", "ray.serve"):
+        for handler in logging.getLogger(name).handlers:
+            if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
+                handler.setLevel(level)
 
 
 def node_resources() -> list[dict[str, float]]:

@@ -35,7 +35,8 @@ batch (no ``@serve.batch`` regrouping); ``received_at`` is the ``time.time()`` t
 record's ``latency_ms``. ``result.outcomes`` holds one ``Routed | DeadLetter`` per record, in input order.
 
 Entry points: :func:`deploy_moderation` (``cola serve``, the stream job with ``http=False``), :func:`app_builder`
-(Serve config files / KubeRay ``serveConfigV2``: ``import_path: cola_moderation.pipeline.serve_app:app_builder``,
+(typed by :class:`AppArgs`: ``serve run cola_moderation.pipeline.serve_app:app_builder config=reference``, Serve
+config files / KubeRay ``serveConfigV2``: ``import_path: cola_moderation.pipeline.serve_app:app_builder``,
 ``args: {config: PATH}``), :func:`moderation_handle`, :func:`shutdown_moderation`.
 """
 
@@ -53,7 +54,9 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
 from ray import serve
+from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 
@@ -181,26 +184,39 @@ def deployment_options(config: PipelineConfig) -> dict[str, Any]:
             "ray_actor_options": worker_options(config.ray)}
 
 
-def build_app(config: PipelineConfig) -> Any:
+def build_app(config: PipelineConfig) -> Application:
     """The bound Serve application (deploy it with :func:`deploy_moderation` or ``serve.run``)."""
     deployment: Any = ModerationDeployment  # a serve.Deployment at run time
     return deployment.options(**deployment_options(config)).bind(config)
 
 
-def app_builder(args: dict[str, str]) -> Any:
-    """Serve config-file entry point (``import_path: cola_moderation.pipeline.serve_app:app_builder``, ``args: {config:
-    PATH}``),
-    e.g. a KubeRay RayService's ``serveConfigV2``: the application for the pipeline config at ``args["config"]``.
+class AppArgs(BaseModel):
+    """Arguments of :func:`app_builder` (``serve run ...:app_builder config=C``, or ``args:`` of a Serve config
+    file); Serve validates them against this model."""
 
-    Runs inside an existing cluster, so it neither starts Ray nor checks resources: on an autoscaling cluster the
-    Ray autoscaler adds the nodes the replicas need.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: str
+    """Pipeline config: a YAML path (on the cluster's nodes) or a bundled config name (``reference``,
+    ``moderation``)."""
+
+
+def app_builder(args: AppArgs) -> Application:
+    """Typed Serve application builder: the moderation app for ``args.config``.
+
+    ``serve run cola_moderation.pipeline.serve_app:app_builder config=reference``, or in a Serve config file (e.g. a
+    KubeRay RayService's ``serveConfigV2``) ``import_path: cola_moderation.pipeline.serve_app:app_builder``,
+    ``args: {config: PATH}``. Runs inside an existing cluster, so it neither starts Ray nor checks resources: on an
+    autoscaling cluster the Ray autoscaler adds the nodes the replicas need.
     """
     from cola_moderation.pipeline.config import load_config
 
-    unknown = sorted(set(args) - {"config"})
-    if unknown or "config" not in args:
-        raise ConfigError(f"application args: expected {{config: PATH}}, got keys {sorted(args)}")
-    return build_app(load_config(args["config"]))
+    if not isinstance(args, AppArgs):  # called directly with a mapping
+        try:
+            args = AppArgs.model_validate(args)
+        except ValidationError as exc:
+            raise ConfigError(f"application args: expected {{config: PATH_OR_NAME}}: {exc}") from None
+    return build_app(load_config(args.config))
 
 
 def deploy_moderation(config: PipelineConfig, *, address: str | None = None, host: str | None = None,

@@ -28,6 +28,7 @@ from cola_moderation.pipeline.evaluation.report import (
     build_suite_report,
     markdown_table,
     plot_accuracy,
+    require_plotting,
     suite_markdown,
     write_report,
 )
@@ -86,6 +87,8 @@ def invocation() -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot is not None:
+        require_plotting()  # before a run of minutes, not after it
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_config(args.config)

@@ -28,6 +28,7 @@ Two runs of the same command on the same machine give identical ``accuracy``, ``
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import platform
@@ -122,7 +123,7 @@ def write_report(report: dict[str, Any], path: Path) -> None:
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    """Accuracy (%) per method and eps, as a Markdown table (the README's format)."""
+    """Accuracy (%) per method and eps, as a Markdown table (the format of docs/robustness/README.md)."""
     accuracy = report["accuracy"]
     columns = list(next(iter(accuracy.values())))
     lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -132,14 +133,20 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def require_plotting() -> None:
+    """Raise :class:`MissingDependencyError` with the install command when matplotlib (the ``eval`` extra) is
+    missing."""
+    if importlib.util.find_spec("matplotlib") is None:
+        from cola_moderation.operators.errors import MissingDependencyError
+
+        raise MissingDependencyError("--plot needs matplotlib: pip install 'cola-moderation[eval]'")
+
+
 def plot_accuracy(reports: list[dict[str, Any]], path: Path) -> None:
     """Accuracy vs eps (in 1/255 units), one line per method and attack, clean at eps 0. Needs matplotlib."""
-    try:
-        import matplotlib
-    except ImportError:
-        from cola_moderation.operators.errors import ConfigError
+    require_plotting()
+    import matplotlib
 
-        raise ConfigError("--plot needs matplotlib: pip install matplotlib==3.11.2") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
