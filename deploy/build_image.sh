@@ -55,7 +55,9 @@ podman build --isolation=chroot -f deploy/docker/Dockerfile "${args[@]}" -t "$ta
 built=$(date +%s)
 
 say "smoke check (buildah run --isolation=chroot)"
-container=$(buildah from --pull-never "$tag")
+# the host's open-file limit (chroot isolation otherwise gives 1024, which Ray warns about)
+nofile=$(ulimit -Hn)
+container=$(buildah from --pull-never --ulimit "nofile=$nofile:$nofile" "$tag")
 trap 'buildah rm "$container" > /dev/null' EXIT
 buildah run --isolation=chroot "$container" -- cola --version
 buildah run --isolation=chroot "$container" -- cola demo
