@@ -81,8 +81,8 @@ class ImageGeometry:
 
 def _load_error(config: ModelConfig, exc: BaseException) -> ModelLoadError:
     return ModelLoadError(
-        f"cannot load CLIP model {config.path!r}: {exc}. A hub id needs network access or a populated "
-        "Hugging Face cache (set HF_HUB_OFFLINE=1 to use the cache only); a directory must hold "
+        f"cannot load CLIP model {config.path!r}: {' '.join(str(exc).split())}. A hub id needs network access or a "
+        "populated Hugging Face cache (set HF_HUB_OFFLINE=1 to use the cache only); a directory must hold "
         "model.safetensors, config.json, the tokenizer files and preprocessor_config.json"
     )
 

@@ -108,6 +108,10 @@ class DecodeConfig(Section):
     """Let the JPEG decoder downscale by 1/2, 1/4 or 1/8 while decoding when the target size allows."""
     workers: Annotated[int, Field(ge=1, le=64)] = 2
     """Threads decoding a batch in parallel (Pillow releases the GIL while decoding and resizing)."""
+    max_concurrent_pixels: Annotated[int, Field(ge=1)] = 64_000_000
+    """Per decoder (one per worker): pixels (width x height, as the headers declare) allowed to be decoding at once.
+    Large images wait for each other instead of multiplying the worker's peak memory; one image over the limit still
+    decodes, alone."""
 
 
 class ViewsConfig(Section):

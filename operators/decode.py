@@ -8,13 +8,22 @@ callers turn it into a dead-letter record or an error line.
 Geometry follows CLIP's image processor: resize the shortest side to ``size`` (bicubic), centre-crop ``size`` x
 ``size``. Pixels come out in [0, 1]; the mean/std normalisation happens inside the backbone, so attacks and
 augmentations work in pixel space.
+
+Memory budget: an image much larger than the target is box-reduced by an integer factor right after decoding (the
+same first step Pillow's ``resize(reducing_gap=3)`` takes, done before mode conversions and alpha compositing so they
+run on the small image); 16-bit and float images are reduced in integer / float32 arithmetic on their own buffer (no
+float64 copies). A decoded image costs about its raw size (2 bytes per pixel for 16-bit grey) plus one copy, and an
+:class:`ImageDecoder` lets at most ``decode.max_concurrent_pixels`` pixels be decoding at once (:class:`PixelBudget`),
+so N large images in one worker wait for each other instead of multiplying the peak.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,16 +34,45 @@ from cola_moderation.operators.config import DecodeConfig
 from cola_moderation.operators.errors import DecodeError
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+REDUCING_GAP = 3
+"""Images at least this many times the target size (shortest side) are box-reduced right after decoding."""
+_REDUCIBLE = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "F"})
+_HIGH_DEPTH = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
-def decode_image(data: bytes, *, size: int, config: DecodeConfig | None = None) -> torch.Tensor:
-    """Decode one encoded image into a ``[3, size, size]`` float32 tensor in [0, 1]."""
-    image = open_image(data, size=size, config=config or DecodeConfig())
+class PixelBudget:
+    """At most ``limit`` pixels decoding at once across the threads sharing this budget; one image larger than the
+    limit may still decode, alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self.in_use == 0 or self.in_use + pixels <= self.limit)
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_use -= pixels
+                self._changed.notify_all()
+
+
+def decode_image(data: bytes, *, size: int, config: DecodeConfig | None = None,
+                 budget: PixelBudget | None = None) -> torch.Tensor:
+    """Decode one encoded image into a ``[3, size, size]`` float32 tensor in [0, 1]; ``budget`` bounds the pixels
+    decoding at once in this worker."""
+    image = open_image(data, size=size, config=config or DecodeConfig(), budget=budget)
     return to_tensor(resize_center_crop(image, size))
 
 
-def open_image(data: bytes, *, size: int, config: DecodeConfig) -> Image.Image:
-    """Validate and fully decode ``data`` into an RGB PIL image (EXIF orientation applied, not yet resized)."""
+def open_image(data: bytes, *, size: int, config: DecodeConfig, budget: PixelBudget | None = None) -> Image.Image:
+    """Validate and fully decode ``data`` into an RGB PIL image (EXIF orientation applied, not yet resized; box-reduced
+    by an integer factor when at least ``REDUCING_GAP`` times ``size``)."""
     if not data:
         raise DecodeError("empty input: 0 bytes")
     if len(data) > config.max_bytes:
@@ -59,12 +97,51 @@ def open_image(data: bytes, *, size: int, config: DecodeConfig) -> Image.Image:
     if config.draft and image.format in ("JPEG", "MPO"):
         # The JPEG decoder can scale by 1/2, 1/4 or 1/8 for free; it keeps both sides >= the requested size.
         image.draft(None, (size, size))
-    try:
-        image.load()
-        oriented: Image.Image = ImageOps.exif_transpose(image) or image
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError) as exc:
-        raise _corrupt(image.format, exc) from None
-    return to_rgb(oriented)
+    with budget.hold(width * height) if budget is not None else nullcontext():
+        try:
+            image.load()
+            reduced = reduce_early(image, size)
+            oriented: Image.Image = ImageOps.exif_transpose(reduced) or reduced
+        except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError) as exc:
+            raise _corrupt(image.format, exc) from None
+        return to_rgb(oriented)
+
+
+def reduce_early(image: Image.Image, size: int) -> Image.Image:
+    """Box-reduce ``image`` by the integer factor Pillow's ``resize(reducing_gap=3)`` would use first, so that the
+    conversions after it work on the small image. 16-bit and float images go to 8-bit grey ("L") here."""
+    factor = min(image.size) // (size * REDUCING_GAP)
+    if image.mode in _HIGH_DEPTH:
+        return high_depth_to_gray(image, max(1, factor))
+    if factor < 2:
+        return image
+    if image.mode == "P" or image.mode == "PA":
+        image = image.convert("RGBA")
+    elif image.mode == "1":
+        image = image.convert("L")
+    return image.reduce(factor) if image.mode in _REDUCIBLE else image
+
+
+def high_depth_to_gray(image: Image.Image, factor: int) -> Image.Image:
+    """16-bit / 32-bit integer or float grey -> 8-bit grey, box-averaged by ``factor`` first, without float64
+    copies. Integer images use the full 16-bit range when any value exceeds 255, else 0..255 (8-bit data stored
+    wide); float images are taken as 0..255."""
+    array = np.asarray(image)  # the image's own dtype: uint16, int32 or float32
+    peak = 65535.0 if image.mode != "F" and array.max(initial=0) > 255 else 255.0
+    if factor > 1:
+        height, width = (array.shape[0] // factor) * factor, (array.shape[1] // factor) * factor
+        wide = np.float32 if image.mode == "F" else np.int64
+        rows = array[:height].reshape(height // factor, factor, array.shape[1]).sum(axis=1, dtype=wide)
+        blocks = rows[:, :width].reshape(height // factor, width // factor, factor).sum(axis=2, dtype=wide)
+        scaled = blocks.astype(np.float32)
+        scaled *= np.float32(255.0 / peak / (factor * factor))
+    else:
+        scaled = array.astype(np.float32)
+        scaled *= np.float32(255.0 / peak)
+    del array
+    np.nan_to_num(scaled, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+    np.clip(scaled, 0, 255, out=scaled)
+    return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
 
 
 def _corrupt(where: str | None, exc: BaseException) -> DecodeError:
@@ -79,10 +156,8 @@ def _corrupt(where: str | None, exc: BaseException) -> DecodeError:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB; transparent pixels are composited over white."""
     mode = image.mode
-    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if mode.startswith("I") and array.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
+    if mode in _HIGH_DEPTH:
+        image = high_depth_to_gray(image, 1)
         mode = "L"
     if mode == "P" or mode == "PA":
         image = image.convert("RGBA")
@@ -134,12 +209,13 @@ class ImageDecoder:
     def __init__(self, *, size: int, config: DecodeConfig | None = None) -> None:
         self.size = size
         self.config = config or DecodeConfig()
+        self.budget = PixelBudget(self.config.max_concurrent_pixels)
         workers = self.config.workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers > 1 else None
 
     def _decode_one(self, data: bytes) -> torch.Tensor | DecodeError:
         try:
-            return decode_image(data, size=self.size, config=self.config)
+            return decode_image(data, size=self.size, config=self.config, budget=self.budget)
         except DecodeError as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - a codec bug must not take the batch down; it is reported per input

@@ -49,6 +49,7 @@ from cola_moderation.operators.config import DecodeConfig
 from cola_moderation.operators.decode import DecodedBatch, ImageDecoder
 from cola_moderation.operators.errors import DecodeError
 from cola_moderation.pipeline.config import PipelineConfig
+from cola_moderation.pipeline.preflight import check_output_directory
 from cola_moderation.pipeline.ray_runtime import check_worker_resources, init_ray, quiet_ray_console
 from cola_moderation.pipeline.records import OutputRecord, OutputSerializer
 from cola_moderation.pipeline.summary import RunSummary
@@ -216,7 +217,7 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
     from tqdm import tqdm
 
     files = expand_inputs(inputs)
-    output = Path(output)
+    output = check_output_directory(output)  # one-line error before Ray starts
     sink = ParquetSink(output, OutputSerializer(), config.parquet)
     done = completed_keys(output)
     geometry = load_geometry(config.model)

@@ -90,8 +90,11 @@ def load_config(path: str | Path) -> PipelineConfig:
     file = config_path(path)
     try:
         text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {file} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start})") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config {file}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read config {file}: {exc.strerror or exc}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

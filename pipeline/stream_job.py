@@ -143,8 +143,12 @@ def run_stream_job(config: PipelineConfig, *, bootstrap_servers: str | None = No
                    stop_event: threading.Event | None = None) -> RunSummary:
     """Deploy the moderation service, run ``stream.consumers`` consumer actors until a stop condition, and return
     what they wrote. SIGINT/SIGTERM (or ``stop_event``) stop the consumers gracefully."""
+    from cola_moderation.pipeline.preflight import check_broker, check_model
     from cola_moderation.pipeline.ray_runtime import check_worker_resources, init_ray
 
+    # one-line errors within seconds, before Ray and the replicas start
+    check_broker(bootstrap_servers or config.kafka.bootstrap_servers)
+    check_model(config.model)
     init_ray(config.ray, address=address)  # before importing ray/serve: Ray reads its environment at import
     import ray
 

@@ -17,9 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cola_moderation.pipeline.preflight import check_output_directory
+
+    config = load_config(args.config)  # config and output mistakes: one line, before the heavy imports
+    check_output_directory(args.output)
     from cola_moderation.pipeline.batch_job import run_batch_job
 
-    config = load_config(args.config)
     summary = run_batch_job(config, inputs=args.input, output=args.output, address=args.address)
     print(json.dumps(summary.as_dict()) if args.json else summary.table(f"cola batch -> {args.output}"))
     return 0

@@ -24,10 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cola_moderation.pipeline.preflight import check_model
+
+    config = load_config(args.config)
+    check_model(config.model)  # a missing model is one line before Ray starts
     from cola_moderation.pipeline.ray_runtime import init_ray
     from cola_moderation.pipeline.serve_app import deploy_moderation, shutdown_moderation, uses_private_cluster
 
-    config = load_config(args.config)
     host = args.host or config.serve.host
     port = args.port or config.serve.port
     stop = threading.Event()

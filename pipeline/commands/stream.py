@@ -33,9 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cola_moderation.pipeline.stream_job import run_stream_job
+    from cola_moderation.pipeline.preflight import check_broker
 
     config = load_config(args.config)
+    check_broker(args.bootstrap or config.kafka.bootstrap_servers)  # one line before Ray and the model load
+    from cola_moderation.pipeline.stream_job import run_stream_job
+
     summary = run_stream_job(config, bootstrap_servers=args.bootstrap, max_records=args.max_records,
                              idle_timeout_s=args.idle_timeout, address=args.address)
     print(json.dumps(summary.as_dict()) if args.json else summary.table("cola stream"))

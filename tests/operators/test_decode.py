@@ -88,7 +88,7 @@ def test_jpeg_draft_mode_decodes_at_reduced_scale() -> None:
     data = encode(gradient(2048, 1536), "JPEG")
     drafted = open_image(data, size=224, config=DecodeConfig(draft=True))
     full = open_image(data, size=224, config=DecodeConfig(draft=False))
-    assert full.size == (2048, 1536)
+    assert full.size == (1024, 768)  # without draft: box-reduced by 1536 // (224 * 3) = 2 right after decoding
     assert drafted.size == (512, 384)  # 1/4 scale keeps the short side >= 224
     torch.testing.assert_close(
         decode_image(data, size=224, config=DecodeConfig(draft=True)),
@@ -158,3 +158,51 @@ def test_decoder_batch_keeps_positions_and_errors() -> None:
     assert sorted(batch.errors) == [1, 3]
     assert "empty" in str(batch.errors[1])
     torch.testing.assert_close(batch.pixels[0], decode_image(good, size=32))
+
+
+def test_large_16_bit_and_float_images_are_reduced_early_without_float64() -> None:
+    from cola_moderation.operators.decode import high_depth_to_gray, reduce_early
+
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 65535, (700, 900), dtype=np.uint16)
+    image = Image.open(io.BytesIO(encode(Image.fromarray(wide), "PNG")))
+    image.load()
+    reduced = reduce_early(image, 32)  # 700 // 96 = 7
+    assert reduced.mode == "L" and reduced.size == (900 // 7, 700 // 7)
+    blocks = wide[:700 // 7 * 7, :900 // 7 * 7].astype(np.float64).reshape(100, 7, 128, 7).mean(axis=(1, 3))
+    expected = np.clip(np.round(blocks * 255 / 65535), 0, 255)
+    np.testing.assert_allclose(np.asarray(reduced, dtype=np.float64), expected, atol=1)
+    # the old full-resolution float64 path and the new one agree on the final tensor
+    old = np.clip(wide.astype(np.float64) * (255 / 65535), 0, 255).astype(np.uint8)
+    want = decode_image(encode(Image.fromarray(old), "PNG"), size=32)
+    got = decode_image(encode(Image.fromarray(wide), "PNG"), size=32)
+    torch.testing.assert_close(got, want, atol=0.03, rtol=0)
+    # float images: 0..255, NaN/inf do not poison the result
+    floats = np.full((40, 40), 128.0, dtype=np.float32)
+    floats[0, 0], floats[0, 1] = np.nan, np.inf
+    gray = high_depth_to_gray(Image.fromarray(floats, mode="F"), 1)
+    assert np.asarray(gray)[5, 5] == 128 and np.asarray(gray)[0, 0] == 0 and np.asarray(gray)[0, 1] == 255
+
+
+def test_pixel_budget_serialises_large_images() -> None:
+    import threading
+    import time
+
+    from cola_moderation.operators.decode import PixelBudget
+
+    budget = PixelBudget(100)
+    peak = []
+    lock = threading.Lock()
+
+    def work(pixels: int) -> None:
+        with budget.hold(pixels):
+            with lock:
+                peak.append(budget.in_use)
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in (60, 60, 60, 30, 150, 10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert max(peak) <= 150 and all(p <= 100 for p in peak if p != 150) and budget.in_use == 0
