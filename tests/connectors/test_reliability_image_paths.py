@@ -17,6 +17,7 @@ from cola_moderation.connectors.config import ParquetConfig
 from cola_moderation.connectors.parquet_sink import ParquetSink
 from cola_moderation.connectors.parquet_source import ParquetSource
 from cola_moderation.connectors.records import Batch
+from tests.connectors.jobs import SERIALIZER
 
 SECRET = b"TOP-SECRET-7f3a9c-do-not-leak\n"
 
@@ -109,7 +110,7 @@ def test_refused_image_paths_leak_no_bytes(tmp_path: Path, monkeypatch: pytest.M
     assert {d.record.payload for d in batch.dead_letters} == {c.encode() for c in cells[1:]}
 
     output = tmp_path / "out"
-    sink = ParquetSink(output, config)
+    sink = ParquetSink(output, SERIALIZER, config)
     for dead in batch.dead_letters:
         sink.add_dead_letter(dead)
     sink.flush(batch)
