@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -25,12 +28,15 @@ def produce(bootstrap: str, topic: str, messages: Sequence[Message], *,
         producer.close()
 
 
-def read_topic(bootstrap: str, topic: str, *, expect: int, timeout_s: float = 60.0, idle_s: float = 1.0) -> list[Any]:
+def read_topic(bootstrap: str, topic: str, *, expect: int, timeout_s: float = 60.0, idle_s: float = 1.0,
+               isolation_level: str = "read_uncommitted") -> list[Any]:
     """All messages of ``topic`` from the start (partitions assigned directly: no consumer group, no join wait):
     read until ``expect`` messages arrived and then ``idle_s`` passed without more (to catch duplicates), or
-    ``timeout_s``. (Tansu's end offsets are unreliable, so no seek_to_end.)"""
+    ``timeout_s``. (Tansu's end offsets are unreliable, so no seek_to_end.) ``isolation_level="read_committed"``
+    reads as a downstream consumer of the exactly-once stream must."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=None, auto_offset_reset="earliest",
-                             enable_auto_commit=False, fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20)
+                             enable_auto_commit=False, fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20,
+                             isolation_level=isolation_level)
     messages: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -50,3 +56,126 @@ def read_topic(bootstrap: str, topic: str, *, expect: int, timeout_s: float = 60
     finally:
         consumer.close()
     return messages
+
+
+@dataclass(frozen=True)
+class TransactionCheck:
+    """One observation of :func:`probe_transactions`: what was checked, whether the broker behaved as Kafka
+    specifies, and what was seen."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def probe_transactions(bootstrap: str, *, peer: bool = True, timeout_s: float = 3.0) -> list[TransactionCheck]:
+    """Exercise a broker's transaction support the way the exactly-once stream path uses it, on fresh topics:
+
+    * ``offsets_commit`` / ``offsets_abort``: ``send_offsets_to_transaction`` offsets become the group's committed
+      offset on commit and are discarded on abort;
+    * ``committed_visible``: committed transactional records are read with ``isolation_level=read_committed``;
+    * ``aborted_hidden`` (and ``aborted_hidden_peer``, confluent-kafka): records of an aborted transaction are not;
+    * ``open_hidden``: records of a transaction still open are not (the last stable offset holds them back);
+    * ``fenced_producer_rejected``: after a second producer with the same ``transactional_id`` initialised, the first
+      one's send / commit fails with ``ProducerFencedError`` and what it sends after fencing is not written;
+    * ``fenced_open_aborted``: the first producer's open transaction (written before fencing) is aborted, so
+      read_committed does not see it.
+    """
+    from kafka.errors import KafkaError
+    from kafka.structs import OffsetAndMetadata
+
+    from cola_moderation.connectors.kafka_admin import ensure_topics
+
+    tag = uuid.uuid4().hex[:8]
+    source, sink, group, txn_id = f"probe-in-{tag}", f"probe-out-{tag}", f"probe-g-{tag}", f"probe-tx-{tag}"
+    ensure_topics(bootstrap, {source: 1, sink: 1})
+    servers = bootstrap.split(",")
+    partition = TopicPartition(source, 0)
+    checks: list[TransactionCheck] = []
+
+    def check(name: str, ok: bool, detail: str) -> None:
+        checks.append(TransactionCheck(name, ok, detail))
+
+    def committed() -> int | None:
+        consumer = KafkaConsumer(bootstrap_servers=servers, group_id=group, enable_auto_commit=False)
+        try:
+            return consumer.committed(partition)  # type: ignore[no-any-return]
+        finally:
+            consumer.close()
+
+    def producer() -> KafkaProducer:
+        made = KafkaProducer(bootstrap_servers=servers, transactional_id=txn_id, acks="all", max_block_ms=10_000)
+        made.init_transactions()
+        return made
+
+    def read(isolation: str) -> list[bytes]:
+        return [m.value for m in read_topic(bootstrap, sink, expect=1 << 30, timeout_s=timeout_s, idle_s=timeout_s,
+                                            isolation_level=isolation)]
+
+    first = producer()
+    first.begin_transaction()
+    first.send(sink, b"committed-1")
+    first.send_offsets_to_transaction({partition: OffsetAndMetadata(5, "", -1)}, group)
+    first.commit_transaction()
+    check("offsets_commit", committed() == 5, f"committed offset after the commit: {committed()} (want 5)")
+    first.begin_transaction()
+    first.send(sink, b"aborted-1")
+    first.flush()
+    first.send_offsets_to_transaction({partition: OffsetAndMetadata(9, "", -1)}, group)
+    first.abort_transaction()
+    check("offsets_abort", committed() == 5, f"committed offset after the abort: {committed()} (want 5)")
+    first.begin_transaction()
+    first.send(sink, b"open-1")
+    first.flush()
+    seen = read("read_committed")
+    check("committed_visible", b"committed-1" in seen, f"read_committed saw {seen}")
+    check("aborted_hidden", b"aborted-1" not in seen, f"read_committed saw {seen}")
+    check("open_hidden", b"open-1" not in seen, f"read_committed saw {seen} while the transaction was open")
+
+    second = producer()  # same transactional_id: bumps the epoch and fences the first producer
+    try:
+        first.send(sink, b"zombie-1")
+        first.commit_transaction()
+        check("fenced_producer_rejected", False, "the fenced producer committed a transaction")
+    except KafkaError as exc:
+        check("fenced_producer_rejected", "Fenced" in str(exc) or "Fenced" in type(exc).__name__,
+              f"fenced producer's commit raised {type(exc).__name__}: {exc}")
+    second.begin_transaction()
+    second.send(sink, b"committed-2")
+    second.commit_transaction()
+    seen = read("read_committed")
+    check("fenced_writes_hidden", b"zombie-1" not in seen, f"read_committed saw {seen}")
+    check("fenced_open_aborted", b"open-1" not in seen and b"committed-2" in seen, f"read_committed saw {seen}")
+    for made in (first, second):
+        with contextlib.suppress(KafkaError):
+            made.close(timeout=2)
+    if peer:
+        try:
+            peer_seen = read_committed_peer(bootstrap, sink, timeout_s=timeout_s)
+        except ImportError:
+            pass
+        else:
+            check("aborted_hidden_peer", b"aborted-1" not in peer_seen and b"committed-2" in peer_seen,
+                  f"confluent-kafka (read_committed) saw {peer_seen}")
+    return checks
+
+
+def read_committed_peer(bootstrap: str, topic: str, *, timeout_s: float = 3.0) -> list[bytes]:
+    """Every value of partition 0 of ``topic`` as confluent-kafka (librdkafka) reads it with
+    ``isolation.level=read_committed``: the peer client's view of transactions. Raises ImportError without
+    confluent-kafka (``pip install 'cola-moderation[test]'``)."""
+    import confluent_kafka
+
+    consumer = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": f"peer-{uuid.uuid4().hex[:8]}",
+                                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    values: list[bytes] = []
+    try:
+        consumer.assign([confluent_kafka.TopicPartition(topic, 0, confluent_kafka.OFFSET_BEGINNING)])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is not None and message.error() is None:
+                values.append(message.value())
+    finally:
+        consumer.close()
+    return values

@@ -1,0 +1,42 @@
+"""Which parts of Kafka transactions a broker implements, as the exactly-once stream path uses them: transactional
+offset commits, read_committed filtering of aborted and open transactions, producer fencing. A minimal reproduction
+(kafka-python 3 transactional producer; kafka-python and confluent-kafka read_committed consumers) on fresh topics.
+
+    .venv/bin/python benchmarks/broker_transactions.py                   # the embedded broker (Tansu)
+    .venv/bin/python benchmarks/broker_transactions.py --bootstrap H:P   # any other Kafka
+
+Prints one line per check and exits 1 when any check fails. See docs/delivery.md for the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cola_moderation.connectors.broker import EmbeddedBroker, tansu_binary
+from cola_moderation.connectors.kafka_tools import probe_transactions
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bootstrap", help="an external broker (default: start the embedded Tansu broker)")
+    args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        if args.bootstrap:
+            bootstrap, broker = args.bootstrap, args.bootstrap
+        else:
+            bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
+            broker = f"embedded {tansu_binary()} on {bootstrap}"
+        print(f"broker: {broker}")
+        checks = probe_transactions(bootstrap)
+    for check in checks:
+        print(f"{'ok  ' if check.ok else 'FAIL'} {check.name:26s} {check.detail}")
+    return 0 if all(check.ok for check in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
