@@ -41,6 +41,17 @@ class KafkaConfig(Section):
     linger_ms: Annotated[int, Field(ge=0)] = 5
     request_timeout_ms: Annotated[int, Field(ge=1000)] = 30_000
     flush_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    """``at_least_once``: outputs are flushed (acks=all), then the input offsets committed; a crash re-delivers the
+    uncommitted batches. ``exactly_once``: each batch's outputs, quarantine and dead letters and its input offsets are
+    committed in one Kafka transaction, and the source reads with ``isolation_level=read_committed``; downstream
+    consumers must read with ``read_committed`` too (docs/delivery.md)."""
+    transactional_id_prefix: Annotated[str, Field(min_length=1)] | None = None
+    """``exactly_once``: each consumer's producer has ``transactional_id`` ``<prefix>.<consumer name>`` (default
+    prefix: ``group_id``), stable across restarts so a restarted consumer fences its predecessor."""
+    transaction_timeout_ms: Annotated[int, Field(ge=1000)] = 60_000
+    """``exactly_once``: the broker aborts a transaction left open this long (a consumer killed and not restarted
+    under the same name holds back read_committed readers of its partitions until then)."""
     client_options: dict[str, Any] = Field(default_factory=dict)
     """Passed untouched to both kafka-python clients (``security_protocol``, ``sasl_mechanism``,
     ``sasl_plain_username``, ``ssl_cafile``, ...). They override the settings above."""
@@ -52,7 +63,16 @@ class KafkaConfig(Section):
                              f"session_timeout_ms ({self.session_timeout_ms})")
         if len(set(self.input_topics) & {self.output_topic, self.quarantine_topic, self.dead_letter_topic}):
             raise ValueError("input_topics must not contain the output, quarantine or dead-letter topic")
+        if self.guarantee == "exactly_once":
+            owned = sorted(set(self.client_options) & _EXACTLY_ONCE_OWNED)
+            if owned:
+                raise ValueError(f"client_options {owned} conflict with guarantee: exactly_once, which sets them "
+                                 "(use transactional_id_prefix / transaction_timeout_ms)")
         return self
+
+
+_EXACTLY_ONCE_OWNED = {"transactional_id", "transaction_timeout_ms", "isolation_level", "enable_idempotence",
+                       "enable_auto_commit", "acks"}
 
 
 class ParquetConfig(Section):

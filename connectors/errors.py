@@ -24,3 +24,14 @@ class BrokerError(ColaError, RuntimeError):
     """The embedded broker could not be found, started or reached."""
 
     stage = "setup"
+
+
+class TransactionAbortedError(SinkWriteError):
+    """``exactly_once``: a batch's transaction was aborted (a write failed, or the batch went stale in a rebalance or
+    an earlier abort). None of its outputs or offsets are committed and the source was rewound to the committed
+    offsets: drop the batches in flight and poll again."""
+
+
+class TransactionFencedError(SinkWriteError):
+    """``exactly_once``: another producer with this consumer's ``transactional_id`` started (a restarted or duplicate
+    consumer), so this one is a zombie: nothing it writes becomes visible. Stop the consumer."""

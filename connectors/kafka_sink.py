@@ -19,6 +19,7 @@ oversized upload cannot block the stream.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from kafka import KafkaProducer
@@ -55,7 +56,7 @@ class KafkaSink(Sink):
     """Write routed records to Kafka. Not thread-safe."""
 
     def __init__(self, config: KafkaConfig, serializer: RecordSerializer, *, bootstrap_servers: str | None = None,
-                 client_id: str = "cola-sink") -> None:
+                 client_id: str = "cola-sink", producer_options: Mapping[str, Any] | None = None) -> None:
         self.config = config
         self.serializer = serializer
         self._headers = list(serializer.headers)
@@ -66,8 +67,9 @@ class KafkaSink(Sink):
             "client_id": client_id, "acks": "all", "retries": config.producer_retries,
             "max_request_size": config.max_request_size, "linger_ms": config.linger_ms,
             "request_timeout_ms": config.request_timeout_ms,
-            **config.client_options,
+            **config.client_options, **(producer_options or {}),
         }
+        self._producer_options = options
         self._producer = KafkaProducer(**options)
         self._futures: list[Any] = []
         self._errors: list[str] = []

@@ -12,6 +12,10 @@
   partitions still being collected are dropped, and in-flight batches are not committed for partitions this member
   lost (their new owner re-reads them: at-least-once).
 * :meth:`pause` / :meth:`resume` pause all assigned partitions (backpressure) while the group session stays alive.
+* ``guarantee: exactly_once``: the consumer reads with ``isolation_level=read_committed`` and never commits offsets
+  itself: :class:`~cola_moderation.connectors.kafka_transactions.TransactionalKafkaSink` commits
+  :meth:`transaction_offsets` inside the batch's transaction, and :meth:`commit` only records them. After an aborted
+  transaction, :meth:`rewind` seeks back to the committed offsets; batches polled before it are stale.
 """
 
 from __future__ import annotations
@@ -110,11 +114,15 @@ class KafkaSource(Source):
             "max_partition_fetch_bytes": config.max_partition_fetch_bytes,
             "max_poll_records": config.max_batch_records, **config.client_options,
         }
+        self.exactly_once = config.guarantee == "exactly_once"
+        if self.exactly_once:
+            options["isolation_level"] = "read_committed"
         self._consumer = KafkaConsumer(**options)
         self._epoch = 0
         self._epochs: dict[Any, int] = {}  # assigned partition -> epoch of its assignment
         self._revoked_while_polling: set[Any] = set()
         self._acked: dict[Any, int] = {}  # acknowledged, not yet committed: partition -> next offset
+        self._committed: dict[Any, int] = {}  # exactly_once: committed in a transaction by this member
         self._paused = False
         self._consumer.subscribe(list(config.input_topics), listener=_Listener(self))
 
@@ -127,6 +135,7 @@ class KafkaSource(Source):
         for tp in revoked:
             self._epochs.pop(tp, None)
             self._acked.pop(tp, None)
+            self._committed.pop(tp, None)
         self._revoked_while_polling |= revoked
         log.info("partitions revoked: %s", sorted(map(str, revoked)))
 
@@ -168,6 +177,10 @@ class KafkaSource(Source):
 
     def commit(self, batch: Batch) -> None:
         positions: Positions = batch.position or {}
+        if self.exactly_once:  # the sink committed the offsets in the batch's transaction
+            for tp, (_epoch, offset) in positions.items():
+                self._committed[tp] = offset
+            return
         for tp, (epoch, offset) in positions.items():
             if self._epochs.get(tp) != epoch:
                 log.warning("not committing %s up to %d: the partition was reassigned since the batch was polled; "
@@ -184,6 +197,37 @@ class KafkaSource(Source):
             log.warning("offset commit (%s) failed, will retry: %s", reason, exc)
             return False
         return True
+
+    # -- exactly_once --
+    def transaction_offsets(self, batch: Batch) -> dict[Any, OffsetAndMetadata] | None:
+        """The input offsets to commit in ``batch``'s transaction, or ``None`` when the batch is stale: one of its
+        partitions was revoked, reassigned or rewound since it was polled (its records are read again)."""
+        positions: Positions = batch.position or {}
+        if any(self._epochs.get(tp) != epoch for tp, (epoch, _offset) in positions.items()):
+            return None
+        return {tp: OffsetAndMetadata(offset, "", -1) for tp, (_epoch, offset) in positions.items()}
+
+    def group_metadata(self) -> Any:
+        """This member's group metadata (group id, generation, member id) for ``send_offsets_to_transaction``: a
+        broker with KIP-447 rejects the offsets of a member that lost its generation in a rebalance."""
+        return self._consumer.group_metadata()
+
+    def rewind(self) -> None:
+        """After an aborted transaction: seek every assigned partition back to its committed offset and mark the
+        batches polled so far stale (:meth:`transaction_offsets` returns ``None`` for them)."""
+        self._epoch += 1
+        for tp in list(self._epochs):
+            self._epochs[tp] = self._epoch
+            offset = self._committed.get(tp)
+            if offset is None:
+                offset = self._consumer.committed(tp)  # read_committed: waits for pending transactional offsets
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+            elif self.config.auto_offset_reset == "earliest":
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek_to_end(tp)
+        log.info("rewound %d partitions to their committed offsets", len(self._epochs))
 
     def pause(self) -> None:
         self._paused = True

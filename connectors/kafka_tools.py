@@ -99,7 +99,7 @@ def probe_transactions(bootstrap: str, *, peer: bool = True, timeout_s: float = 
     def committed() -> int | None:
         consumer = KafkaConsumer(bootstrap_servers=servers, group_id=group, enable_auto_commit=False)
         try:
-            return consumer.committed(partition)  # type: ignore[no-any-return]
+            return consumer.committed(partition)
         finally:
             consumer.close()
 
@@ -151,7 +151,7 @@ def probe_transactions(bootstrap: str, *, peer: bool = True, timeout_s: float = 
             made.close(timeout=2)
     if peer:
         try:
-            peer_seen = read_committed_peer(bootstrap, sink, timeout_s=timeout_s)
+            peer_seen = [m.value() for m in read_committed_peer(bootstrap, sink, timeout_s=timeout_s)]
         except ImportError:
             pass
         else:
@@ -160,22 +160,31 @@ def probe_transactions(bootstrap: str, *, peer: bool = True, timeout_s: float = 
     return checks
 
 
-def read_committed_peer(bootstrap: str, topic: str, *, timeout_s: float = 3.0) -> list[bytes]:
-    """Every value of partition 0 of ``topic`` as confluent-kafka (librdkafka) reads it with
-    ``isolation.level=read_committed``: the peer client's view of transactions. Raises ImportError without
-    confluent-kafka (``pip install 'cola-moderation[test]'``)."""
+def read_committed_peer(bootstrap: str, topic: str, *, expect: int = 0, timeout_s: float = 3.0,
+                        idle_s: float = 1.0) -> list[Any]:
+    """Every message of ``topic`` (all partitions, from the start) as confluent-kafka (librdkafka) reads it with
+    ``isolation.level=read_committed``: the peer client's view of transactions. Reads until ``expect`` messages
+    arrived and ``idle_s`` passed without more, or ``timeout_s``. Returns confluent-kafka ``Message`` objects.
+    Raises ImportError without confluent-kafka (``pip install 'cola-moderation[test]'``)."""
     import confluent_kafka
 
     consumer = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": f"peer-{uuid.uuid4().hex[:8]}",
-                                         "enable.auto.commit": False, "isolation.level": "read_committed"})
-    values: list[bytes] = []
+                                         "enable.auto.commit": False, "isolation.level": "read_committed",
+                                         "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 16 << 20})
+    messages: list[Any] = []
     try:
-        consumer.assign([confluent_kafka.TopicPartition(topic, 0, confluent_kafka.OFFSET_BEGINNING)])
+        partitions = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+        consumer.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
+                         for p in sorted(partitions)])
         deadline = time.monotonic() + timeout_s
+        last = time.monotonic()
         while time.monotonic() < deadline:
-            message = consumer.poll(0.2)
+            message = consumer.poll(0.1)
             if message is not None and message.error() is None:
-                values.append(message.value())
+                messages.append(message)
+                last = time.monotonic()
+            if expect and len(messages) >= expect and time.monotonic() - last > idle_s:
+                break
     finally:
         consumer.close()
-    return values
+    return messages

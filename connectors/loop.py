@@ -18,11 +18,14 @@ whose processing failed.
 Stopping: ``stop(state)`` is asked before every poll; once it says so, or the source is exhausted (``poll`` returns
 ``None``), the batches in flight are finished, written and committed, and :meth:`DeliveryLoop.run` returns. An
 exception (sink write failure, processing failure) leaves the batches not yet committed uncommitted: a restart
-re-delivers them (at-least-once).
+re-delivers them (at-least-once). The one exception the loop handles is
+:class:`~cola_moderation.connectors.errors.TransactionAbortedError` (exactly_once): the source was rewound, so the
+batches in flight are dropped and their records polled again.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -30,7 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cola_moderation.connectors.base import Sink, Source
+from cola_moderation.connectors.errors import TransactionAbortedError
 from cola_moderation.connectors.records import Batch, Outcome
+
+log = logging.getLogger(__name__)
 
 
 class Pending(Protocol):
@@ -76,6 +82,8 @@ class LoopState:
     """``time.monotonic()`` of the last poll that returned inputs (or of the start)."""
     first_input: float | None = None
     last_commit: float | None = None
+    aborted_batches: int = 0
+    """exactly_once: batches dropped after an aborted transaction (their records were polled again)."""
 
     @property
     def pending_inputs(self) -> int:
@@ -126,12 +134,23 @@ class DeliveryLoop:
                 in_flight.append(InFlight(batch, self.submit(batch) if batch.records else Done(())))
             # write finished batches in poll order; wait for the oldest when the window is full
             while in_flight and (len(in_flight) >= self.max_in_flight or in_flight[0].pending.ready()):
-                self.write(in_flight[0])
-                in_flight.popleft()
+                self.write_oldest()
         while in_flight:  # stopping: finish what was submitted, commit what was written
-            self.write(in_flight[0])
-            in_flight.popleft()
+            self.write_oldest()
         return state
+
+    def write_oldest(self) -> None:
+        """Write and commit the oldest batch in flight. If its transaction was aborted (exactly_once), the source
+        has been rewound to the committed offsets: every batch in flight is dropped and polled again."""
+        in_flight = self.state.in_flight
+        try:
+            self.write(in_flight[0])
+        except TransactionAbortedError as exc:
+            log.warning("%s; dropping %d batches in flight, they are polled again", exc, len(in_flight))
+            self.state.aborted_batches += len(in_flight)
+            in_flight.clear()
+            return
+        in_flight.popleft()
 
     def outcomes(self, item: InFlight) -> Sequence[Outcome]:
         """Wait for ``item``'s outcomes (one per record, in order); raises what processing raised."""

@@ -31,11 +31,32 @@ def tiny_backbone(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     return ClipBackbone.load(ModelConfig(path=str(tiny_model_dir), device="cpu"))
 
 
+class ExternalBroker:
+    """A Kafka cluster the tests did not start: ``COLA_TEST_BOOTSTRAP=host:port[,host:port]``."""
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+
+
 @pytest.fixture(scope="session")
 def kafka_broker():  # type: ignore[no-untyped-def]
     """An embedded Tansu broker on a free 127.0.0.1 port for the whole session (memory storage); tests use their
-    own topic names and consumer groups."""
+    own topic names and consumer groups. ``COLA_TEST_BOOTSTRAP=host:port`` runs the Kafka tests against that broker
+    instead (e.g. an Apache Kafka, for the transaction features Tansu lacks; see docs/delivery.md)."""
+    external = os.environ.get("COLA_TEST_BOOTSTRAP")
+    if external:
+        yield ExternalBroker(external)
+        return
     from cola_moderation.connectors.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def broker_transactions(kafka_broker):  # type: ignore[no-untyped-def]
+    """The transaction checks of :func:`~cola_moderation.connectors.kafka_tools.probe_transactions` that the test
+    broker fails (empty when it implements Kafka transactions fully), probed once per session."""
+    from cola_moderation.connectors.kafka_tools import probe_transactions
+
+    return [check for check in probe_transactions(kafka_broker.bootstrap_servers, timeout_s=1.5) if not check.ok]

@@ -13,9 +13,11 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cola_moderation.connectors.base import Sink, Source
 from cola_moderation.connectors.loop import DeliveryLoop, Done, LoopState
@@ -77,8 +79,10 @@ def drain(source: Source, sink: Sink, *, run: int = 0, idle_exit_s: float = 3.0,
             return
         offsets = {f"{tp.topic}:{tp.partition}": off for tp, (_epoch, off) in (batch.position or {}).items()} \
             if isinstance(batch.position, dict) else {}
-        with open(commit_log, "a") as log:
-            log.write(json.dumps({"run": run, "key": batch.key, "offsets": offsets, "inputs": len(batch)}) + "\n")
+        entry = {"run": run, "key": batch.key, "offsets": offsets, "inputs": len(batch),
+                 "ids": [r.id for r in batch.records] + [d.record.id for d in batch.dead_letters]}
+        with _COMMIT_LOG_LOCK, open(commit_log, "a") as log:
+            log.write(json.dumps(entry) + "\n")
             log.flush()
             os.fsync(log.fileno())
 
@@ -93,6 +97,35 @@ def drain(source: Source, sink: Sink, *, run: int = 0, idle_exit_s: float = 3.0,
     return loop.run(stop).committed_inputs
 
 
+_COMMIT_LOG_LOCK = threading.Lock()
+
+
+def drain_kafka(config: Any, *, bootstrap: str | None, consumers: int, **options: Any) -> int:
+    """``consumers`` group members (a thread, source and sink each; with exactly_once, transactional ids
+    ``<group>.consumer-<i>``) drain the input topics; returns the inputs they committed."""
+    from cola_moderation.connectors.kafka_transactions import open_kafka
+
+    done = [0] * consumers
+    errors: list[BaseException] = []
+
+    def member(index: int) -> None:
+        try:
+            source, sink = open_kafka(config, SERIALIZER, bootstrap_servers=bootstrap, member=f"consumer-{index}")
+            with source, sink:
+                done[index] = drain(source, sink, **options)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=member, args=(i,), name=f"consumer-{i}") for i in range(consumers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return sum(done)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("kind", choices=["kafka", "parquet"])
@@ -104,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-exit", type=float, default=3.0)
     parser.add_argument("--sleep-per-batch", type=float, default=0.0)
     parser.add_argument("--commit-log", type=Path)
+    parser.add_argument("--consumers", type=int, default=1, help="kafka: group members, one thread each")
     args = parser.parse_args(argv)
+    options = {"run": args.run, "idle_exit_s": args.idle_exit, "sleep_per_batch_s": args.sleep_per_batch,
+               "commit_log": args.commit_log}
     source: Source
     sink: Sink
     if args.kind == "kafka":
@@ -113,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         from cola_moderation.connectors.kafka_source import KafkaSource
 
         kafka = KafkaConfig.model_validate(json.loads(args.config))
+        if args.consumers > 1 or kafka.guarantee == "exactly_once":
+            done = drain_kafka(kafka, bootstrap=args.bootstrap, consumers=args.consumers, **options)
+            print(json.dumps({"committed_inputs": done, "skipped_batches": 0}), flush=True)
+            return 0
         source = KafkaSource(kafka, bootstrap_servers=args.bootstrap)
         sink = KafkaSink(kafka, SERIALIZER, bootstrap_servers=args.bootstrap)
     else:
@@ -124,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         parquet_sink = ParquetSink(args.output, SERIALIZER, parquet)
         source, sink = ParquetSource(args.input, parquet, skip=parquet_sink.is_complete), parquet_sink
     with source, sink:
-        done = drain(source, sink, run=args.run, idle_exit_s=args.idle_exit, sleep_per_batch_s=args.sleep_per_batch,
-                     commit_log=args.commit_log)
+        done = drain(source, sink, **options)
     skipped = getattr(source, "skipped_batches", 0)
     print(json.dumps({"committed_inputs": done, "skipped_batches": skipped}), flush=True)
     return 0

@@ -13,6 +13,7 @@ def test_defaults() -> None:
     assert (kafka.session_timeout_ms, kafka.heartbeat_interval_ms) == (6000, 1500)
     assert kafka.max_request_size >= 5 * 1024 * 1024 and kafka.max_partition_fetch_bytes >= 5 * 1024 * 1024
     assert ParquetConfig().id_column == "id" and ParquetConfig().image_column == "image"
+    assert kafka.guarantee == "at_least_once"  # exactly_once is opt-in: it costs throughput and needs read_committed
 
 
 def test_client_options_pass_through_untouched() -> None:
@@ -25,6 +26,10 @@ def test_client_options_pass_through_untouched() -> None:
     ({"input_topics": ["cola.output"]}, "must not contain the output"),
     ({"value_format": "avro"}, "value_format"),
     ({"bootstrap": "x"}, "bootstrap"),
+    ({"guarantee": "exactly-once"}, "guarantee"),
+    ({"guarantee": "exactly_once", "client_options": {"isolation_level": "read_uncommitted"}},
+     r"client_options \['isolation_level'\] conflict with guarantee: exactly_once"),
+    ({"transaction_timeout_ms": 10}, "transaction_timeout_ms"),
 ])
 def test_rejects(values: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
