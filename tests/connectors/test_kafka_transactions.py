@@ -242,7 +242,7 @@ def test_delivery_loop_drops_batches_in_flight_after_an_abort(kafka_broker, brok
         source.commit(batch)
 
     def stop(state: Any) -> bool:
-        return not state.in_flight and sum(committed.values()) >= 100 or time.monotonic() - state.started > 60
+        return (not state.in_flight and sum(committed.values()) >= 100) or time.monotonic() - state.started > 60
 
     with source, sink:
         loop = DeliveryLoop(source, sink, lambda b: Done([process(r, run=1) for r in b.records]), max_in_flight=4,
