@@ -62,6 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Library progress bars (weight loading, shard writing) are noise on a CLI whose stdout is JSON lines.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        # Serve's components (controller, replicas, handles in our actors) log INFO lines to stderr, which Ray forwards
+        # to ours; their log files under /tmp/ray keep them. Inherited by the processes of a private cluster.
+        os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI colour in the worker lines Ray forwards to a file/pipe
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return int(args.run(args))

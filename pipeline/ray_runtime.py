@@ -28,6 +28,10 @@ RAY_ENV_DEFAULTS = {
 }
 
 
+_private_cluster = False
+"""Whether :func:`init_ray` started a private (loopback, fixed-size) cluster in this process."""
+
+
 class ClusterResourceError(ColaError, RuntimeError):
     """The cluster cannot host the requested workers (Ray would otherwise wait forever)."""
 
@@ -49,7 +53,9 @@ def init_ray(config: RayConfig, *, address: str | None = None) -> dict[str, Any]
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray  # after the environment: Ray reads it at import
 
+    global _private_cluster
     if not ray.is_initialized():
+        _private_cluster = not target
         common: dict[str, Any] = {"namespace": config.namespace, "log_to_driver": True,
                                   "logging_level": logging.WARNING}
         if target:
@@ -88,6 +94,7 @@ def check_worker_resources(config: RayConfig, *, workers: int, max_workers: int 
     every CPU starves them and the job hangs. ``max_workers`` (what a pool or Serve may scale up to) is only
     warned about when the cluster is too small now: an autoscaling cluster grows when the workers are asked for.
     """
+    fixed_size = nodes is None and _private_cluster  # the live cluster, and it is a private one: it never grows
     nodes = node_resources() if nodes is None else nodes
     demand = {"CPU": config.worker_num_cpus, "GPU": config.worker_num_gpus, **config.worker_resources}
     demand = {key: value for key, value in demand.items() if value > 0}
@@ -121,9 +128,10 @@ def check_worker_resources(config: RayConfig, *, workers: int, max_workers: int 
         if reserve_cpus > 0 and config.worker_num_cpus * max_workers + reserve_cpus > total_cpu + 1e-9:
             short.append("CPU for the other tasks")
         if short:
-            log.warning("the cluster can host %d model workers now but is configured to scale to %d; the extra "
-                        "workers start only if the cluster grows (short of: %s)", workers, max_workers,
-                        ", ".join(short))
+            # A private cluster never grows: say so quietly (the configured maximum is an upper bound, not an error).
+            log.log(logging.INFO if fixed_size else logging.WARNING,
+                    "the cluster can host %d model workers now but is configured to scale to %d; the extra "
+                    "workers start only if the cluster grows (short of: %s)", workers, max_workers, ", ".join(short))
 
 
 def _fits(node: dict[str, float], demand: dict[str, float]) -> bool:
