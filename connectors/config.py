@@ -91,3 +91,8 @@ class ParquetConfig(Section):
     max_batch_bytes: Annotated[int, Field(ge=1)] = 64 * MiB
     """Rows per batch are lowered (from the file's row-group statistics) so a batch stays near this size."""
     compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = "zstd"
+    file_rows: Annotated[int, Field(ge=1)] = 1_000_000
+    """Output files are written once they hold this many rows (or ``file_bytes``), and at the end of the job."""
+    file_bytes: Annotated[int, Field(ge=1)] = 48 * MiB
+    """Target output file size, measured as Arrow data in memory before compression (dead letters carry their
+    image bytes, which do not compress; output rows compress several-fold)."""

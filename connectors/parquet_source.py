@@ -18,11 +18,11 @@ is a dead letter of stage ``source``.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import logging
 import re
 from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,48 +32,63 @@ import pyarrow.parquet as pq
 from cola_moderation.connectors.base import Source
 from cola_moderation.connectors.config import ParquetConfig
 from cola_moderation.connectors.errors import MalformedRecordError
+from cola_moderation.connectors.filesystem import Location, expand
 from cola_moderation.connectors.image_files import image_roots, read_image_file
 from cola_moderation.connectors.records import Batch, DeadLetter, FilePosition, InputRecord
 from cola_moderation.operators.config import DecodeConfig
-from cola_moderation.operators.errors import ConfigError
+from cola_moderation.operators.errors import ConfigError, error_fields
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_IMAGE_BYTES = DecodeConfig().max_bytes
 
 
-def expand_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Resolve files, directories and globs to a sorted, de-duplicated list of Parquet files."""
-    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    files: list[Path] = []
-    for item in items:
-        text = str(item)
-        if any(char in text for char in "*?["):
-            matches = [Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file()]
-        elif Path(text).is_dir():
-            matches = [p for p in Path(text).rglob("*.parquet")
-                       if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(text).parts)]
-        elif Path(text).is_file():
-            matches = [Path(text)]
-        else:
-            raise ConfigError(f"input {text!r}: no such file or directory")
-        if not matches:
-            raise ConfigError(f"input {text!r} matches no Parquet files")
-        files.extend(matches)
-    return sorted({path.resolve() for path in files})
+def expand_inputs(inputs: str | Path | Location | Sequence[str | Path | Location]) -> list[Location]:
+    """Resolve files, directories and globs (local, or ``pyarrow.fs`` URIs such as ``s3://bucket/prefix``) to a
+    sorted, de-duplicated list of Parquet files."""
+    return expand(inputs)
 
 
-def file_key(path: Path) -> str:
-    """Stable, file-name-safe name of an input file: its stem plus a hash of its absolute path."""
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
-    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', path.stem)[:60]}-{digest}"
+def file_key(file: Location) -> str:
+    """Stable, file-name-safe name of an input file: its stem plus a hash of its absolute path / URI."""
+    digest = hashlib.sha1(file.uri.encode()).hexdigest()[:10]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', file.stem)[:60]}-{digest}"
+
+
+def open_parquet(file: Location) -> pq.ParquetFile:
+    """A streaming reader of ``file`` (one row group's pages at a time)."""
+    source = file.path if file.local else file.filesystem.open_input_file(file.path)
+    return pq.ParquetFile(source, buffer_size=1 << 20, pre_buffer=False)
+
+
+ROW_FIELDS = pa.schema([
+    ("id", pa.string()), ("payload", pa.large_binary()), ("file", pa.string()), ("row", pa.int64()),
+    ("error_class", pa.string()), ("error_message", pa.string()), ("error_stage", pa.string()),
+])
+"""The columns of :class:`SourceTable.rows`: the input's id, image bytes (for a row that failed at the source: the
+cell's raw bytes), source position, and the source-stage error (null when the row was read)."""
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    """One batch as columns: ``rows`` (:data:`ROW_FIELDS`) and ``passthrough`` (the input's other columns, with
+    their Arrow types), row-aligned."""
+
+    key: str
+    rows: pa.Table
+    passthrough: pa.Table
+
+    def __len__(self) -> int:
+        return self.rows.num_rows
 
 
 class ParquetSource(Source):
-    """Finite source over Parquet files; :meth:`poll` returns ``None`` when every file is read."""
+    """Finite source over Parquet files; :meth:`poll` returns ``None`` when every file is read (:meth:`tables`
+    yields the same batches as columns)."""
 
-    def __init__(self, inputs: str | Path | Sequence[str | Path], config: ParquetConfig | None = None, *,
-                 skip: Callable[[str], bool] | None = None, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> None:
+    def __init__(self, inputs: str | Path | Location | Sequence[str | Path | Location],
+                 config: ParquetConfig | None = None, *, skip: Callable[[str], bool] | None = None,
+                 max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> None:
         """``max_image_bytes``: the largest image file a path cell may name (the pipeline passes
         ``decode.max_bytes``)."""
         self.config = config or ParquetConfig()
@@ -92,6 +107,22 @@ class ParquetSource(Source):
     def close(self) -> None:
         self._batches.close()
 
+    def passthrough_schema(self) -> pa.Schema:
+        """The passthrough columns of all inputs (unified; image and id columns left out)."""
+        schemas = []
+        for file in self.files:
+            parquet = open_parquet(file)
+            try:
+                schemas.append(parquet.schema_arrow)
+            finally:
+                parquet.close()
+        try:
+            schema = pa.unify_schemas(schemas, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ConfigError(f"the input files' columns have incompatible types: {exc}") from exc
+        drop = {self.config.image_column, self.config.id_column}
+        return pa.schema([f for f in schema if f.name not in drop]).remove_metadata()
+
     def rows_per_batch(self, parquet: pq.ParquetFile) -> int:
         """``batch_rows``, lowered so that the largest row group's average row size times it stays near
         ``max_batch_bytes``."""
@@ -105,28 +136,33 @@ class ParquetSource(Source):
         by_bytes = int(self.config.max_batch_bytes // widest) if widest else self.config.batch_rows
         return max(1, min(self.config.batch_rows, by_bytes))
 
-    def _iterate(self) -> Generator[Batch, None, None]:
-        for path in self.files:
-            parquet = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+    def tables(self) -> Iterator[SourceTable]:
+        """Every not-skipped batch of every input, as columns."""
+        for file in self.files:
+            parquet = open_parquet(file)
             try:
-                yield from self._file_batches(path, parquet)
+                yield from self._file_tables(file, parquet)
             finally:
                 parquet.close()
 
-    def _file_batches(self, path: Path, parquet: pq.ParquetFile) -> Iterator[Batch]:
+    def _iterate(self) -> Generator[Batch, None, None]:
+        for table in self.tables():
+            yield self._to_batch(table)
+
+    def _file_tables(self, file: Location, parquet: pq.ParquetFile) -> Iterator[SourceTable]:
         cfg = self.config
         schema = parquet.schema_arrow
         if cfg.image_column not in schema.names:
-            raise ConfigError(f"parquet.image_column: input {path} has no column {cfg.image_column!r} "
+            raise ConfigError(f"parquet.image_column: input {file} has no column {cfg.image_column!r} "
                               f"(columns: {schema.names})")
         image_type = schema.field(cfg.image_column).type
         if not (pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type)
                 or pa.types.is_fixed_size_binary(image_type) or pa.types.is_string(image_type)
                 or pa.types.is_large_string(image_type)):
-            raise ConfigError(f"parquet.image_column: column {cfg.image_column!r} of {path} must be binary (image "
+            raise ConfigError(f"parquet.image_column: column {cfg.image_column!r} of {file} must be binary (image "
                               f"bytes) or string (paths / file:// URIs), got {image_type}")
         rows = self.rows_per_batch(parquet)
-        name = file_key(path)
+        name = file_key(file)
         first_row = 0
         for group in range(parquet.num_row_groups):
             group_rows = parquet.metadata.row_group(group).num_rows
@@ -140,37 +176,68 @@ class ParquetSource(Source):
                 if self._skip is not None and self._skip(key):
                     self.skipped_batches += 1
                 else:
-                    yield self._to_batch(key, path, first_row, record_batch)
+                    yield self._to_table(key, file, first_row, record_batch)
                 first_row += record_batch.num_rows
 
-    def _to_batch(self, key: str, path: Path, first_row: int, table: pa.RecordBatch) -> Batch:
+    def _to_table(self, key: str, file: Location, first_row: int, batch: pa.RecordBatch) -> SourceTable:
         cfg = self.config
-        images = table.column(cfg.image_column).to_pylist()
-        has_id = cfg.id_column in table.schema.names
-        ids = table.column(cfg.id_column).to_pylist() if has_id else [None] * table.num_rows
-        passthrough = [c for c in table.schema.names if c not in (cfg.image_column, cfg.id_column)]
-        metadata = table.select(passthrough).to_pylist() if passthrough else [{} for _ in range(table.num_rows)]
+        n = batch.num_rows
+        image = batch.column(cfg.image_column)
+        rows = pa.array(range(first_row, first_row + n), pa.int64())
+        if cfg.id_column in batch.schema.names:
+            given = batch.column(cfg.id_column).cast(pa.string())
+            ids = [rid if rid is not None else f"{file.uri}:{first_row + i}" for i, rid in enumerate(given.to_pylist())]
+        else:
+            ids = [f"{file.uri}:{row}" for row in range(first_row, first_row + n)]
+        errors: list[MalformedRecordError | None] = [None] * n
+        if pa.types.is_string(image.type) or pa.types.is_large_string(image.type):  # paths: read the files
+            roots = image_roots(Path(file.path), cfg.image_roots) if file.local else ()
+            payload: list[bytes | None] = []
+            for i, cell in enumerate(image.to_pylist()):
+                try:
+                    payload.append(self._image_bytes(cell, file, roots, f"{file.uri}:{first_row + i}"))
+                except MalformedRecordError as exc:
+                    errors[i] = exc
+                    payload.append(cell.encode() if isinstance(cell, str) else b"")
+            payloads = pa.array(payload, pa.large_binary())
+        else:
+            payloads = image.cast(pa.large_binary())
+            if payloads.null_count:
+                for i in range(n):
+                    if not payloads[i].is_valid:
+                        errors[i] = MalformedRecordError(f"{file.uri}:{first_row + i}: image is null")
+                payloads = pa.array([b if b is not None else b"" for b in payloads.to_pylist()], pa.large_binary())
+        fields = [None if e is None else error_fields(e, stage="source") for e in errors]
+        table = pa.Table.from_arrays([
+            pa.array(ids, pa.string()), payloads, pa.array([file.uri] * n, pa.string()), rows,
+            pa.array([f and f["error.class"] for f in fields], pa.string()),
+            pa.array([f and f["error.message"] for f in fields], pa.string()),
+            pa.array([f and f["error.stage"] for f in fields], pa.string())], schema=ROW_FIELDS)
+        passthrough = [c for c in batch.schema.names if c not in (cfg.image_column, cfg.id_column)]
+        return SourceTable(key, table, pa.Table.from_batches([batch.select(passthrough)]))
+
+    def _to_batch(self, table: SourceTable) -> Batch:
+        columns = table.rows.to_pydict()
+        metadata = table.passthrough.to_pylist() if table.passthrough.num_columns else [{}] * len(table)
         records: list[InputRecord] = []
         dead: list[DeadLetter] = []
-        roots = image_roots(path, cfg.image_roots)
-        for offset, (image, record_id, meta) in enumerate(zip(images, ids, metadata, strict=True)):
-            position = FilePosition(str(path), first_row + offset)
-            rid = str(record_id) if record_id is not None else position.default_id()
-            try:
-                payload = self._image_bytes(image, path, roots, position)
-            except MalformedRecordError as exc:
-                raw = image.encode() if isinstance(image, str) else b""
-                dead.append(DeadLetter.from_exception(InputRecord(rid, raw, meta, position), exc))
-                continue
-            records.append(InputRecord(rid, payload, meta, position))
-        return Batch(key, tuple(records), tuple(dead), (str(path), first_row, table.num_rows))
+        for i, meta in enumerate(metadata):
+            record = InputRecord(columns["id"][i], columns["payload"][i], meta,
+                                 FilePosition(columns["file"][i], columns["row"][i]))
+            if columns["error_class"][i] is None:
+                records.append(record)
+            else:
+                dead.append(DeadLetter(record, columns["error_class"][i], columns["error_message"][i],
+                                       columns["error_stage"][i]))
+        first = columns["row"][0] if columns["row"] else 0
+        return Batch(table.key, tuple(records), tuple(dead), (columns["file"][0] if columns["file"] else "", first,
+                                                             len(table)))
 
-    def _image_bytes(self, value: Any, path: Path, roots: tuple[Path, ...], position: FilePosition) -> bytes:
+    def _image_bytes(self, value: Any, file: Location, roots: tuple[Path, ...], where: str) -> bytes:
         if value is None:
-            raise MalformedRecordError(f"{position.default_id()}: image is null")
-        if isinstance(value, bytes):
-            return value
-        return read_image_file(str(value), base=path.parent, roots=roots, max_bytes=self.max_image_bytes,
-                               where=position.default_id())
-
-
+            raise MalformedRecordError(f"{where}: image is null")
+        if not file.local:
+            raise MalformedRecordError(f"{where}: image location {value!r} refused (rule scheme): path-valued images "
+                                       f"need a local input file, {file.uri} is not")
+        return read_image_file(str(value), base=file.parent_dir(), roots=roots, max_bytes=self.max_image_bytes,
+                               where=where)

@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -182,10 +183,14 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+def to_array(image: Image.Image) -> np.ndarray:
+    """RGB PIL image -> ``[3, H, W]`` uint8 array (channels first, contiguous)."""
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> ``[3, H, W]`` float32 tensor in [0, 1]."""
-    array = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(to_array(image)).float().div_(255.0)
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,8 @@ class DecodedBatch:
     """Result of decoding a batch: the images that decoded, and an error for each one that did not."""
 
     pixels: torch.Tensor
-    """``[n_ok, 3, size, size]`` float32 in [0, 1]."""
+    """``[n_ok, 3, size, size]``: float32 in [0, 1], or uint8 in [0, 255] from ``decode(..., uint8=True)`` (4x
+    smaller to move between processes; the moderator scales it per model batch)."""
     indices: tuple[int, ...]
     """Position in the input sequence of each row of ``pixels``."""
     errors: dict[int, DecodeError] = field(default_factory=dict)
@@ -213,22 +219,26 @@ class ImageDecoder:
         workers = self.config.workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers > 1 else None
 
-    def _decode_one(self, data: bytes) -> torch.Tensor | DecodeError:
+    def _decode_one(self, data: bytes, uint8: bool = False) -> torch.Tensor | DecodeError:
         try:
-            return decode_image(data, size=self.size, config=self.config, budget=self.budget)
+            image = resize_center_crop(open_image(data, size=self.size, config=self.config, budget=self.budget),
+                                       self.size)
+            return torch.from_numpy(to_array(image)) if uint8 else to_tensor(image)
         except DecodeError as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - a codec bug must not take the batch down; it is reported per input
             return DecodeError(f"decoder failed: {type(exc).__name__}: {exc}")
 
-    def decode(self, items: Sequence[bytes]) -> DecodedBatch:
-        results = list(self._pool.map(self._decode_one, items)) if self._pool else [self._decode_one(b) for b in items]
+    def decode(self, items: Sequence[bytes], *, uint8: bool = False) -> DecodedBatch:
+        """Decode ``items``; ``uint8=True`` keeps the pixels as bytes (``[0, 255]``) instead of floats."""
+        one = partial(self._decode_one, uint8=uint8)
+        results = list(self._pool.map(one, items)) if self._pool else [one(b) for b in items]
         tensors = {i: r for i, r in enumerate(results) if isinstance(r, torch.Tensor)}
         errors = {i: r for i, r in enumerate(results) if isinstance(r, DecodeError)}
         if tensors:
             pixels = torch.stack(list(tensors.values()))
         else:
-            pixels = torch.empty((0, 3, self.size, self.size))
+            pixels = torch.empty((0, 3, self.size, self.size), dtype=torch.uint8 if uint8 else torch.float32)
         return DecodedBatch(pixels=pixels, indices=tuple(tensors), errors=errors)
 
     def close(self) -> None:

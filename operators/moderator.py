@@ -210,9 +210,13 @@ class Moderator:
                             suspected=self.detector.flag(adversarial), cola_applied=escalate)
 
     def classify_pixels(self, pixels: torch.Tensor) -> list[Moderation]:
+        """Moderate ``[N, 3, S, S]`` pixels: float in [0, 1], or uint8 (scaled here, one model batch at a time)."""
         results: list[Moderation] = []
         for start in range(0, pixels.shape[0], self.batch_size):
-            verdict = self.verdict(pixels[start : start + self.batch_size])
+            chunk = pixels[start : start + self.batch_size]
+            if chunk.dtype == torch.uint8:
+                chunk = chunk.float().div_(255.0)
+            verdict = self.verdict(chunk)
             rows = zip(verdict.scores.top_k(self.taxonomy.top_k), verdict.adversarial_scores.tolist(),
                        verdict.suspected.tolist(), verdict.cola_applied.tolist(), strict=True)
             for topk, adversarial, suspected, applied in rows:

@@ -1,23 +1,26 @@
-"""``cola batch``: Parquet in -> Parquet out on Ray Data, resumable.
+"""``cola batch``: Parquet in -> Parquet out on Ray Data, resumable. Input and output may be local paths or
+``pyarrow.fs`` URIs (``s3://...``, ``gs://...``).
 
-Stages (a streaming Ray Data pipeline)::
+Stages (a streaming Ray Data pipeline; every batch between stages is an Arrow table)::
 
-    input files --read (tasks)--> rows --decode (CPU tasks)--> pixels --model (actor pool)--> routed rows --> driver
-                                                                                        ParquetSink (part files)
+    input files --read (tasks)--> rows --decode (CPU tasks)--> uint8 pixels --model (actor pool)--> routed rows
+                                                                                --> driver --> ParquetSink (dataset)
 
-* read: each task streams one input file through :class:`~cola_moderation.connectors.parquet_source.ParquetSource`, so
-  ids
-  (``id`` column or ``file:row``), image paths and passthrough columns behave exactly as in the connector, and
-  batches the output directory already holds are skipped (resume).
-* decode: :class:`~cola_moderation.operators.decode.ImageDecoder` in CPU tasks (``ray.decode_num_cpus`` each); pixels
-  travel as
-  uint8, failures as messages.
+* read: each task streams one input file through
+  :meth:`~cola_moderation.connectors.parquet_source.ParquetSource.tables`, so ids (``id`` column or ``file:row``),
+  image paths and source-stage dead letters behave exactly as in the connector, and batches the output already holds
+  are skipped (resume). Columns: :data:`~cola_moderation.connectors.parquet_source.ROW_FIELDS`, ``key``,
+  ``batch_total``, and the passthrough columns (prefix :data:`PASSTHROUGH`) with their input Arrow types, cast to one
+  schema across the input files.
+* decode: :class:`~cola_moderation.operators.decode.ImageDecoder` in CPU tasks (``ray.decode_num_cpus`` each) adds
+  ``pixels`` (uint8 ``[3, size, size]`` tensors) and ``decode_error``; the image bytes of a row that decoded are
+  dropped here (kept only for dead letters).
 * model: :class:`~cola_moderation.pipeline.worker.ModerationWorker` in an actor pool (``ray.actor_pool_min..max``
-  actors, each
-  reserving ``ray.worker_num_cpus`` / ``ray.worker_num_gpus`` / ``ray.worker_resources``).
-* write: the driver gathers the rows of each source batch and hands them to :class:`ParquetSink`, which writes the
-  batch's part files atomically. A batch is written only when all its rows arrived, so a killed job leaves whole
-  batches or nothing, and a rerun redoes only the missing ones.
+  actors, each reserving ``ray.worker_num_cpus`` / ``ray.worker_num_gpus`` / ``ray.worker_resources``) turns the
+  pixels into the output record's Arrow columns (one outcome per row, in order); pixels become floats only there.
+* write: the driver gathers the rows of each source batch and hands the complete batch to :class:`ParquetSink`
+  (one hive-partitioned dataset, files sized by ``parquet.file_rows`` / ``parquet.file_bytes``). A killed job leaves
+  whole rolls of batches or nothing, and a rerun redoes only the missing batches.
 
 Ray Data's ``read_parquet`` is not used for the read stage because it exposes neither row positions (needed for the
 ``file:row`` ids and sources of the record schema) nor stable batch boundaries (needed for resume).
@@ -25,7 +28,6 @@ Ray Data's ``read_parquet`` is not used for the read stage because it exposes ne
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
@@ -37,13 +39,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 import torch
 
 from cola_moderation.connectors.config import ParquetConfig
-from cola_moderation.connectors.parquet_sink import DIRECTORIES, ParquetSink
-from cola_moderation.connectors.parquet_source import ParquetSource, expand_inputs
-from cola_moderation.connectors.records import Batch, DeadLetter, FilePosition, InputRecord, Route
+from cola_moderation.connectors.filesystem import Location, is_uri
+from cola_moderation.connectors.parquet_sink import ParquetSink
+from cola_moderation.connectors.parquet_source import ParquetSource, expand_inputs, open_parquet
+from cola_moderation.connectors.records import DeadLetter, FilePosition, InputRecord, Route, source_array
 from cola_moderation.operators.backbone import load_geometry
 from cola_moderation.operators.config import DecodeConfig
 from cola_moderation.operators.decode import DecodedBatch, ImageDecoder
@@ -51,7 +54,7 @@ from cola_moderation.operators.errors import DecodeError
 from cola_moderation.pipeline.config import PipelineConfig
 from cola_moderation.pipeline.preflight import check_output_directory
 from cola_moderation.pipeline.ray_runtime import check_worker_resources, init_ray, quiet_ray_console
-from cola_moderation.pipeline.records import OutputRecord, OutputSerializer
+from cola_moderation.pipeline.records import OutputRecord, OutputSerializer, to_columns
 from cola_moderation.pipeline.summary import RunSummary
 from cola_moderation.pipeline.worker import ModerationWorker
 
@@ -59,55 +62,48 @@ log = logging.getLogger(__name__)
 
 READ_NUM_CPUS = 0.25
 BLOCK_BYTES = 1 << 20
-ROW_SCHEMA = pa.schema([
-    ("key", pa.string()), ("batch_total", pa.int64()), ("id", pa.string()), ("payload", pa.large_binary()),
-    ("metadata", pa.string()), ("file", pa.string()), ("row", pa.int64()), ("error_class", pa.string()),
-    ("error_message", pa.string()), ("error_stage", pa.string()),
-])
-"""Rows between stages. Error columns hold "" when there is no error (nulls turn into NaN in numpy batches)."""
+PASSTHROUGH = "passthrough:"
+"""Prefix of the passthrough columns between stages (keeps them apart from the job's own columns)."""
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, default=str, separators=(",", ":"))
+def read_file(items: pa.Table, *, files: list[Location], passthrough: pa.Schema, config: ParquetConfig,
+              done: frozenset[str], max_image_bytes: int) -> Iterator[pa.Table]:
+    """Read stage: every not-yet-written batch of each input file (``items["index"]`` into ``files``) as a table."""
+    for index in items.column("index").to_pylist():
+        with ParquetSource([files[index]], config, skip=done.__contains__, max_image_bytes=max_image_bytes) as source:
+            for part in source.tables():
+                n = len(part)
+                table = part.rows.append_column("key", pa.array([part.key] * n, pa.string()))
+                table = table.append_column("batch_total", pa.array([n] * n, pa.int64()))
+                for field in passthrough:
+                    column = part.passthrough.column(field.name) if field.name in part.passthrough.column_names \
+                        else pa.nulls(n, field.type)
+                    table = table.append_column(PASSTHROUGH + field.name, column.cast(field.type))
+                yield table
 
 
-def read_file(items: dict[str, np.ndarray], *, config: ParquetConfig, done: frozenset[str],
-              max_image_bytes: int) -> Iterator[pa.Table]:
-    """Read stage: stream every not-yet-written batch of each input file as one table of ``ROW_SCHEMA`` rows."""
-    for file in items["file"]:
-        with ParquetSource([str(file)], config, skip=done.__contains__, max_image_bytes=max_image_bytes) as source:
-            while (batch := source.poll()) is not None:
-                rows: list[dict[str, Any]] = []
-                for record in batch.records:
-                    rows.append(_row(batch, record))
-                for dead in batch.dead_letters:
-                    rows.append({**_row(batch, dead.record), "error_class": dead.error_class,
-                                 "error_message": dead.error_message, "error_stage": dead.error_stage})
-                yield pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+def decode_rows(batch: pa.Table, *, size: int, config: DecodeConfig) -> pa.Table:
+    """Decode stage: adds ``pixels`` (uint8 ``[3, size, size]`` per row, zeros where decoding failed) and
+    ``decode_error`` (null when the row decoded); ``payload`` keeps only the bytes of rows that failed."""
+    from ray.data.extensions import ArrowTensorArray  # in the task: importing ray early would bypass init_ray
 
-
-def _row(batch: Batch, record: InputRecord) -> dict[str, Any]:
-    position = record.source
-    if not isinstance(position, FilePosition):
-        raise TypeError(f"batch job rows come from files, got {position!r}")
-    return {"key": batch.key, "batch_total": len(batch), "id": record.id, "payload": record.payload,
-            "metadata": _json(dict(record.metadata)), "file": position.file, "row": position.row,
-            "error_class": "", "error_message": "", "error_stage": ""}
-
-
-def decode_rows(batch: dict[str, np.ndarray], *, size: int, config: DecodeConfig) -> dict[str, np.ndarray]:
-    """Decode stage: adds ``pixels`` (uint8 ``[n, 3, size, size]``, zeros where decoding failed) and
-    ``decode_error`` ("" when the row decoded)."""
-    pending = [i for i, error in enumerate(batch["error_class"]) if not error]
+    n = batch.num_rows
+    pending = [i for i, error in enumerate(batch.column("error_class").to_pylist()) if error is None]
+    payload = batch.column("payload")
     with ImageDecoder(size=size, config=config.model_copy(update={"workers": 1})) as decoder:
-        decoded = decoder.decode([batch["payload"][i] for i in pending])
-    pixels = np.zeros((len(batch["id"]), 3, size, size), dtype=np.uint8)
-    errors = [""] * len(batch["id"])
-    for row, tensor in zip((pending[i] for i in decoded.indices), decoded.pixels, strict=True):
-        pixels[row] = tensor.mul(255).round_().to(torch.uint8).numpy()
+        decoded = decoder.decode([payload[i].as_py() for i in pending], uint8=True)
+    pixels = np.zeros((n, 3, size, size), dtype=np.uint8)
+    if decoded.indices:
+        pixels[[pending[i] for i in decoded.indices]] = decoded.pixels.numpy()
+    errors: list[str | None] = [None] * n
     for index, error in decoded.errors.items():
         errors[pending[index]] = str(error)
-    return {**batch, "pixels": pixels, "decode_error": np.array(errors, dtype=object)}
+    decoded_rows = {pending[i] for i in decoded.indices}
+    keep = pa.array([i not in decoded_rows for i in range(n)], pa.bool_())
+    batch = batch.set_column(batch.schema.get_field_index("payload"), "payload",
+                             pc.if_else(keep, payload, pa.scalar(None, pa.large_binary())))
+    return batch.append_column("decode_error", pa.array(errors, pa.string())).append_column(
+        "pixels", ArrowTensorArray.from_numpy(pixels))
 
 
 class ModelStage:
@@ -117,92 +113,87 @@ class ModelStage:
         self.worker = ModerationWorker(config, job="batch")
         self.worker.start()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: pa.Table) -> pa.Table:
         received_at = time.time()
-        out: dict[str, list[Any]] = defaultdict(list)
-
-        def emit(index: int, route: Route, record: str, payload: bytes = b"") -> None:
-            out["key"].append(batch["key"][index])
-            out["batch_total"].append(batch["batch_total"][index])
-            out["route"].append(route.value)
-            out["record"].append(record)
-            out["payload"].append(payload)
-
-        live = [i for i, error in enumerate(batch["error_class"]) if not error]
-        records = [InputRecord(str(batch["id"][i]), b"", json.loads(batch["metadata"][i]),
-                               FilePosition(str(batch["file"][i]), int(batch["row"][i]))) for i in live]
-        decoded_rows = [n for n, i in enumerate(live) if not batch["decode_error"][i]]
+        n = batch.num_rows
+        cols = batch.select(["id", "file", "row", "error_class", "error_message", "error_stage",
+                             "decode_error"]).to_pydict()
+        live = [i for i in range(n) if cols["error_class"][i] is None]
+        records = [InputRecord(cols["id"][i], b"", {}, FilePosition(cols["file"][i], cols["row"][i])) for i in live]
+        decoded_rows = [k for k, i in enumerate(live) if cols["decode_error"][i] is None]
+        pixels = batch.column("pixels").combine_chunks().to_numpy()  # uint8 [n, 3, size, size]
         decoded = DecodedBatch(
-            pixels=torch.from_numpy(np.stack([batch["pixels"][live[n]] for n in decoded_rows])
-                                    if decoded_rows else np.zeros((0, *batch["pixels"].shape[1:]), np.uint8)
-                                    ).float().div_(255.0),
+            pixels=torch.from_numpy(np.ascontiguousarray(pixels[[live[k] for k in decoded_rows]])),
             indices=tuple(decoded_rows),
-            errors={n: DecodeError(str(batch["decode_error"][i])) for n, i in enumerate(live)
-                    if batch["decode_error"][i]},
-        )
-        outcomes = iter(self.worker.process_decoded(records, decoded, received_at=received_at).outcomes)
-        for index, error in enumerate(batch["error_class"]):
-            if error:  # a source-stage dead letter
-                dead = DeadLetter(InputRecord(str(batch["id"][index]), b"", {}, FilePosition("", 0)), str(error),
-                                  str(batch["error_message"][index]), str(batch["error_stage"][index]))
-                emit(index, Route.DEAD_LETTER, _dead_json(dead, index, batch), bytes(batch["payload"][index]))
-                continue
-            outcome = next(outcomes)  # one per live row, in order
+            errors={k: DecodeError(cols["decode_error"][i]) for k, i in enumerate(live)
+                    if cols["decode_error"][i] is not None})
+        outcomes = self.worker.process_decoded(records, decoded, received_at=received_at).outcomes
+        routes = [Route.DEAD_LETTER.value] * n
+        error_class, error_message, error_stage = cols["error_class"], cols["error_message"], cols["error_stage"]
+        routed: list[OutputRecord] = []
+        at: list[int | None] = [None] * n  # row -> index into routed
+        for i, outcome in zip(live, outcomes, strict=True):  # one outcome per live row, in order
             if isinstance(outcome, DeadLetter):
-                emit(index, Route.DEAD_LETTER, _dead_json(outcome, index, batch), bytes(batch["payload"][index]))
+                error_class[i], error_message[i] = outcome.error_class, outcome.error_message
+                error_stage[i] = outcome.error_stage
             else:
-                emit(index, outcome.route, _json(outcome.record.to_json()))
-        return {name: np.array(values, dtype=object) for name, values in out.items()}
-
-
-def _dead_json(dead: DeadLetter, index: int, batch: dict[str, np.ndarray]) -> str:
-    return _json({"id": str(batch["id"][index]), "metadata": json.loads(batch["metadata"][index]),
-                  "file": str(batch["file"][index]), "row": int(batch["row"][index]),
-                  "error_class": dead.error_class, "error_message": dead.error_message,
-                  "error_stage": dead.error_stage})
+                routes[i] = outcome.route.value
+                at[i] = len(routed)
+                routed.append(outcome.record)
+        take = pa.array(at, pa.int64())
+        columns = {name: array.take(take) for name, array in to_columns(routed).items()}
+        columns["id"] = batch.column("id").combine_chunks()
+        columns["source"] = source_array([FilePosition(f, r) for f, r in zip(cols["file"], cols["row"], strict=True)])
+        dead = pa.array([route == Route.DEAD_LETTER.value for route in routes], pa.bool_())
+        out = {"key": batch.column("key"), "batch_total": batch.column("batch_total"),
+               "route": pa.array(routes, pa.string()), **columns,
+               "payload": pc.if_else(dead, batch.column("payload"), pa.scalar(None, pa.large_binary())),
+               "error_class": pa.array(error_class, pa.string()), "error_message": pa.array(error_message, pa.string()),
+               "error_stage": pa.array(error_stage, pa.string())}
+        out.update({name: batch.column(name) for name in batch.column_names if name.startswith(PASSTHROUGH)})
+        return pa.table(out)
 
 
 class BatchWriter:
-    """Driver side: collects the model stage's rows per source batch and writes complete batches."""
+    """Driver side: collects the model stage's rows per source batch and hands complete batches to the sink."""
 
     def __init__(self, sink: ParquetSink, summary: RunSummary, *, started: float | None = None) -> None:
         """``started``: the job's ``time.perf_counter()`` start, for the summary's start-up time."""
         self.sink = sink
         self.summary = summary
         self.started = time.perf_counter() if started is None else started
-        self.pending: dict[str, list[tuple[str, str, bytes]]] = defaultdict(list)
+        self.pending: dict[str, list[pa.Table]] = defaultdict(list)
+        self.counts: dict[str, int] = defaultdict(int)
 
-    def add(self, key: str, total: int, route: str, record: str, payload: bytes) -> int:
-        """Buffer one row; returns how many rows were written (the whole batch when this row completes it)."""
-        rows = self.pending[key]
-        rows.append((route, record, payload))
-        if len(rows) < total:
-            return 0
-        del self.pending[key]
-        parsed = [(route_name, json.loads(text), original) for route_name, text, original in rows]
-        for route_name, data, original in parsed:
-            if route_name == Route.DEAD_LETTER.value:
-                record_in = InputRecord(data["id"], original, data["metadata"], FilePosition(data["file"], data["row"]))
-                self.sink.add_dead_letter(DeadLetter(record_in, data["error_class"], data["error_message"],
-                                                     data["error_stage"]))
+    def add(self, rows: pa.Table) -> int:
+        """Buffer the model stage's ``rows``; returns how many rows were accepted by the sink (the batches they
+        complete)."""
+        written = 0
+        keys = rows.column("key")
+        for key in pc.unique(keys).to_pylist():
+            part = rows.filter(pc.equal(keys, key))
+            self.pending[key].append(part)
+            self.counts[key] += part.num_rows
+            if self.counts[key] == part.column("batch_total")[0].as_py():
+                written += self._write(key)
+        return written
+
+    def _write(self, key: str) -> int:
+        table = pa.concat_tables(self.pending.pop(key))
+        del self.counts[key]
+        passthrough = table.select([c for c in table.column_names if c.startswith(PASSTHROUGH)])
+        passthrough = passthrough.rename_columns([c[len(PASSTHROUGH):] for c in passthrough.column_names])
+        routes = table.column("route").combine_chunks()
+        self.sink.add_columns(key, routes, {name: table.column(name).combine_chunks() for name in table.column_names},
+                              passthrough)
+        counted = table.select(["route", "label", "action", "suspected_adversarial", "error_stage", "error_class"])
+        for row in counted.to_pylist():  # counted once accepted
+            if row["route"] == Route.DEAD_LETTER.value:
+                self.summary.add_dead_letter(row["error_stage"], row["error_class"])
             else:
-                self.sink.add(Route(route_name), OutputRecord.from_json(data))
-        self.sink.flush(Batch(key, ()))
-        for route_name, data, _ in parsed:  # counted once written
-            if route_name == Route.DEAD_LETTER.value:
-                self.summary.add_dead_letter(data["error_stage"], data["error_class"])
-            else:
-                self.summary.add_output(route_name, OutputRecord.from_json(data))
+                self.summary.add_counts(row["route"], row["label"], row["action"], row["suspected_adversarial"])
         self.summary.mark_first_output(time.perf_counter() - self.started)
-        return len(rows)
-
-
-def completed_keys(output: Path) -> frozenset[str]:
-    """Batch keys whose output part exists (the sink writes it last, so it marks a complete batch)."""
-    directory = output / DIRECTORIES[Route.OUTPUT]
-    if not directory.is_dir():
-        return frozenset()
-    return frozenset(p.name[len("part-") : -len(".parquet")] for p in directory.glob("part-*.parquet"))
+        return table.num_rows
 
 
 def pool_restart_args(max_restarts: int) -> dict[str, Any]:
@@ -213,13 +204,15 @@ def pool_restart_args(max_restarts: int) -> dict[str, Any]:
 
 def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: str | Path,
                   address: str | None = None, progress: bool = True) -> RunSummary:
-    """Moderate every row of ``inputs`` into ``output`` (``output/``, ``quarantine/``, ``dead_letter/`` datasets)."""
+    """Moderate every row of ``inputs`` into the dataset ``output`` (``route=output|quarantine|dead_letter``)."""
     from tqdm import tqdm
 
     files = expand_inputs(inputs)
-    output = check_output_directory(output)  # one-line error before Ray starts
-    sink = ParquetSink(output, OutputSerializer(), config.parquet)
-    done = completed_keys(output)
+    if not is_uri(output):
+        output = check_output_directory(output)  # one-line error before Ray starts
+    passthrough = ParquetSource(files, config.parquet).passthrough_schema()
+    sink = ParquetSink(output, OutputSerializer(), config.parquet, passthrough=passthrough)
+    done = sink.completed
     geometry = load_geometry(config.model)
     init_ray(config.ray, address=address)  # before importing ray: it reads its environment at import
     import ray.data
@@ -235,21 +228,25 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
     # block, so decoding waits for the whole read and the model for the whole decode.
     context.target_max_block_size = BLOCK_BYTES
 
-    total_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    total_rows = 0
+    for file in files:
+        parquet = open_parquet(file)
+        total_rows += parquet.metadata.num_rows
+        parquet.close()
     summary = RunSummary(skipped_batches=len(done))
     started = time.perf_counter()
     dataset = (
-        ray.data.from_items([{"file": str(f)} for f in files], override_num_blocks=len(files))
-        .map_batches(partial(read_file, config=config.parquet, done=done,
-                                     max_image_bytes=config.decode.max_bytes), batch_size=1, num_cpus=READ_NUM_CPUS,
-                     batch_format="numpy")
+        ray.data.from_items([{"index": i} for i in range(len(files))], override_num_blocks=len(files))
+        .map_batches(partial(read_file, files=files, passthrough=passthrough, config=config.parquet, done=done,
+                             max_image_bytes=config.decode.max_bytes), batch_size=1, num_cpus=READ_NUM_CPUS,
+                     batch_format="pyarrow")
         .map_batches(partial(decode_rows, size=geometry.size, config=config.decode),
-                     batch_size=config.model.batch_size, num_cpus=config.ray.decode_num_cpus, batch_format="numpy")
+                     batch_size=config.model.batch_size, num_cpus=config.ray.decode_num_cpus, batch_format="pyarrow")
     )
     with warnings.catch_warnings():  # max_restarts is accepted only as a deprecated extra remote argument
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
         dataset = dataset.map_batches(
-            ModelStage, batch_size=config.model.batch_size, batch_format="numpy",
+            ModelStage, batch_size=config.model.batch_size, batch_format="pyarrow",
             fn_constructor_kwargs={"config": config},
             compute=ray.data.ActorPoolStrategy(min_size=config.ray.actor_pool_min, max_size=config.ray.actor_pool_max),
             num_cpus=config.ray.worker_num_cpus, num_gpus=config.ray.worker_num_gpus,
@@ -258,15 +255,14 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
     # Counts images as they come back from the model (a batch is written once all its rows are back); on a terminal
     # only (disable=None), so logs and pipes get no carriage-return noise.
     with tqdm(total=total_rows, unit="img", desc="cola batch", disable=None if progress else True) as bar:
-        for rows in dataset.iter_batches(batch_format="numpy", batch_size=None):
-            for key, total, route, record, payload in zip(rows["key"], rows["batch_total"], rows["route"],
-                                                          rows["record"], rows["payload"], strict=True):
-                writer.add(str(key), int(total), str(route), str(record), bytes(payload))
-            bar.update(len(rows["key"]))
+        for rows in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            table: pa.Table = rows  # batch_format="pyarrow"
+            writer.add(table)
+            bar.update(table.num_rows)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("Ray Data execution stats:\n%s", dataset.stats())
     if writer.pending:
         raise RuntimeError(f"batches not fully returned by the pipeline: {sorted(writer.pending)}")
+    sink.close()  # writes the last roll
     summary.seconds = time.perf_counter() - started
-    sink.close()
     return summary

@@ -49,7 +49,8 @@ def ground_truth_report(rows: Iterable[Mapping[str, Any]]) -> str:
 
 
 def run_batch_demo(config_path: str | Path = DEFAULT_CONFIG, *, output: Path | None = None) -> str:
-    import pandas as pd
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
 
     from cola_moderation.pipeline.batch_job import run_batch_job
     from cola_moderation.pipeline.config import load_config
@@ -57,9 +58,8 @@ def run_batch_demo(config_path: str | Path = DEFAULT_CONFIG, *, output: Path | N
     config = load_config(config_path)
     output = output or Path(tempfile.mkdtemp(prefix="cola-demo-"))
     summary = run_batch_job(config, inputs=str(SAMPLE), output=output)
-    frames = [pd.read_parquet(output / name) for name in ("output", "quarantine")
-              if any((output / name).glob("*.parquet"))]
-    rows = pd.concat(frames).to_dict("records") if frames else []
+    table = ds.dataset(output, partitioning="hive").to_table()  # one dataset: route=output|quarantine|dead_letter
+    rows = table.filter(pc.not_equal(table.column("route"), "dead_letter")).to_pylist()
     return "\n".join([summary.table(f"cola demo (batch job) -> {output}"), ground_truth_report(rows)])
 
 

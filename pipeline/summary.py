@@ -31,11 +31,15 @@ class RunSummary:
     first_output_inputs: int = 0
 
     def add_output(self, route: str, record: OutputRecord) -> None:
+        self.add_counts(route, record.label, record.action, record.suspected_adversarial)
+
+    def add_counts(self, route: str, label: str, action: str, flagged: bool) -> None:
+        """Count one output record from its fields (the batch job reads them from Arrow columns)."""
         self.inputs += 1
         self.routes[route] += 1
-        self.labels[record.label] += 1
-        self.actions[record.action] += 1
-        self.flagged += bool(record.suspected_adversarial)
+        self.labels[label] += 1
+        self.actions[action] += 1
+        self.flagged += bool(flagged)
 
     def add(self, outcome: Outcome) -> None:
         """Count one written outcome."""

@@ -10,8 +10,11 @@ from cola_moderation.pipeline.config import load_config
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="pipeline YAML config")
-    parser.add_argument("--input", required=True, nargs="+", help="Parquet files, directories or globs")
-    parser.add_argument("--output", required=True, help="output directory (output/, quarantine/, dead_letter/)")
+    parser.add_argument("--input", required=True, nargs="+",
+                        help="Parquet files, directories or globs (local, or s3:// gs:// URIs)")
+    parser.add_argument("--output", required=True,
+                        help="output dataset: a directory or URI (s3://..., gs://...) holding route=output/, "
+                             "route=quarantine/, route=dead_letter/")
     parser.add_argument("--address", help="Ray cluster address (default: ray.address, RAY_ADDRESS, or a private one)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
 
