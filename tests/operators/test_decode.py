@@ -206,3 +206,14 @@ def test_pixel_budget_serialises_large_images() -> None:
     for thread in threads:
         thread.join()
     assert max(peak) <= 150 and all(p <= 100 for p in peak if p != 150) and budget.in_use == 0
+
+
+def test_uint8_decoding_is_the_float_decoding_before_scaling() -> None:
+    """The batch job moves uint8 pixels between processes; the model's float input must be unchanged by that."""
+    items = [encode(gradient(), "PNG"), b"broken", encode(gradient(80, 60), "JPEG", quality=90)]
+    with ImageDecoder(size=32) as decoder:
+        floats = decoder.decode(items)
+        raw = decoder.decode(items, uint8=True)
+    assert raw.pixels.dtype == torch.uint8 and raw.indices == floats.indices == (0, 2)
+    assert set(raw.errors) == set(floats.errors) == {1}
+    torch.testing.assert_close(raw.pixels.float().div(255.0), floats.pixels, rtol=0, atol=0)
