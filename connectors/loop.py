@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from cola_moderation.connectors.base import Sink, Source
 from cola_moderation.connectors.errors import TransactionAbortedError
@@ -174,9 +174,3 @@ class DeliveryLoop:
         self.state.last_commit = time.monotonic()
         if self.on_committed is not None:
             self.on_committed(batch, (*batch.dead_letters, *outcomes))
-
-
-def run_inline(source: Source, sink: Sink, process: Callable[[Batch], Sequence[Outcome]], **options: Any
-               ) -> DeliveryLoop:
-    """A :class:`DeliveryLoop` whose processing runs in the calling thread (``process(batch)`` -> outcomes)."""
-    return DeliveryLoop(source, sink, lambda batch: Done(process(batch)), **options)
