@@ -1,10 +1,13 @@
-"""``cola stream``: Kafka -> Ray Serve deployment -> Kafka, at least once.
+"""``cola stream``: Kafka -> Ray Serve deployment -> Kafka, at least once or exactly once (``kafka.guarantee``).
 
 Consumer actors (``stream.consumers`` of them, one consumer-group member each) poll bounded batches from the input
 topics and send them to the moderation deployment through its Serve handle, so replica autoscaling follows the
 stream's load. Up to ``stream.max_in_flight`` batches per consumer are in flight; results are written in poll order
 to the output / quarantine / dead-letter topics, the producer is flushed (acks=all), and only then is the batch's
-offset committed. A crash re-delivers at most the uncommitted batches.
+offset committed. A crash re-delivers at most the uncommitted batches. With ``exactly_once`` each batch's writes and
+offsets are one Kafka transaction of the consumer's transactional producer (id ``<group>.cola-consumer-<i>``, so a
+restarted job fences the one it replaces); an aborted batch is dropped with the batches behind it and read again
+(:mod:`cola_moderation.connectors.kafka_transactions`).
 
 Stopping: ``--max-records N`` stops once at least N inputs were written (the batches in flight finish);
 ``--idle-timeout S`` once no input arrived for S seconds; SIGINT/SIGTERM finish the batches in flight, commit what
@@ -20,8 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cola_moderation.connectors.kafka_sink import KafkaSink
 from cola_moderation.connectors.kafka_source import KafkaSource
+from cola_moderation.connectors.kafka_transactions import open_kafka
 from cola_moderation.connectors.loop import DeliveryLoop, LoopState
 from cola_moderation.connectors.records import Batch, Outcome
 from cola_moderation.pipeline.config import PipelineConfig
@@ -71,9 +74,8 @@ class StreamConsumer:
     def run(self, *, max_records: int | None = None, idle_timeout_s: float | None = None) -> RunSummary:
         moderate = self._handle()
         self._started = time.monotonic()
-        source = KafkaSource(self.config.kafka, bootstrap_servers=self.bootstrap_servers, client_id=self.name)
-        sink = KafkaSink(self.config.kafka, OutputSerializer(), bootstrap_servers=self.bootstrap_servers,
-                         client_id=f"{self.name}-sink")
+        source, sink = open_kafka(self.config.kafka, OutputSerializer(), bootstrap_servers=self.bootstrap_servers,
+                                  member=self.name)
         self._joined_at = None
 
         def submit(batch: Batch) -> ServeResponse:

@@ -23,11 +23,12 @@ def png(seed: int) -> bytes:
 
 
 @pytest.mark.slow
-def test_stream_job_exact_accounting(kafka_broker: Any, tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_stream_job_exact_accounting(kafka_broker: Any, tiny_model_dir: Path, guarantee: str) -> None:
     from cola_moderation.pipeline.stream_job import run_stream_job
 
     bootstrap = kafka_broker.bootstrap_servers
-    topics = topics_config(bootstrap, partitions=2, value_format="json")
+    topics = topics_config(bootstrap, partitions=2, value_format="json", guarantee=guarantee)
     config = parse_config({
         "model": {"path": str(tiny_model_dir), "device": "cpu"},
         "taxonomy": {"labels": ["cat", "dog", "car"]},
@@ -51,9 +52,12 @@ def test_stream_job_exact_accounting(kafka_broker: Any, tiny_model_dir: Path) ->
 
     summary = run_stream_job(config, idle_timeout_s=4.0, stop_event=threading.Event())
     assert summary.inputs == 60
-    out = read_topic(bootstrap, topics.output_topic, expect=summary.routes["output"], idle_s=0.5)
-    quarantined = read_topic(bootstrap, topics.quarantine_topic, expect=summary.routes["quarantine"], idle_s=0.5)
-    dead = read_topic(bootstrap, topics.dead_letter_topic, expect=summary.routes["dead_letter"], idle_s=0.5)
+    isolation = "read_committed" if guarantee == "exactly_once" else "read_uncommitted"
+    out, quarantined, dead = (read_topic(bootstrap, topic, expect=summary.routes[route], idle_s=0.5,
+                                         isolation_level=isolation)
+                              for route, topic in (("output", topics.output_topic),
+                                                   ("quarantine", topics.quarantine_topic),
+                                                   ("dead_letter", topics.dead_letter_topic)))
     assert len(out) + len(quarantined) + len(dead) == 60  # output + dead-letter = input, nothing twice
     assert sorted(m.key.decode() for m in out + quarantined + dead) == sorted(f"e{i}" for i in range(60))
     stages = sorted(dict(m.headers)["error.stage"].decode() for m in dead)

@@ -3,8 +3,10 @@ covered by the end-to-end stream test)."""
 
 from __future__ import annotations
 
+import collections
 import io
 import json
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -110,3 +112,47 @@ def test_max_records_stops_at_a_batch_boundary(kafka_broker: Any, tiny_model_dir
     assert 20 <= first.inputs < 20 + 16 * config.stream.max_in_flight
     rest = StreamConsumer(config, moderate=moderate).run(idle_timeout_s=3)
     assert first.inputs + rest.inputs == 80  # nothing lost, nothing written twice (all batches were committed)
+
+
+def test_exactly_once_two_consumers_through_a_rebalance(kafka_broker: Any, tiny_model_dir: Path,
+                                                         local_worker: LocalWorker, broker_transactions: Any) -> None:
+    """c1 joins while c0 is mid-stream (a rebalance; c0's batches in flight may turn stale and be aborted): every
+    input is committed once, and read_committed readers see each id once where the broker filters aborted
+    transactions."""
+    import threading
+
+    bootstrap = kafka_broker.bootstrap_servers
+    topics = topics_config(bootstrap, partitions=4, guarantee="exactly_once")
+    config = base_config(tiny_model_dir, bootstrap, **topics.model_dump(exclude={"bootstrap_servers"}))
+    produce(bootstrap, topics.input_topics[0],
+            [(f"x{i}".encode(), png(i) if i % 10 else b"not an image", []) for i in range(160)])
+    worker, pool = local_worker
+
+    def moderate(records: Any, received_at: float) -> LocalResponse:
+        time.sleep(0.05)  # slow enough that c1 joins mid-stream
+        return LocalResponse(pool.submit(worker.process, records, received_at=received_at))
+
+    consumers = [StreamConsumer(config, name=f"cola-consumer-{i}", moderate=moderate) for i in range(2)]
+    summaries: list[Any] = [None, None]
+
+    def run(index: int) -> None:
+        summaries[index] = consumers[index].run(idle_timeout_s=4)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    threads[0].start()
+    deadline = time.monotonic() + 30
+    while consumers[0].progress()[0] < 16 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    threads[1].start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert summaries[0].inputs + summaries[1].inputs == 160  # each input committed by exactly one transaction
+    routes = summaries[0].routes + summaries[1].routes
+    got = collections.Counter(m.key.decode() for route, topic in (("output", topics.output_topic),
+                                                                  ("quarantine", topics.quarantine_topic),
+                                                                  ("dead_letter", topics.dead_letter_topic))
+                              for m in read_topic(bootstrap, topic, expect=routes[route], idle_s=1.0,
+                                                  isolation_level="read_committed"))
+    assert set(got) == {f"x{i}" for i in range(160)}
+    if not any(check.name.startswith("aborted_hidden") for check in broker_transactions):
+        assert max(got.values()) == 1

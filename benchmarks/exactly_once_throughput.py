@@ -1,0 +1,95 @@
+"""Exactly-once vs at-least-once on the Kafka stream path, side by side in one run: the pipeline's DeliveryLoop over
+KafkaSource -> magic-byte check (no model) -> KafkaSink, against the embedded broker (or ``--bootstrap``) over TCP.
+
+    .venv/bin/python benchmarks/exactly_once_throughput.py [--messages 4000] [--kb 10] [--batch 64] [--rounds 2]
+
+Each round runs both guarantees on fresh topics with the same input (order alternates between rounds). Throughput:
+inputs / (first input polled -> last batch committed); the group join is excluded. Latency per batch: poll ->
+committed (at_least_once: flush + offset commit; exactly_once: flush + send_offsets_to_transaction +
+commit_transaction). The model is left out on purpose: it is the same for both, and it would hide the commit cost.
+Not part of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cola_moderation.connectors.broker import EmbeddedBroker
+from cola_moderation.connectors.kafka_transactions import open_kafka
+from cola_moderation.connectors.loop import DeliveryLoop, Done, LoopState
+from cola_moderation.connectors.records import Batch
+from tests.connectors.jobs import JPEG, SERIALIZER, process
+from tests.connectors.kafka_util import produce, topics_config
+
+
+def run_once(bootstrap: str, guarantee: str, messages: list, *, batch: int, partitions: int) -> dict[str, float]:  # type: ignore[type-arg]
+    config = topics_config(bootstrap, partitions=partitions, max_batch_records=batch, guarantee=guarantee)
+    produce(bootstrap, config.input_topics[0], messages)
+    polled: dict[str, float] = {}
+    latencies: list[float] = []
+    source, sink = open_kafka(config, SERIALIZER, bootstrap_servers=bootstrap, member="bench")
+
+    def submit(item: Batch) -> Done:
+        polled[item.key] = time.perf_counter()
+        return Done([process(record) for record in item.records])
+
+    def committed(item: Batch, _outcomes: object) -> None:
+        latencies.append(time.perf_counter() - polled.pop(item.key, time.perf_counter()))
+
+    def stop(state: LoopState) -> bool:
+        return state.committed_inputs >= len(messages) or time.monotonic() - state.started > 300
+
+    with source, sink:
+        loop = DeliveryLoop(source, sink, submit, max_in_flight=1, on_committed=committed)
+        state = loop.run(stop)
+    if state.committed_inputs < len(messages):
+        raise RuntimeError(f"{guarantee}: only {state.committed_inputs} of {len(messages)} inputs within 300 s")
+    seconds = (state.last_commit or 0.0) - (state.first_input or 0.0)
+    cuts = statistics.quantiles(latencies, n=20)
+    return {"rate": len(messages) / seconds, "p50_ms": 1000 * statistics.median(latencies),
+            "p95_ms": 1000 * cuts[18], "batches": len(latencies), "aborted": state.aborted_batches}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=4000)
+    parser.add_argument("--kb", type=float, default=10.0, help="value size in KiB")
+    parser.add_argument("--batch", type=int, default=64, help="kafka.max_batch_records")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--bootstrap", help="an external broker (default: the embedded Tansu broker)")
+    args = parser.parse_args()
+    body = JPEG + b"x" * int(args.kb * 1024)
+    messages = [(f"id-{i}".encode(), body, []) for i in range(args.messages)]
+    results: dict[str, list[dict[str, float]]] = {"at_least_once": [], "exactly_once": []}
+    with contextlib.ExitStack() as stack:
+        bootstrap = args.bootstrap or stack.enter_context(EmbeddedBroker()).bootstrap_servers
+        for round_ in range(args.rounds):
+            order = ["at_least_once", "exactly_once"][:: 1 if round_ % 2 == 0 else -1]
+            for guarantee in order:
+                results[guarantee].append(run_once(bootstrap, guarantee, messages, batch=args.batch,
+                                                   partitions=args.partitions))
+    print(f"{args.messages} messages x {args.kb:g} KiB, batches of {args.batch}, {args.partitions} partitions, "
+          f"{args.rounds} rounds, broker {args.bootstrap or 'embedded Tansu'}")
+    print(f"{'guarantee':15s} {'inputs/s':>10s} {'batch p50 ms':>13s} {'batch p95 ms':>13s} {'aborted':>8s}")
+    for guarantee, runs in results.items():
+        rate = statistics.median(r["rate"] for r in runs)
+        p50 = statistics.median(r["p50_ms"] for r in runs)
+        p95 = statistics.median(r["p95_ms"] for r in runs)
+        aborted = sum(r["aborted"] for r in runs)
+        print(f"{guarantee:15s} {rate:10.0f} {p50:13.1f} {p95:13.1f} {aborted:8.0f}")
+    ratio = statistics.median(r["rate"] for r in results["exactly_once"]) / \
+        statistics.median(r["rate"] for r in results["at_least_once"])
+    print(f"exactly_once / at_least_once throughput: {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
