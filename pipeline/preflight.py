@@ -80,7 +80,7 @@ def _answers_metadata(address: str, timeout_s: float) -> bool:
 
     try:
         consumer = KafkaConsumer(bootstrap_servers=[address], request_timeout_ms=int(timeout_s * 1000) + 1000,
-                                 api_version_auto_timeout_ms=int(timeout_s * 1000), connections_max_idle_ms=60_000)
+                                 connections_max_idle_ms=60_000)
     except (KafkaError, OSError, ValueError):
         return False
     try:

@@ -65,8 +65,10 @@ class StreamConsumer:
 
     def _handle(self) -> Callable[[Any, float], Any]:
         if self._moderate is None:
+            from cola_moderation.pipeline.ray_runtime import quiet_ray_console
             from cola_moderation.pipeline.serve_app import moderation_handle
 
+            quiet_ray_console()  # importing ray.serve gave this actor Serve's INFO console handler
             handle = moderation_handle()
             self._moderate = lambda records, received_at: handle.process_records.remote(records, received_at)
         return self._moderate
