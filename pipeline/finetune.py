@@ -394,9 +394,12 @@ def steps_per_epoch(count: int, batch_size: int) -> int:
 
 
 def finetune(finetuner: Finetuner, train: TrainingImages, validation: TrainingImages, *, checkpoints: Path,
-             resume: bool, progress: bool = True, log_line: Callable[[str], None] = log.warning) -> FinetuneResult:
+             resume: bool, stop_after_epoch: int | None = None, progress: bool = True,
+             log_line: Callable[[str], None] = log.warning) -> FinetuneResult:
     """Run the remaining epochs of ``finetuner.recipe``; checkpoint after each; leave the BEST epoch's image tower in
-    ``finetuner.model``. ``resume`` continues after the last checkpoint in ``checkpoints`` (same recipe required)."""
+    ``finetuner.model``. ``resume`` continues after the last checkpoint in ``checkpoints`` (same recipe required).
+    ``stop_after_epoch`` ends this run after that epoch (the learning-rate schedule still spans ``recipe.epochs``;
+    a later ``resume`` finishes it), for jobs cut into time slots."""
     from tqdm.auto import tqdm
 
     recipe = finetuner.recipe
@@ -423,9 +426,8 @@ def finetune(finetuner: Finetuner, train: TrainingImages, validation: TrainingIm
     checkpoints.mkdir(parents=True, exist_ok=True)
     per_epoch = steps_per_epoch(len(train), recipe.batch_size)
     total = per_epoch * recipe.epochs
-    trained_images = 0
-    train_seconds = 0.0
-    for epoch in range(start_epoch, recipe.epochs + 1):
+    last_epoch = recipe.epochs if stop_after_epoch is None else min(recipe.epochs, stop_after_epoch)
+    for epoch in range(start_epoch, last_epoch + 1):
         started = time.perf_counter()
         finetuner.tower.train()
         losses: list[float] = []
@@ -434,10 +436,8 @@ def finetune(finetuner: Finetuner, train: TrainingImages, validation: TrainingIm
         for pixels, labels, generator in _batches(train, recipe, epoch, finetuner.device):
             losses.append(finetuner.train_step(pixels, labels, generator, total))
             bar.update(len(pixels))
-            trained_images += len(pixels)
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", refresh=False)
         bar.close()
-        train_seconds += time.perf_counter() - started
         finetuner.tower.eval()
         clean, robust, distance = finetuner.validate(validation, seed=recipe.seed)
         elapsed = time.perf_counter() - started
@@ -450,11 +450,13 @@ def finetune(finetuner: Finetuner, train: TrainingImages, validation: TrainingIm
                  f"adversarial distance {distance:.4f}, {elapsed:.0f} s")
         torch.save({**finetuner.state(), "epoch": epoch, "recipe": asdict(recipe), "seconds": seconds,
                     "history": [asdict(r) for r in history]}, checkpoints / f"epoch-{epoch}.pt")
+    if not history:
+        raise ConfigError(f"--stop-after-epoch {stop_after_epoch}: no epoch was run or found in {checkpoints}")
     best = max(history, key=lambda r: (r.score(), r.epoch))
-    if best.epoch != history[-1].epoch or start_epoch > recipe.epochs:
+    if best.epoch != history[-1].epoch:
         state = torch.load(checkpoints / f"epoch-{best.epoch}.pt", map_location=finetuner.device, weights_only=False)
         finetuner.tower.load_state_dict(state["tower"])
-    rate = trained_images / train_seconds if train_seconds else 0.0
+    rate = per_epoch * recipe.batch_size * len(history) / seconds if seconds else 0.0  # validation time included
     return FinetuneResult(history=history, best=best, seconds=seconds, images_per_second=rate,
                           train_images=len(train), validation_images=len(validation))
 

@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--validation-split", type=float, default=0.05,
                         help="fraction of the training images held out to select the epoch (default %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue after the last checkpoint in OUTPUT")
+    parser.add_argument("--stop-after-epoch", type=int, default=None, metavar="K",
+                        help="end this run after epoch K (the schedule still spans --epochs; --resume finishes it), "
+                             "for jobs cut into time slots; OUTPUT gets the best epoch so far")
     parser.add_argument("--batch-size", type=int, default=128, help="default %(default)s")
     parser.add_argument("--lr", type=float, default=1e-4, help="AdamW peak learning rate (default %(default)s)")
     parser.add_argument("--clean-weight", type=float, default=0.0,
@@ -97,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
                 config.model.path, len(train), len(validation), backbone.device)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     result = finetune(finetuner, train, validation, checkpoints=args.output / CHECKPOINTS, resume=args.resume,
-                      progress=not args.no_progress)
+                      stop_after_epoch=args.stop_after_epoch, progress=not args.no_progress)
     save_finetuned(finetuner.model, resolve_model_path(config.model.path), args.output)
     command = "cola " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if Path(sys.argv[0]).name in (
         "cola", "cli.py") else None
@@ -106,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         labelled=data.labels is not None, device=str(backbone.device), started=started, command=command))
     best = result.best
     summary = {"output": str(args.output), "method": recipe.method, "eps": round(recipe.eps, 6),
-               "steps": recipe.steps, "epochs": recipe.epochs, "selected_epoch": best.epoch,
+               "steps": recipe.steps, "epochs": recipe.epochs,
+               "epochs_done": len(result.history), "selected_epoch": best.epoch,
                "validation_images": result.validation_images, "train_images": result.train_images,
                "validation_clean_accuracy": _round(best.clean_accuracy),
                "validation_robust_accuracy": _round(best.robust_accuracy),
@@ -144,9 +148,10 @@ tower, logit scale, tokenizer and image processor files are the base model's, un
 - Method: {loss}
 - Training attack: L-inf PGD, eps {recipe.eps:.6f} ({recipe.eps * 255:.2f}/255), {recipe.steps} steps of
   2.5 eps / steps, uniform random start
-- Epochs: {recipe.epochs}; batch {recipe.batch_size}; AdamW lr {recipe.lr} ({recipe.warmup_steps} warm-up steps,
-  cosine decay), weight decay {recipe.weight_decay}; gradient clipping 1.0; augmentation
-  {"random shift <= 2 px + horizontal flip" if recipe.augment else "none"}; seed {recipe.seed}
+- Epochs: {recipe.epochs} in the learning-rate schedule, {len(result.history)} run so far
+- Optimiser: batch {recipe.batch_size}; AdamW lr {recipe.lr} ({recipe.warmup_steps} warm-up steps, cosine decay),
+  weight decay {recipe.weight_decay}; gradient clipping 1.0; seed {recipe.seed}
+- Augmentation: {"random shift <= 2 px + horizontal flip" if recipe.augment else "none"}
 - Data: `{data_name}`, {result.train_images} training images; {result.validation_images} more held out of the same
   data for validation ({recipe.validation_split:.0%}, seeded); {"labels used" if labelled else "no labels"}
 - Command: `{command or "(called from Python)"}`
@@ -162,6 +167,7 @@ Validation images scored clean and under {attack} at the training eps; the epoch
 Selected: epoch {best.epoch} (clean {percent(best.clean_accuracy)}, robust {percent(best.robust_accuracy)}).
 
 ## Run
-- Started {started}; {result.seconds / 60:.1f} min in all ({result.images_per_second:.1f} training images/s)
+- Started {started}; {result.seconds / 60:.1f} min of training and validation in all
+  ({result.images_per_second:.1f} training images/s, validation time included)
 - Hardware: {hardware()} (device `{device}`)
 """

@@ -63,6 +63,10 @@ def _summary(capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+def _without_time(summary: dict[str, object]) -> list[dict[str, object]]:
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in summary["history"]]  # type: ignore[attr-defined]
+
+
 def test_tecoa_trains_only_the_image_tower(setup: dict[str, Path], tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     output = tmp_path / "tecoa"
@@ -105,16 +109,14 @@ def test_resume_continues_after_the_last_checkpoint(setup: dict[str, Path], tmp_
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert _finetune(setup, straight) == 0
     first = _summary(capsys)
-    assert _finetune(setup, resumed) == 0
-    capsys.readouterr()
-    (resumed / "checkpoints" / "epoch-2.pt").unlink()  # as if the run had died during epoch 2
+    assert _finetune(setup, resumed, "--stop-after-epoch", "1") == 0  # a job cut into time slots
+    partial = _summary(capsys)
+    assert partial["epochs_done"] == 1 and _without_time(partial) == _without_time(first)[:1]
+    assert not (resumed / "checkpoints" / "epoch-2.pt").exists()
     epoch_one = (resumed / "checkpoints" / "epoch-1.pt").stat().st_mtime_ns
     assert _finetune(setup, resumed, "--resume") == 0
     second = _summary(capsys)
-    def without_time(summary: dict[str, object]) -> list[dict[str, object]]:
-        return [{k: v for k, v in record.items() if k != "seconds"} for record in summary["history"]]  # type: ignore[attr-defined]
-
-    assert without_time(second) == without_time(first)
+    assert second["epochs_done"] == 2 and _without_time(second) == _without_time(first)
     assert (resumed / "checkpoints" / "epoch-1.pt").stat().st_mtime_ns == epoch_one  # epoch 1 was not redone
     a, b = _tensors(straight), _tensors(resumed)
     for key in a:
