@@ -24,6 +24,8 @@ from cola_moderation.connectors.kafka_tools import probe_transactions
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap", help="an external broker (default: start the embedded Tansu broker)")
+    parser.add_argument("--abandoned-wait", type=float, default=15.0,
+                        help="seconds to wait for the broker to abort an abandoned transaction (timeout 2 s)")
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
         if args.bootstrap:
@@ -32,7 +34,7 @@ def main() -> int:
             bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
             broker = f"embedded {tansu_binary()} on {bootstrap}"
         print(f"broker: {broker}")
-        checks = probe_transactions(bootstrap)
+        checks = probe_transactions(bootstrap, abandoned_wait_s=args.abandoned_wait)
     for check in checks:
         print(f"{'ok  ' if check.ok else 'FAIL'} {check.name:26s} {check.detail}")
     return 0 if all(check.ok for check in checks) else 1

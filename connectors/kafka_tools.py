@@ -68,7 +68,8 @@ class TransactionCheck:
     detail: str
 
 
-def probe_transactions(bootstrap: str, *, peer: bool = True, timeout_s: float = 3.0) -> list[TransactionCheck]:
+def probe_transactions(bootstrap: str, *, peer: bool = True, timeout_s: float = 3.0,
+                       abandoned_wait_s: float | None = None) -> list[TransactionCheck]:
     """Exercise a broker's transaction support the way the exactly-once stream path uses it, on fresh topics:
 
     * ``offsets_commit`` / ``offsets_abort``: ``send_offsets_to_transaction`` offsets become the group's committed
@@ -79,7 +80,10 @@ def probe_transactions(bootstrap: str, *, peer: bool = True, timeout_s: float = 
     * ``fenced_producer_rejected``: after a second producer with the same ``transactional_id`` initialised, the first
       one's send / commit fails with ``ProducerFencedError`` and what it sends after fencing is not written;
     * ``fenced_open_aborted``: the first producer's open transaction (written before fencing) is aborted, so
-      read_committed does not see it.
+      read_committed does not see it;
+    * ``abandoned_timed_out`` (only with ``abandoned_wait_s``): a transaction whose producer went away without
+      ending it (``transaction_timeout_ms`` 2000) is aborted by the broker within ``abandoned_wait_s``, so
+      read_committed readers get past it.
     """
     from kafka.errors import KafkaError
     from kafka.structs import OffsetAndMetadata
@@ -149,6 +153,28 @@ def probe_transactions(bootstrap: str, *, peer: bool = True, timeout_s: float = 
     for made in (first, second):
         with contextlib.suppress(KafkaError):
             made.close(timeout=2)
+    if abandoned_wait_s is not None:
+        abandoned_topic = f"probe-abandoned-{tag}"
+        ensure_topics(bootstrap, {abandoned_topic: 1})
+        abandoned = KafkaProducer(bootstrap_servers=servers, transactional_id=f"{txn_id}-abandoned",
+                                  transaction_timeout_ms=2000)
+        abandoned.init_transactions()
+        abandoned.begin_transaction()
+        abandoned.send(abandoned_topic, b"abandoned-1")
+        abandoned.flush()
+        later = KafkaProducer(bootstrap_servers=servers, transactional_id=f"{txn_id}-later")
+        later.init_transactions()
+        later.begin_transaction()
+        later.send(abandoned_topic, b"committed-3")
+        later.commit_transaction()
+        time.sleep(abandoned_wait_s)
+        seen = [m.value for m in read_topic(bootstrap, abandoned_topic, expect=1, timeout_s=timeout_s,
+                                            isolation_level="read_committed")]
+        check("abandoned_timed_out", b"committed-3" in seen,
+              f"read_committed saw {seen} {abandoned_wait_s:g} s after a transaction (timeout 2 s) was abandoned")
+        for made in (abandoned, later):
+            with contextlib.suppress(KafkaError):
+                made.close(timeout=0)
     if peer:
         try:
             peer_seen = [m.value() for m in read_committed_peer(bootstrap, sink, timeout_s=timeout_s)]
