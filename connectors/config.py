@@ -96,3 +96,7 @@ class ParquetConfig(Section):
     file_bytes: Annotated[int, Field(ge=1)] = 48 * MiB
     """Target output file size, measured as Arrow data in memory before compression (dead letters carry their
     image bytes, which do not compress; output rows compress several-fold)."""
+    on_bad_file: Literal["skip", "fail"] = "skip"
+    """An input file that is not readable Parquet (corrupt, truncated, another format) or lacks the image column:
+    ``skip`` it with a warning naming the file and the reason (the summary lists it), or ``fail`` the job with that
+    one line (exit code 2)."""

@@ -15,6 +15,13 @@ its own ``commit``. Processing failures surface from :meth:`DeliveryLoop.outcome
 batch's result (a retry policy would re-``submit`` the batch there); nothing is written or committed for a batch
 whose processing failed.
 
+Retries (both optional, :class:`RetryPolicy`): ``process_retry`` re-submits a batch whose processing failed (a lost
+replica, ``ActorDiedError``, a deployment restarting) with exponential backoff until ``within_s`` seconds passed since
+its first failure; ``write_retry`` re-adds a batch's records to the sink and commits again after a failed commit
+(``SinkWriteError``: broker unreachable) in the same way. Giving up raises one :class:`ProcessingError` /
+``SinkWriteError`` whose message names the batch, the attempts and the last cause. A retried write may repeat
+records the broker had already taken (at-least-once); nothing is committed before its write succeeded.
+
 Stopping: ``stop(state)`` is asked before every poll; once it says so, or the source is exhausted (``poll`` returns
 ``None``), the batches in flight are finished, written and committed, and :meth:`DeliveryLoop.run` returns. An
 exception (sink write failure, processing failure) leaves the batches not yet committed uncommitted: a restart
@@ -33,10 +40,37 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from cola_moderation.connectors.base import Sink, Source
-from cola_moderation.connectors.errors import TransactionAbortedError
+from cola_moderation.connectors.errors import SinkWriteError, TransactionAbortedError, TransactionFencedError
 from cola_moderation.connectors.records import Batch, Outcome
+from cola_moderation.operators.errors import ColaError
 
 log = logging.getLogger(__name__)
+
+
+class ProcessingError(ColaError, RuntimeError):
+    """A batch's processing kept failing for longer than the retry policy allows."""
+
+    stage = "processing"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry a failing step with exponential backoff (``backoff_s``, doubling, at most ``max_backoff_s``) until
+    ``within_s`` seconds passed since its first failure. ``setting`` names the config key in give-up messages."""
+
+    within_s: float = 60.0
+    backoff_s: float = 0.5
+    max_backoff_s: float = 5.0
+    setting: str = ""
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return min(self.max_backoff_s, self.backoff_s * 2.0 ** min(attempt - 1, 32))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
 class Pending(Protocol):
@@ -102,7 +136,11 @@ class DeliveryLoop:
 
     def __init__(self, source: Source, sink: Sink, submit: Callable[[Batch], Pending], *, max_in_flight: int = 1,
                  commit: Callable[[Batch], None] | None = None,
-                 on_committed: Callable[[Batch, Sequence[Outcome]], None] | None = None) -> None:
+                 on_committed: Callable[[Batch, Sequence[Outcome]], None] | None = None,
+                 process_retry: RetryPolicy | None = None, write_retry: RetryPolicy | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        """``write_retry`` applies to the default commit step only (a custom ``commit``, e.g. a transaction, has its
+        own failure handling)."""
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.source = source
@@ -111,6 +149,9 @@ class DeliveryLoop:
         self.max_in_flight = max_in_flight
         self.commit = commit or self.flush_then_commit
         self.on_committed = on_committed
+        self.process_retry = process_retry
+        self.write_retry = write_retry if commit is None else None
+        self.sleep = sleep
         self.state = LoopState()
 
     def flush_then_commit(self, batch: Batch) -> None:
@@ -133,7 +174,7 @@ class DeliveryLoop:
                     state.first_input = state.last_input
                 in_flight.append(InFlight(batch, self.submit(batch) if batch.records else Done(())))
             # write finished batches in poll order; wait for the oldest when the window is full
-            while in_flight and (len(in_flight) >= self.max_in_flight or in_flight[0].pending.ready()):
+            while in_flight and (len(in_flight) >= self.max_in_flight or _ready(in_flight[0])):
                 self.write_oldest()
         while in_flight:  # stopping: finish what was submitted, commit what was written
             self.write_oldest()
@@ -153,24 +194,95 @@ class DeliveryLoop:
         in_flight.popleft()
 
     def outcomes(self, item: InFlight) -> Sequence[Outcome]:
-        """Wait for ``item``'s outcomes (one per record, in order); raises what processing raised."""
-        outcomes = item.pending.result()
+        """Wait for ``item``'s outcomes (one per record, in order); with ``process_retry`` a failed batch is
+        re-submitted (see the module docstring), else this raises what processing raised."""
+        first_failure: float | None = None
+        while True:
+            try:
+                outcomes = item.pending.result()
+                break
+            except Exception as exc:
+                policy = self.process_retry
+                if policy is None:
+                    raise
+                now = time.monotonic()
+                first_failure = now if first_failure is None else first_failure
+                if now - first_failure >= policy.within_s:
+                    raise ProcessingError(
+                        f"batch {item.batch.key}: processing failed {item.attempt} times over "
+                        f"{now - first_failure:.0f} s ({policy.setting or 'retry limit'}); last: {_one_line(exc)}"
+                    ) from exc
+                delay = policy.delay(item.attempt)
+                log.warning("batch %s: processing failed (%s); retrying in %.1f s (attempt %d)", item.batch.key,
+                            _one_line(exc), delay, item.attempt + 1)
+                self.sleep(delay)
+                item.attempt += 1
+                item.pending = self._resubmit(item.batch)
         if len(outcomes) != len(item.batch.records):
             raise RuntimeError(f"batch {item.batch.key}: processing returned {len(outcomes)} outcomes for "
                                f"{len(item.batch.records)} records")
         return outcomes
 
+    def _resubmit(self, batch: Batch) -> Pending:
+        try:
+            return self.submit(batch)
+        except Exception as exc:  # noqa: BLE001 - surfaces from result(), where the retry policy sees it
+            return Failed(exc)
+
     def write(self, item: InFlight) -> None:
-        """Write ``item``'s source dead letters and outcomes, then commit the batch."""
+        """Write ``item``'s source dead letters and outcomes, then commit the batch (with ``write_retry``: again
+        after a ``SinkWriteError``, see the module docstring)."""
         outcomes = self.outcomes(item)
         batch = item.batch
-        for dead in batch.dead_letters:
-            self.sink.add_dead_letter(dead)
-        for outcome in outcomes:
-            self.sink.add_outcome(outcome)
-        self.commit(batch)
+        first_failure: float | None = None
+        attempt = 1
+        while True:
+            try:
+                for dead in batch.dead_letters:
+                    self.sink.add_dead_letter(dead)
+                for outcome in outcomes:
+                    self.sink.add_outcome(outcome)
+                self.commit(batch)
+                break
+            except SinkWriteError as exc:
+                policy = self.write_retry
+                if policy is None or isinstance(exc, (TransactionAbortedError, TransactionFencedError)):
+                    raise
+                now = time.monotonic()
+                first_failure = now if first_failure is None else first_failure
+                if now - first_failure >= policy.within_s:
+                    raise SinkWriteError(
+                        f"batch {batch.key}: not written after {attempt} attempts over {now - first_failure:.0f} s "
+                        f"({policy.setting or 'retry limit'}); nothing of it was committed; last: {_one_line(exc)}"
+                    ) from exc
+                delay = policy.delay(attempt)
+                log.warning("batch %s: write failed (%s); retrying in %.1f s (attempt %d)", batch.key,
+                            _one_line(exc), delay, attempt + 1)
+                self.sleep(delay)
+                attempt += 1
         self.state.committed_batches += 1
         self.state.committed_inputs += len(batch)
         self.state.last_commit = time.monotonic()
         if self.on_committed is not None:
             self.on_committed(batch, (*batch.dead_letters, *outcomes))
+
+
+@dataclass
+class Failed:
+    """A :class:`Pending` whose submission itself raised."""
+
+    error: Exception
+
+    def ready(self) -> bool:
+        return True
+
+    def result(self) -> Sequence[Outcome]:
+        raise self.error
+
+
+def _ready(item: InFlight) -> bool:
+    """``item.pending.ready()``; a failure counts as ready, so that :meth:`DeliveryLoop.outcomes` sees it."""
+    try:
+        return item.pending.ready()
+    except Exception:  # noqa: BLE001 - handled (retried or raised) where the result is fetched
+        return True

@@ -36,7 +36,7 @@ from cola_moderation.connectors.filesystem import Location, expand
 from cola_moderation.connectors.image_files import image_roots, read_image_file
 from cola_moderation.connectors.records import Batch, DeadLetter, FilePosition, InputRecord
 from cola_moderation.operators.config import DecodeConfig
-from cola_moderation.operators.errors import ConfigError, error_fields
+from cola_moderation.operators.errors import ColaError, ConfigError, error_fields
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,50 @@ def open_parquet(file: Location) -> pq.ParquetFile:
     """A streaming reader of ``file`` (one row group's pages at a time)."""
     source = file.path if file.local else file.filesystem.open_input_file(file.path)
     return pq.ParquetFile(source, buffer_size=1 << 20, pre_buffer=False)
+
+
+class BadInputFileError(ColaError, ValueError):
+    """An input file is not readable Parquet or lacks the image column (see ``parquet.on_bad_file``)."""
+
+    stage = "source"
+
+
+def check_input_file(file: Location, config: ParquetConfig) -> str | None:
+    """Why ``file`` cannot be read as an input (footer unreadable, not Parquet, no usable image column), or None."""
+    try:
+        parquet = open_parquet(file)
+        try:
+            schema = parquet.schema_arrow
+        finally:
+            parquet.close()
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        return f"not a readable Parquet file: {' '.join(str(exc).split())[:200]}"
+    if config.image_column not in schema.names:
+        return f"no column {config.image_column!r} (parquet.image_column; columns: {schema.names[:20]})"
+    image_type = schema.field(config.image_column).type
+    if not (pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type)
+            or pa.types.is_fixed_size_binary(image_type) or pa.types.is_string(image_type)
+            or pa.types.is_large_string(image_type)):
+        return f"column {config.image_column!r} is {image_type}, not binary (image bytes) or string (paths)"
+    return None
+
+
+def screen_input_files(files: Sequence[Location], config: ParquetConfig
+                       ) -> tuple[list[Location], list[tuple[Location, str]]]:
+    """Split ``files`` into readable inputs and (file, reason) pairs; with ``parquet.on_bad_file: fail`` the first
+    bad file raises :class:`BadInputFileError` instead."""
+    good: list[Location] = []
+    bad: list[tuple[Location, str]] = []
+    for file in files:
+        reason = check_input_file(file, config)
+        if reason is None:
+            good.append(file)
+        elif config.on_bad_file == "fail":
+            raise BadInputFileError(f"input {file.uri}: {reason} (parquet.on_bad_file: fail)")
+        else:
+            log.warning("skipping input %s: %s (parquet.on_bad_file: skip)", file.uri, reason)
+            bad.append((file, reason))
+    return good, bad
 
 
 ROW_FIELDS = pa.schema([

@@ -45,12 +45,19 @@ import torch
 from cola_moderation.connectors.config import ParquetConfig
 from cola_moderation.connectors.filesystem import Location, is_uri
 from cola_moderation.connectors.parquet_sink import ParquetSink
-from cola_moderation.connectors.parquet_source import ParquetSource, expand_inputs, open_parquet
+from cola_moderation.connectors.parquet_source import (
+    BadInputFileError,
+    ParquetSource,
+    SourceTable,
+    expand_inputs,
+    open_parquet,
+    screen_input_files,
+)
 from cola_moderation.connectors.records import DeadLetter, FilePosition, InputRecord, Route, source_array
 from cola_moderation.operators.backbone import load_geometry
 from cola_moderation.operators.config import DecodeConfig
 from cola_moderation.operators.decode import DecodedBatch, ImageDecoder
-from cola_moderation.operators.errors import DecodeError
+from cola_moderation.operators.errors import ColaError, DecodeError
 from cola_moderation.pipeline.config import PipelineConfig
 from cola_moderation.pipeline.preflight import check_output_directory
 from cola_moderation.pipeline.ray_runtime import check_worker_resources, init_ray, quiet_ray_console
@@ -71,7 +78,7 @@ def read_file(items: pa.Table, *, files: list[Location], passthrough: pa.Schema,
     """Read stage: every not-yet-written batch of each input file (``items["index"]`` into ``files``) as a table."""
     for index in items.column("index").to_pylist():
         with ParquetSource([files[index]], config, skip=done.__contains__, max_image_bytes=max_image_bytes) as source:
-            for part in source.tables():
+            for part in _tables(source, files[index].uri, config):
                 n = len(part)
                 table = part.rows.append_column("key", pa.array([part.key] * n, pa.string()))
                 table = table.append_column("batch_total", pa.array([n] * n, pa.int64()))
@@ -196,6 +203,36 @@ class BatchWriter:
         return table.num_rows
 
 
+def _tables(source: ParquetSource, file: str, config: ParquetConfig) -> Iterator[SourceTable]:
+    """``source.tables()``; a file that turns out corrupt past its footer ends here: skipped from this point with a
+    warning, or (``parquet.on_bad_file: fail``) the job fails naming it. Batches already yielded stay complete."""
+    tables = source.tables()
+    while True:
+        try:
+            part = next(tables)
+        except StopIteration:
+            return
+        except (OSError, pa.ArrowException) as exc:
+            reason = f"unreadable after its footer: {' '.join(str(exc).split())[:200]}"
+            if config.on_bad_file == "fail":
+                raise BadInputFileError(f"input {file}: {reason} (parquet.on_bad_file: fail)") from None
+            log.warning("skipping the rest of input %s: %s (parquet.on_bad_file: skip)", file, reason)
+            return
+        yield part
+
+
+def _cola_cause(exc: BaseException) -> ColaError | None:
+    """The first of this project's errors in ``exc``'s chain of causes (Ray wraps task errors)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ColaError) and not type(current).__module__.startswith("ray."):
+            return current
+        seen.add(id(current))
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
+    return None
+
+
 def pool_restart_args(max_restarts: int) -> dict[str, Any]:
     """``max_restarts`` for the pool's actors; Ray Data takes it only as a (deprecated) extra remote argument, so
     Ray's default (restart forever) is left alone when that is what the config asks for."""
@@ -207,9 +244,12 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
     """Moderate every row of ``inputs`` into the dataset ``output`` (``route=output|quarantine|dead_letter``)."""
     from tqdm import tqdm
 
-    files = expand_inputs(inputs)
+    files, bad_files = screen_input_files(expand_inputs(inputs), config.parquet)  # parquet.on_bad_file
+    skipped_files = [(file.uri, reason) for file, reason in bad_files]
     if not is_uri(output):
         output = check_output_directory(output)  # one-line error before Ray starts
+    if not files:  # every input was skipped: nothing to start Ray for
+        return RunSummary(skipped_files=skipped_files)
     passthrough = ParquetSource(files, config.parquet).passthrough_schema()
     sink = ParquetSink(output, OutputSerializer(), config.parquet, passthrough=passthrough)
     done = sink.completed
@@ -233,7 +273,7 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
         parquet = open_parquet(file)
         total_rows += parquet.metadata.num_rows
         parquet.close()
-    summary = RunSummary(skipped_batches=len(done))
+    summary = RunSummary(skipped_batches=len(done), skipped_files=skipped_files)
     started = time.perf_counter()
     dataset = (
         ray.data.from_items([{"index": i} for i in range(len(files))], override_num_blocks=len(files))
@@ -255,10 +295,16 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
     # Counts images as they come back from the model (a batch is written once all its rows are back); on a terminal
     # only (disable=None), so logs and pipes get no carriage-return noise.
     with tqdm(total=total_rows, unit="img", desc="cola batch", disable=None if progress else True) as bar:
-        for rows in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            table: pa.Table = rows  # batch_format="pyarrow"
-            writer.add(table)
-            bar.update(table.num_rows)
+        try:
+            for rows in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                table: pa.Table = rows  # batch_format="pyarrow"
+                writer.add(table)
+                bar.update(table.num_rows)
+        except Exception as exc:
+            ours = _cola_cause(exc)  # e.g. BadInputFileError from a read task: its one line, not Ray's wrapper
+            if ours is None:
+                raise
+            raise ours from None
     if log.isEnabledFor(logging.DEBUG):
         log.debug("Ray Data execution stats:\n%s", dataset.stats())
     if writer.pending:

@@ -74,13 +74,27 @@ def check_broker(bootstrap_servers: str, *, timeout_s: float = 10.0, setting: st
                       + "; ".join(errors))
 
 
+def broker_reachable(bootstrap_servers: str, *, timeout_s: float = 1.0) -> str | None:
+    """``None`` when one of ``bootstrap_servers`` accepts a TCP connection, else why none did (one line)."""
+    errors = []
+    for address in (item.strip() for item in bootstrap_servers.split(",") if item.strip()):
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+                return None
+        except (OSError, ValueError) as exc:
+            errors.append(f"{address}: {getattr(exc, 'strerror', None) or exc}")
+    return "; ".join(errors) or "no address"
+
+
 def _answers_metadata(address: str, timeout_s: float) -> bool:
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
     try:
-        consumer = KafkaConsumer(bootstrap_servers=[address], request_timeout_ms=int(timeout_s * 1000) + 1000,
-                                 connections_max_idle_ms=60_000)
+        consumer = KafkaConsumer(bootstrap_servers=[address], request_timeout_ms=int(timeout_s * 1000),
+                                 session_timeout_ms=min(6000, int(timeout_s * 1000) - 1),
+                                 heartbeat_interval_ms=min(1500, int(timeout_s * 1000) // 4))
     except (KafkaError, OSError, ValueError):
         return False
     try:

@@ -98,3 +98,14 @@ class StreamConfig(Section):
     max_in_flight: Annotated[int, Field(ge=1, le=64)] = 2
     """Batches per consumer sent to the deployment before the oldest must be written (pipelining lets Serve see
     the stream's load and overlaps Kafka I/O with the model)."""
+    processing_retry_s: Annotated[float, Field(ge=0)] = 120.0
+    """A batch whose moderation call fails (a replica lost or restarting: ``ActorDiedError``) is sent again, with
+    backoff, until this long after its first failure; then the job stops with exit code 2 (nothing of the batch is
+    committed, so a restart re-reads it). 0 = no retry."""
+    broker_retry_s: Annotated[float, Field(ge=0)] = 60.0
+    """A batch whose write to Kafka fails (broker unreachable) is written again, with backoff, until this long after
+    the first failure (each attempt waits up to ``kafka.flush_timeout_s``); then the job stops with exit code 2 and
+    one line naming the cause. 0 = no retry."""
+    retry_backoff_s: Annotated[float, Field(gt=0)] = 0.5
+    """First wait between attempts; doubles per attempt up to ``retry_max_backoff_s``."""
+    retry_max_backoff_s: Annotated[float, Field(gt=0)] = 5.0

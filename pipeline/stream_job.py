@@ -23,11 +23,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cola_moderation.connectors.errors import BrokerError, SinkWriteError, TransactionFencedError
 from cola_moderation.connectors.kafka_source import KafkaSource
 from cola_moderation.connectors.kafka_transactions import open_kafka
-from cola_moderation.connectors.loop import DeliveryLoop, LoopState
+from cola_moderation.connectors.loop import DeliveryLoop, LoopState, RetryPolicy
 from cola_moderation.connectors.records import Batch, Outcome
+from cola_moderation.operators.errors import ColaError
 from cola_moderation.pipeline.config import PipelineConfig
+from cola_moderation.pipeline.preflight import broker_reachable
 from cola_moderation.pipeline.records import OutputSerializer
 from cola_moderation.pipeline.summary import RunSummary
 
@@ -53,6 +56,8 @@ class StreamConsumer:
         self._started = time.monotonic()
         self._joined_at: float | None = None
         self._loop: DeliveryLoop | None = None
+        self._broker_checked = 0.0
+        self._broker_down_since: float | None = None
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish the batches in flight and return (callable from another thread)."""
@@ -86,14 +91,28 @@ class StreamConsumer:
         def stop(state: LoopState) -> bool:
             if self._stop.is_set():
                 return True
+            self._check_broker(state)
             if max_records is not None and state.committed_inputs + state.pending_inputs >= max_records:
                 return True
             return idle_timeout_s is not None and not state.in_flight and self._idle_for(source) > idle_timeout_s
 
-        self._loop = DeliveryLoop(source, sink, submit, max_in_flight=self.config.stream.max_in_flight,
-                                  on_committed=lambda _batch, outcomes: self._count(outcomes))
+        stream = self.config.stream
+        backoff = {"backoff_s": stream.retry_backoff_s, "max_backoff_s": stream.retry_max_backoff_s}
+        process_retry = (RetryPolicy(stream.processing_retry_s, setting="stream.processing_retry_s", **backoff)
+                         if stream.processing_retry_s > 0 else None)
+        # exactly_once: a failed transaction is aborted and its batches polled again (the loop's own handling)
+        write_retry = (RetryPolicy(stream.broker_retry_s, setting="stream.broker_retry_s", **backoff)
+                       if stream.broker_retry_s > 0 and self.config.kafka.guarantee != "exactly_once" else None)
+        self._loop = DeliveryLoop(source, sink, submit, max_in_flight=stream.max_in_flight,
+                                  on_committed=lambda _batch, outcomes: self._count(outcomes),
+                                  process_retry=process_retry, write_retry=write_retry)
         try:
             self._loop.run(stop)
+        except SinkWriteError as exc:  # the write retries ran out: name the broker, one line
+            if isinstance(exc, TransactionFencedError):
+                raise
+            raise BrokerError(f"Kafka broker at {self._bootstrap()} did not take the output "
+                              f"({' '.join(str(exc).split())})") from exc
         finally:
             sink.close()
             source.close()
@@ -103,20 +122,45 @@ class StreamConsumer:
                 self.summary.seconds = state.last_commit - state.first_input
         return self.summary
 
+    def _bootstrap(self) -> str:
+        return self.bootstrap_servers or self.config.kafka.bootstrap_servers
+
+    def _check_broker(self, state: LoopState) -> None:
+        """While no input arrives, check every 2 s that the broker accepts connections (the consumer itself only
+        logs that it cannot reach it); unreachable for ``stream.broker_retry_s`` stops the job with a
+        :class:`BrokerError`. Batches in flight are not committed (a restart re-reads them)."""
+        now = time.monotonic()
+        if self.config.stream.broker_retry_s <= 0 or now - max(state.last_input, self._broker_checked) < 2.0:
+            return
+        self._broker_checked = now
+        problem = broker_reachable(self._bootstrap())
+        if problem is None:
+            self._broker_down_since = None
+            return
+        self._broker_down_since = self._broker_down_since or now
+        down_for = now - self._broker_down_since
+        log.warning("Kafka broker unreachable for %.0f s: %s", down_for, problem)
+        if down_for >= self.config.stream.broker_retry_s:
+            raise BrokerError(f"Kafka broker at {self._bootstrap()} unreachable for {down_for:.0f} s "
+                              f"(stream.broker_retry_s={self.config.stream.broker_retry_s:g}): {problem}")
+
     def _count(self, outcomes: Sequence[Outcome]) -> None:
         for outcome in outcomes:
             self.summary.add(outcome)
 
     def _idle_for(self, source: KafkaSource) -> float:
         """Seconds without input, counted from the group join: joining takes a few seconds and is not idleness. A
-        member that gets no partition counts from its start plus two session timeouts."""
+        member that gets no partition counts from its start plus two session timeouts. Time spent waiting for
+        results (a replica restarting, retries) is not idleness either: it counts from the last commit too."""
         now = time.monotonic()
         if self._joined_at is None and source.assignment():
             self._joined_at = now
         grace = 2 * self.config.kafka.session_timeout_ms / 1000
         start = self._joined_at if self._joined_at is not None else self._started + grace
-        last_input = self._loop.state.last_input if self._loop is not None else self._started
-        return now - max(last_input, start)
+        state = self._loop.state if self._loop is not None else None
+        last_input = state.last_input if state is not None else self._started
+        last_commit = state.last_commit if state is not None and state.last_commit is not None else start
+        return now - max(last_input, last_commit, start)
 
 
 class ServeResponse:
@@ -129,11 +173,14 @@ class ServeResponse:
         self._outcomes: Sequence[Outcome] | None = None
 
     def ready(self) -> bool:
+        """Never blocks; a failed call counts as ready (:meth:`result` raises its error for the retry policy)."""
         if self._outcomes is None:
             try:
                 self._outcomes = self.response.result(timeout_s=0).outcomes
             except TimeoutError:
                 return False
+            except Exception:  # noqa: BLE001 - surfaced by result()
+                return True
         return True
 
     def result(self) -> Sequence[Outcome]:
@@ -189,7 +236,13 @@ def run_stream_job(config: PipelineConfig, *, bootstrap_servers: str | None = No
                 log.info("stopping the consumers: in-flight batches finish and are committed")
                 ray.get([c.stop.remote() for c in consumers])
         summary = RunSummary()
-        for part in ray.get(runs):
+        try:
+            parts = ray.get(runs)
+        except ray.exceptions.RayTaskError as exc:  # a consumer gave up: its own one-line error, not Ray's wrapper
+            if isinstance(exc.cause, ColaError):
+                raise exc.cause from None
+            raise
+        for part in parts:
             summary.merge(part)
         return summary
     finally:

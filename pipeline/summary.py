@@ -29,6 +29,8 @@ class RunSummary:
     """Seconds from the start to the first written batch (the batch job's start-up: worker processes, imports,
     model loading), and how many inputs that batch held; see :attr:`steady_throughput`."""
     first_output_inputs: int = 0
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    """Input files the batch job skipped (``parquet.on_bad_file: skip``), with the reason."""
 
     def add_output(self, route: str, record: OutputRecord) -> None:
         self.add_counts(route, record.label, record.action, record.suspected_adversarial)
@@ -90,11 +92,15 @@ class RunSummary:
                 "dead_letter_errors": dict(self.dead_letter_errors), "seconds": round(self.seconds, 3),
                 "throughput": round(self.throughput, 2),
                 "first_output_s": None if self.first_output_s is None else round(self.first_output_s, 3),
-                "steady_throughput": None if (steady := self.steady_throughput) is None else round(steady, 2)}
+                "steady_throughput": None if (steady := self.steady_throughput) is None else round(steady, 2),
+                **({"skipped_files": [{"file": f, "reason": r} for f, r in self.skipped_files]}
+                   if self.skipped_files else {})}
 
     def table(self, title: str) -> str:
         """A plain-text report for terminals."""
         lines = [title, "=" * len(title)]
+        for file, reason in self.skipped_files:
+            lines.append(f"skipped input {file}: {reason}")
 
         def section(name: str, counts: Mapping[str, int]) -> None:
             lines.append(f"{name}:")
