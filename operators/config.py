@@ -194,8 +194,9 @@ class DetectorConfig(Section):
     """Adversarial-upload detector: a score in [0, 1] per image from signals the operator computes anyway.
 
     score = sigmoid(bias + sum of weight * (signal - center) / scale), the noise shift entering as its logarithm;
-    signals without a value for an image (e.g. COLA's, where COLA did not run) are left out. Defaults were fitted on
-    the reference model (clean vs PGD).
+    signals without a value for an image (e.g. COLA's, where COLA did not run) are left out. The weights' defaults
+    were fitted on the reference model (clean vs PGD); centres, scales and the threshold come from the model's
+    calibration file when there is one (``cola calibrate``, :mod:`cola_moderation.operators.calibration`).
     """
 
     enabled: bool = True
@@ -227,11 +228,11 @@ class DetectorConfig(Section):
     """Weight of log(1 - cos) between the embeddings with and without the probe noise (the strongest signal on the
     reference model: a logistic fit gave it ~2 against ~0.2 for the view shift and ~0.6 for the confidence drop)."""
     noise_shift_center: float = -9.3
-    """In log units. With the default bias, weight and scale the noise shift alone flags at center + scale / 2 =
-    -8.8 (1 - cos = 1.5e-4): the 95th percentile of clean Fashion-MNIST test images on the reference model at the
-    default amplitude (clean: mean -10.4, sd 1.0). Recalibrate for other models, amplitudes and dtypes (bf16 on
-    CPU moved the clean median from -10.5 to -10.1 and flagged 21 instead of 14 of the sample's 300 clean images;
-    ``benchmarks/gpu_check.py`` prints the median per dtype)."""
+    """In log units. Uncalibrated default: with the default bias, weight and scale the noise shift alone flags at
+    center + scale / 2 = -8.8 (1 - cos = 1.5e-4), about the 95th percentile of clean Fashion-MNIST images on the
+    reference model at the default amplitude (clean: median -10.4, sd 1.0). ``cola calibrate`` replaces it (and the
+    scale and threshold) with the clean median measured on the deployment's own model, amplitude and dtype (bf16 on
+    CPU moved the clean median from -10.5 to -10.1; ``benchmarks/gpu_check.py`` prints the median per dtype)."""
     noise_shift_scale: Annotated[float, Field(gt=0)] = 1.0
     residual_weight: float = 0.0
     """Weight of the share of the image embedding outside the text subspace. Off by default: on the reference
@@ -252,6 +253,11 @@ class DetectorConfig(Section):
     """Weight of CLIP's top-1 probability minus COLA's probability for that label (only where COLA ran)."""
     bias: float = -1.0
     """The score with no evidence: sigmoid(-1) = 0.27, below the default threshold."""
+    calibration: str = "auto"
+    """``auto``: apply ``MODEL_DIR/detector-calibration.json`` (written by ``cola calibrate``) when present and
+    computed under the same settings, else warn; ``none``: use the constants above as they are; or a file path."""
+    calibration_source: str | None = None
+    """Set when loading applied a calibration file (which file, which images); informational."""
 
     @field_validator("noise_amplitude", mode="before")
     @classmethod

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("broker", "run the embedded Kafka-compatible broker (Tansu) on 127.0.0.1 until Ctrl-C"),
     "finetune": ("finetune", "adversarial fine-tuning of the CLIP image tower (TeCoA or FARE); robust checkpoint"),
     "eval": ("eval", "robust accuracy of CLIP / COLA / cascade under L-inf attacks; JSON report and plot"),
+    "calibrate": ("calibrate", "fit the detector's centres and threshold on clean images for a target FPR"),
 }
 
 

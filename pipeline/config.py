@@ -13,6 +13,7 @@ import yaml
 from pydantic import ValidationError, model_validator
 
 from cola_moderation.connectors.config import KafkaConfig, ParquetConfig
+from cola_moderation.operators.calibration import calibrated_detector
 from cola_moderation.operators.config import (
     ColaConfig,
     DecodeConfig,
@@ -65,9 +66,11 @@ def format_validation_error(error: ValidationError, *, source: str) -> str:
     return f"invalid config {source}:\n  " + "\n  ".join(lines)
 
 
-def parse_config(data: Any, *, source: str = "<dict>", base_dir: Path | None = None) -> PipelineConfig:
+def parse_config(data: Any, *, source: str = "<dict>", base_dir: Path | None = None,
+                 calibrate: bool = True) -> PipelineConfig:
     """Validate an already-parsed mapping; relative ``model.path`` values starting with ``.`` and relative
-    ``parquet.image_roots`` resolve from ``base_dir``."""
+    ``parquet.image_roots`` resolve from ``base_dir``. ``calibrate``: apply the model's detector calibration
+    (:mod:`cola_moderation.operators.calibration`)."""
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config {source}: the top level must be a mapping, got {type(data).__name__}")
     model = data.get("model")
@@ -79,12 +82,16 @@ def parse_config(data: Any, *, source: str = "<dict>", base_dir: Path | None = N
                  for root in parquet["image_roots"]]
         data = {**data, "parquet": {**parquet, "image_roots": roots}}
     try:
-        return PipelineConfig.model_validate(data)
+        config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source=source)) from None
+    if not calibrate:
+        return config
+    detector = calibrated_detector(config.model, config.detector, config.method)
+    return config if detector is config.detector else config.model_copy(update={"detector": detector})
 
 
-def load_config(path: str | Path) -> PipelineConfig:
+def load_config(path: str | Path, *, calibrate: bool = True) -> PipelineConfig:
     """Read and validate a YAML config: a file path, or the name of a bundled config (``reference``,
     ``moderation``; see :func:`cola_moderation.resources.config_path`)."""
     file = config_path(path)
@@ -99,4 +106,4 @@ def load_config(path: str | Path) -> PipelineConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {file} is not valid YAML: {exc}") from None
-    return parse_config(data, source=str(file), base_dir=file.parent)
+    return parse_config(data, source=str(file), base_dir=file.parent, calibrate=calibrate)

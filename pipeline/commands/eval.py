@@ -32,7 +32,7 @@ from cola_moderation.pipeline.evaluation.report import (
     suite_markdown,
     write_report,
 )
-from cola_moderation.pipeline.evaluation.suite import SuiteRunner, SuiteSpec, suite_report
+from cola_moderation.pipeline.evaluation.suite import SuiteResult, SuiteRunner, SuiteSpec, suite_report
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +148,15 @@ def run_suite(args: argparse.Namespace, config: PipelineConfig, backbone: ClipBa
                      targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()))
     moderator = Moderator(backbone, taxonomy=config.taxonomy, method="cascade", cola=config.cola,
                           detector=config.detector)
-    result = SuiteRunner(moderator, spec).run(dataset, progress=progress)
-    report = build_suite_report(suite_report(result, config.detector), config=config_section, model=model_section,
-                                dataset=dataset.summary(), data=data_usage(config, dataset), command=invocation())
-    write_report(report, args.report)
+    def write(result: SuiteResult) -> dict[str, object]:
+        report = build_suite_report(suite_report(result, config.detector), config=config_section,
+                                    model=model_section, dataset=dataset.summary(), data=data_usage(config, dataset),
+                                    command=invocation())
+        write_report(report, args.report)
+        return report
+
+    result = SuiteRunner(moderator, spec).run(dataset, progress=progress, finished_eps=write)  # partial after each eps
+    report = write(result)
     if args.plot is not None:
         plot_accuracy([report], args.plot)
     print(suite_markdown(report))

@@ -46,9 +46,10 @@ from cola_moderation.pipeline.evaluation.metrics import accuracy, auroc, tpr_at_
 log = logging.getLogger(__name__)
 
 ATTACKS: dict[str, str | None] = {"none": None, "pgd": "gray-box", "cw": "gray-box", "eot-pgd": "adaptive",
-                                  "apgd-ce": "adaptive", "apgd-dlr": "adaptive", "adaptive": "adaptive"}
+                                  "apgd-ce": "adaptive", "apgd-dlr": "adaptive", "adaptive": "adaptive",
+                                  "detector-aware": "detector-aware"}
 """Attack name -> threat model."""
-SUITE_NAMES = ("apgd-ce", "apgd-dlr", "adaptive")
+SUITE_NAMES = ("apgd-ce", "apgd-dlr", "adaptive", "detector-aware")
 """Attacks run by :mod:`cola_moderation.pipeline.evaluation.suite` (against every deployed method)."""
 DEPLOYED = ("clip", "cola", "cascade")
 ABLATIONS = {"views_only": "views", "projection_only": "projection", "ot_only": "transport"}

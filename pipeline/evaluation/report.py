@@ -29,6 +29,7 @@ Two runs of the same command on the same machine give identical ``accuracy``, ``
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import math
 import platform
@@ -199,7 +200,9 @@ def build_suite_report(suite: dict[str, Any], *, config: dict[str, Any], model: 
         "model": model,
         "dataset": dataset,
         "data": data,
-        "attack": {"name": suite["name"], "threat_model": "adaptive", "norm": "linf",
+        "attack": {"name": suite["name"],
+                   "threat_model": "detector-aware" if suite["name"] == "detector-aware" else "adaptive",
+                   "norm": "linf",
                    "eps_labels": list(by_eps), "eps": [_eps_value(e) for e in by_eps]},
         "methods": {m: METHOD_DESCRIPTIONS[m] for m in methods},
         "accuracy": accuracy,
@@ -240,3 +243,63 @@ def suite_markdown(report: dict[str, Any]) -> str:
     flagged = suite["clean_flagged"]["cascade"]
     lines.append(f"cascade clean flagged: {cell(flagged)} (threshold {suite['detector_threshold']})")
     return "\n".join(lines)
+
+
+def _merge_rates(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pool ``{value, n, ci95}`` rates measured on disjoint image sets (counts add; the interval is recomputed)."""
+    total = sum(int(e["n"]) for e in entries)
+    hits = sum(round(float(e["value"]) * int(e["n"])) for e in entries)
+    low, high = wilson_interval(hits, total)
+    return {"value": round(hits / total, 6) if total else None, "n": total, "ci95": [round(low, 6), round(high, 6)]}
+
+
+def merge_suite_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One ``cola-eval/2`` report from runs of the same suite on consecutive slices of one dataset (shards run in
+    parallel): rates pool their counts, attack rows add their image counts and seconds. The slices must touch."""
+    if not reports:
+        raise ValueError("merge_suite_reports: no reports")
+    reports = sorted(reports, key=lambda r: int(r["dataset"]["slice"].strip("[]").split(":")[0]))
+    bounds = [tuple(int(v) for v in r["dataset"]["slice"].strip("[]").split(":")) for r in reports]
+    for (_, stop), (start, _) in itertools.pairwise(bounds):
+        if stop != start:
+            raise ValueError(f"merge_suite_reports: slices {bounds} are not consecutive")
+    first = reports[0]
+    suites = [r["suite"] for r in reports]
+    suite = dict(first["suite"])
+    for key in ("clean", "clean_flagged"):
+        suite[key] = {m: _merge_rates([s[key][m] for s in suites]) for m in first["suite"][key]}
+    suite["cascade_clean_correct_or_flagged"] = _merge_rates([s["cascade_clean_correct_or_flagged"] for s in suites])
+    by_eps: dict[str, Any] = {}
+    for label, entry in first["suite"]["by_eps"].items():
+        parts = [s["by_eps"][label] for s in suites]
+        rows = []
+        for index, row in enumerate(entry["attacks"]):
+            merged = dict(row)
+            for key in ("attacked", "broken"):
+                merged[key] = sum(int(p["attacks"][index][key]) for p in parts)
+            merged["seconds"] = round(sum(float(p["attacks"][index]["seconds"]) for p in parts), 1)
+            for key in ("accuracy_after", "accuracy", "correct_or_flagged", "correct_or_flagged_after"):
+                if key in row:
+                    merged[key] = _merge_rates([p["attacks"][index][key] for p in parts])
+            rows.append(merged)
+        by_eps[label] = {"worst_case": {m: _merge_rates([p["worst_case"][m] for p in parts])
+                                        for m in entry["worst_case"]},
+                         "cascade_correct_or_flagged": _merge_rates([p["cascade_correct_or_flagged"] for p in parts]),
+                         "attacks": rows, "seconds": round(sum(float(p["seconds"]) for p in parts), 1)}
+    suite["by_eps"] = by_eps
+    suite["total_s"] = round(sum(float(s["total_s"]) for s in suites), 1)
+    dataset = dict(first["dataset"])
+    dataset["slice"] = f"[{bounds[0][0]}:{bounds[-1][1]}]"
+    dataset["images"] = sum(int(r["dataset"]["images"]) for r in reports)
+    dataset["per_class"] = {}
+    for r in reports:
+        for label, count in r["dataset"]["per_class"].items():
+            dataset["per_class"][label] = dataset["per_class"].get(label, 0) + count
+    data = dict(first.get("data", {}))
+    data["reported"] = f"{dataset['name']} {dataset['slice']}"
+    data["shards"] = [r["dataset"]["slice"] for r in reports]
+    merged = build_suite_report(suite, config=first["config"], model=first["model"], dataset=dataset, data=data,
+                                command=first["command"])
+    merged["timings"]["shards_wall_s"] = [r["timings"]["total_s"] for r in reports]
+    merged["versions"] = first["versions"]
+    return merged

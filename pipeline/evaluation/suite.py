@@ -48,7 +48,9 @@ TARGETS = ("clip", "cascade", "cola")
 """Deployed methods, in the order they are attacked (COLA, the costliest, last: most images are broken by then)."""
 SUITE_ATTACKS = {"apgd-ce": ("apgd", "ce"), "apgd-dlr": ("apgd", "dlr"), "pgd-ce": ("pgd", "ce"),
                  "pgd-cw": ("pgd", "cw")}
-SUITES = {"apgd-ce": ("apgd-ce",), "apgd-dlr": ("apgd-dlr",), "adaptive": tuple(SUITE_ATTACKS)}
+SUITES = {"apgd-ce": ("apgd-ce",), "apgd-dlr": ("apgd-dlr",), "adaptive": tuple(SUITE_ATTACKS),
+          "detector-aware": ()}
+"""``detector-aware`` runs only the detector-aware attack on the cascade (e.g. to compare detector settings)."""
 DETECTOR_AWARE = "detector-aware"
 
 
@@ -84,7 +86,7 @@ class SuiteSpec:
 
     @property
     def detector_aware(self) -> bool:
-        return self.name == "adaptive" and "cascade" in self.targets
+        return self.name in ("adaptive", "detector-aware") and "cascade" in self.targets
 
     @property
     def attacked_eps(self) -> tuple[Fraction, ...]:
@@ -178,7 +180,10 @@ class SuiteRunner:
                 pairs.append((DETECTOR_AWARE if seed is None else f"{DETECTOR_AWARE}:seed={seed}", "cascade"))
         return pairs
 
-    def run(self, dataset: EvalDataset, progress: Callable[[str], None] | None = None) -> SuiteResult:
+    def run(self, dataset: EvalDataset, progress: Callable[[str], None] | None = None,
+            finished_eps: Callable[[SuiteResult], object] | None = None) -> SuiteResult:
+        """Clean pass, then the suite per eps (ascending). ``finished_eps`` is called after each eps with the
+        results so far (e.g. to write a partial report a long run can be stopped after)."""
         started = time.perf_counter()
         spec = self.spec
         result = SuiteResult(spec=spec)
@@ -244,6 +249,9 @@ class SuiteRunner:
             result.defended[label] = defended.clone()
             result.rows[label] = rows
             result.seconds[label] = round(time.perf_counter() - tick, 1)
+            result.total_seconds = time.perf_counter() - started
+            if finished_eps:
+                finished_eps(result)
         result.total_seconds = time.perf_counter() - started
         return result
 

@@ -77,3 +77,25 @@ def test_fashion_mnist_first_images_resized() -> None:
     assert data.pixels.shape == (5, 3, 32, 32)
     assert data.labels.tolist() == [9, 2, 1, 1, 6]  # the first five labels of the test split
     assert float(data.pixels.min()) >= 0 and float(data.pixels.max()) <= 1
+
+
+def test_parquet_integer_labels_in_taxonomy_order_and_label_column(tmp_path: Path) -> None:
+    path = tmp_path / "ints.parquet"
+    pq.write_table(pa.table({"image": [png(10), png(20), png(30)], "class_id": [1, 9, 0],
+                             "label": ["bag", "bag", "bag"]}), path)
+    data = load_dataset(str(path), label_names=LABELS, size=28, label_column="class_id")
+    assert data.labels.tolist() == [1, 9, 0]
+    by_name = load_dataset(str(path), label_names=LABELS, size=28)  # default column: names
+    assert by_name.labels.tolist() == [LABELS.index("bag")] * 3
+    pq.write_table(pa.table({"image": [png(10), png(20)], "label": ["3", "12"]}), tmp_path / "bad.parquet")
+    with pytest.raises(DatasetError, match="12"):
+        load_dataset(str(tmp_path / "bad.parquet"), label_names=LABELS, size=28)
+
+
+@needs_data
+def test_fashion_mnist_slices_and_train_split_are_named() -> None:
+    test = load_dataset("fashion-mnist", label_names=LABELS, size=28, limit=5, offset=10)
+    assert len(test) == 5 and test.summary()["slice"] == "[10:15]" and test.name == "fashion-mnist:test"
+    train = load_dataset("fashion-mnist-train", label_names=LABELS, size=28, limit=3)
+    assert train.name == "fashion-mnist:train" and train.slice_name == "[0:3]"
+    assert not torch.equal(train.pixels, test.pixels[:3])

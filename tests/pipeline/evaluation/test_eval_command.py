@@ -35,3 +35,33 @@ def test_eval_rejects_bad_eps_and_dataset(tmp_path: Path, capsys: pytest.Capture
     assert "--eps" in capsys.readouterr().err
     assert main([*base, "--dataset", str(tmp_path / "missing.parquet")]) == 2
     assert "missing.parquet" in capsys.readouterr().err
+
+
+def test_eval_adaptive_suite_reports_worst_case_with_intervals(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    report_path = tmp_path / "suite.json"
+    code = main(["eval", "--config", str(REPO / "configs" / "reference.yaml"), "--dataset",
+                 str(REPO / "samples" / "sample.parquet"), "--attack", "adaptive", "--eps", "4/255,8/255",
+                 "--apgd-steps", "3", "--pgd-steps", "2", "--detector-aware-steps", "3", "--attacker-seed", "7",
+                 "--limit", "6", "--threads", "1", "--report", str(report_path)])
+    assert code == 0
+    report = json.loads(report_path.read_text())
+    assert report["schema"] == "cola-eval/2" and report["n"] == 6 and "8 bits" in report["rounding"]
+    assert report["dataset"]["slice"] == "[0:6]" and report["data"]["reported"].endswith("[0:6]")
+    suite = report["suite"]
+    rows = suite["by_eps"]["8/255"]["attacks"]
+    assert {(r["attack"], r["target"]) for r in rows} >= {("apgd-ce", "clip"), ("apgd-dlr", "cola"),
+                                                          ("pgd-cw", "cascade"), ("detector-aware", "cascade"),
+                                                          ("detector-aware:seed=7", "cascade")}
+    for eps in ("4/255", "8/255"):
+        for method in ("clip", "cola", "cascade"):
+            entry = suite["by_eps"][eps]["worst_case"][method]
+            low, high = entry["ci95"]
+            assert entry["n"] == 6 and low <= entry["value"] <= high
+            # the worst case over the suite is never above clean accuracy
+            assert entry["value"] <= suite["clean"][method]["value"]
+            assert report["accuracy"][method][eps] == entry["value"]
+    # copies found at 4/255 lie in the 8/255 ball too
+    for method in ("clip", "cola", "cascade"):
+        assert report["accuracy"][method]["8/255"] <= report["accuracy"][method]["4/255"]
+    assert "correct-or-flagged" in capsys.readouterr().out
