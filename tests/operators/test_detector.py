@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cola_moderation.operators.config import DetectorConfig
 from cola_moderation.operators.detector import AdversarialDetector, embedding_shift
+from cola_moderation.operators.errors import ConfigError
 
 
 def _probs(rows: list[list[float]]) -> torch.Tensor:
@@ -106,3 +108,36 @@ def test_embedding_shift_is_one_minus_cosine_and_resolves_small_shifts() -> None
     expected = 1.0 - (a64 * tiny64).sum(-1) / (a64.norm(dim=-1) * tiny64.norm(dim=-1))
     assert float(expected.max()) < 5e-5
     torch.testing.assert_close(embedding_shift(a, tiny).double(), expected, rtol=0.05, atol=0)
+
+
+def test_probe_seed_from_the_environment_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cola_moderation.operators.detector import seed_is_secret
+    from cola_moderation.pipeline.commands.eval import detector_section
+
+    pixels = torch.full((1, 3, 8, 8), 0.5)
+    config = DetectorConfig(noise_probe=True)
+    public = AdversarialDetector(config).noisy(pixels)
+    assert not seed_is_secret(config) and detector_section(config)["noise_seed"] == 0
+    monkeypatch.setenv("COLA_DETECTOR_SEED", "98765")
+    secret = AdversarialDetector(config)
+    assert not torch.equal(secret.noisy(pixels), public) and seed_is_secret(config)
+    assert detector_section(config)["noise_seed"] == "secret"
+    guess = AdversarialDetector(config, noise_seed=0)  # an attacker's guess ignores the environment
+    torch.testing.assert_close(guess.noisy(pixels), public)
+    monkeypatch.setenv("COLA_DETECTOR_SEED", "not-a-number")
+    with pytest.raises(ConfigError, match="COLA_DETECTOR_SEED") as caught:
+        AdversarialDetector(config).noisy(pixels)
+    assert "not-a-number" not in str(caught.value)
+
+
+def test_two_sided_noise_probe_flags_too_stable_images_too() -> None:
+    config = DetectorConfig(noise_probe=True, noise_shift_two_sided=True, noise_shift_center=-10.0,
+                            noise_shift_scale=1.0, noise_shift_weight=2.0, bias=-3.0, threshold=0.5)
+    detector = AdversarialDetector(config)
+    shifts = torch.tensor([-10.0, -7.0, -13.0]).exp()  # at the centre, 3 sd more sensitive, 3 sd more stable
+    scores = detector.score(torch.zeros(3), torch.full((3, 4), 0.25), noise_shift=shifts)
+    torch.testing.assert_close(scores[1], scores[2])
+    assert detector.flag(scores).tolist() == [False, True, True]
+    one_sided = AdversarialDetector(config.model_copy(update={"noise_shift_two_sided": False}))
+    assert one_sided.flag(one_sided.score(torch.zeros(3), torch.full((3, 4), 0.25), noise_shift=shifts)).tolist() \
+        == [False, True, False]
