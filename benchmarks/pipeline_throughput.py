@@ -117,6 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--images", type=int, default=4000)
+    parser.add_argument("--no-stream", action="store_true", help="raw and batch only (skip the stream job)")
     args = parser.parse_args()
     config = load_config(args.config)
     images = sample_images(args.images)
@@ -126,13 +127,15 @@ def main() -> None:
 
     raw = raw_throughput(config, images)
     cold, warm = batch_runs(config, images, workdir)
+    stream, half, latencies = float("nan"), float("nan"), []
     messages = [(i.encode(), b, []) for i, b, _ in images]
-    with EmbeddedBroker() as broker:
-        stream, _ = stream_run(config, broker.bootstrap_servers, messages, rate=None)
-        half = stream / 2
-        paced = (messages * 10)[: max(200, int(half * 15))]  # ~15 s at half load
-        paced = [(f"p{n}-".encode() + key, value, headers) for n, (key, value, headers) in enumerate(paced)]
-        _, latencies = stream_run(config, broker.bootstrap_servers, paced, rate=half)
+    if not args.no_stream:
+        with EmbeddedBroker() as broker:
+            stream, _ = stream_run(config, broker.bootstrap_servers, messages, rate=None)
+            half = stream / 2
+            paced = (messages * 10)[: max(200, int(half * 15))]  # ~15 s at half load
+            paced = [(f"p{n}-".encode() + key, value, headers) for n, (key, value, headers) in enumerate(paced)]
+            _, latencies = stream_run(config, broker.bootstrap_servers, paced, rate=half)
     cuts = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [float("nan")] * 99
     print(f"config {args.config}, method {config.method}, {len(images)} images, batch {config.model.batch_size}, "
           f"{os.cpu_count()} CPUs")
@@ -143,6 +146,8 @@ def main() -> None:
               f"job: {run.seconds:.1f} s, of which {run.first_output_s or float('nan'):.1f} s start-up)")
         print(f"  {'  after the first batch:':32s}{steady:8.1f} img/s   ratio {steady / raw:.2f} (like for like: "
               "neither side counts model loading)")
+    if args.no_stream:
+        return
     print(f"  stream job (Kafka + Serve):     {stream:8.1f} img/s   ratio {stream / raw:.2f} (goal >= 0.8)")
     print(f"  stream end-to-end latency at {half:.0f} img/s ({len(latencies)} records): "
           f"p50 {cuts[49]:.0f} ms, p99 {cuts[98]:.0f} ms")
