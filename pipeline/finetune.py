@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 Method = Literal["tecoa", "fare"]
 TRAINED_PREFIXES = ("vision_model.", "visual_projection.")
 """Parameter name prefixes that fine-tuning updates; everything else is frozen and written back unchanged."""
-COPIED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
-                "preprocessor_config.json")
+COPIED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                "special_tokens_map.json", "preprocessor_config.json")
 """Files copied byte for byte from the base checkpoint (those it has): the architecture is unchanged, and the
 tokenizer and image processor must stay the base model's."""
 CHECKPOINTS = "checkpoints"
