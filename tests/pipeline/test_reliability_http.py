@@ -52,9 +52,14 @@ def config(tiny_model_dir: Path) -> PipelineConfig:
 
 @pytest.fixture(scope="module")
 def base_url(config: PipelineConfig) -> Iterator[str]:
+    import ray
+
     from cola_moderation.pipeline.serve_app import deploy_moderation, shutdown_moderation
 
-    # the proxy's body guard (pipeline/http_guard.py) reads its limits from the environment of the Ray processes
+    # the proxy's body guard (pipeline/http_guard.py) reads its limits from the environment of the Ray processes;
+    # a cluster left running by an earlier test would keep its proxy's environment: start a fresh private one
+    if ray.is_initialized():
+        shutdown_moderation(private_cluster=True)
     limits = {"COLA_PROXY_BODY_TIMEOUT_S": "3", "COLA_PROXY_MAX_SLOW_BODIES": "16"}
     saved = {key: os.environ.get(key) for key in limits}
     os.environ.update(limits)
