@@ -159,7 +159,9 @@ def test_containers_carry_the_environment_and_probes_the_code_needs() -> None:
             for container in pod["containers"]:
                 where = f"{path.name} {group_name}/{container['name']}"
                 env = {item["name"]: item.get("value") for item in container.get("env", [])}
-                for key in ("RAY_USAGE_STATS_ENABLED", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"):
+                # the proxy's body/header guard (pipeline/http_guard.py) only runs where the nodes' environment names it
+                for key in ("RAY_USAGE_STATS_ENABLED", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO",
+                            "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"):
                     assert env.get(key) == RAY_ENV_DEFAULTS[key], f"{where}: {key}"
                 # loopback-only mode would make `ray start --address` refuse to join the head
                 assert env.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0", where
@@ -172,6 +174,10 @@ def test_containers_carry_the_environment_and_probes_the_code_needs() -> None:
                 assert container["image"].endswith("-gpu" if gpus else "-cpu"), where
     instructions = "\n".join(line for line in dockerfile.splitlines() if not line.lstrip().startswith("#"))
     assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0" not in instructions
+    guard = RAY_ENV_DEFAULTS["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"]
+    assert f"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH={guard}" in instructions
+    module, _, attribute = guard.partition(":")
+    assert callable(getattr(importlib.import_module(module), attribute)), guard
 
 
 def node_resources(doc: dict[str, Any], *, replicas_key: str) -> list[dict[str, float]]:
