@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from cola_moderation.operators.attacks import pgd_linf
 from cola_moderation.operators.moderator import Moderator
 from cola_moderation.pipeline.config import PipelineConfig, load_config
+from cola_moderation.pipeline.evaluation.harness import parse_eps
 from cola_moderation.pipeline.evaluation.metrics import auroc
 from cola_moderation.pipeline.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 from cola_moderation.pipeline.library import build_moderator
@@ -109,9 +110,8 @@ def main() -> None:
     per_eps: dict[str, float] = {}
     current = torch.tensor(config_weights(config))
     clean_logit = features[0] @ current
-    for label in args.eps.split(","):
-        numerator, denominator = (float(part) for part in label.split("/")) if "/" in label else (float(label), 1.0)
-        adversarial = pgd_linf(clip_loss, pixels, labels, eps=numerator / denominator, steps=args.steps,
+    for label, eps in zip(args.eps.split(","), parse_eps(args.eps), strict=True):
+        adversarial = pgd_linf(clip_loss, pixels, labels, eps=float(eps), steps=args.steps,
                                generator=torch.Generator().manual_seed(0))
         adversarial = (adversarial * 255).round() / 255
         attacked = signals(moderator, adversarial)
