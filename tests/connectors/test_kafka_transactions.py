@@ -210,7 +210,10 @@ def test_sigkill_three_times_two_consumers_each_id_exactly_once(kafka_broker, br
     got: dict[str, collections.Counter[str]] = {}
     for route, topic in (("output", config.output_topic), ("quarantine", config.quarantine_topic),
                          ("dead_letter", config.dead_letter_topic)):
-        peer = read_committed_peer(bootstrap, topic, expect=counts[route], timeout_s=60)
+        # read_committed stops at a partition's last stable offset until the broker has aborted the killed runs'
+        # open transactions (on fencing, or after transaction_timeout_ms): give a loaded broker time for that. The
+        # reader returns as soon as every expected record arrived, so this costs nothing when all is well.
+        peer = read_committed_peer(bootstrap, topic, expect=counts[route], timeout_s=180)
         got[route] = collections.Counter(m.key().decode() for m in peer)
         want = {i for i, r in expected.items() if r == route}
         assert set(got[route]) == want, f"{route}: lost {sorted(want - set(got[route]))[:5]}"
