@@ -36,24 +36,19 @@ SIGNALS = ("noise_shift", "view_shift", "disagreement", "confidence_drop")
 
 
 def signals(moderator: Moderator, pixels: torch.Tensor, *, batch: int = 200) -> torch.Tensor:
-    """``[N, 4]`` the unweighted, standardised terms of the detector's post-COLA logit, in ``SIGNALS`` order."""
-    config = moderator.detector.config
+    """``[N, 4]`` the unweighted, standardised terms of the detector's post-COLA logit, in ``SIGNALS`` order (the
+    detector's own :meth:`AdversarialDetector.terms`, so the fit regresses on exactly what the deployment weighs)."""
     rows = []
     with torch.inference_mode():
         for start in range(0, len(pixels), batch):
             x = pixels[start:start + batch]
             screen = moderator.prescreen(x, method="cascade")
-            clip_probs = screen.logits.softmax(dim=-1)
             cola = moderator.cola.score_pixels(moderator.backbone, x, known=screen.known)
             assert screen.noise_shift is not None
-            noise = (screen.noise_shift.clamp_min(1e-12).log() - config.noise_shift_center) / config.noise_shift_scale
-            view = (cola.view_shift - config.view_shift_center) / config.view_shift_scale
-            top, label = clip_probs.max(dim=-1)
-            cola_probs = cola.scores.probs
-            disagreement = (cola_probs.argmax(dim=-1) != label).float()
-            drop = top - cola_probs.gather(-1, label.unsqueeze(-1)).squeeze(-1)
-            rows.append(torch.stack([noise.abs() if config.noise_shift_two_sided else noise, view, disagreement,
-                                     drop], dim=1).float())
+            terms = moderator.detector.terms(screen.residual, screen.logits.softmax(dim=-1),
+                                             view_shift=cola.view_shift, noise_shift=screen.noise_shift,
+                                             cola_probs=cola.scores.probs)
+            rows.append(torch.stack([terms[name] for name in SIGNALS], dim=1).float())
     return torch.cat(rows)
 
 

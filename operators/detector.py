@@ -82,30 +82,47 @@ class AdversarialDetector:
     def logit(self, residual_energy: torch.Tensor, clip_probs: torch.Tensor, *,
               view_shift: torch.Tensor | None = None, probe_shift: torch.Tensor | None = None,
               noise_shift: torch.Tensor | None = None, cola_probs: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B]`` the score's logit, differentiable in its inputs (a detector-aware attack descends it); same
-        arguments as :meth:`score`. With ``noise_shift_two_sided`` the noise probe counts the distance of the log
-        shift from its centre in either direction: too stable is as suspicious as too sensitive."""
+        """``[B]`` the score's logit, ``bias + sum of weight * term`` over :meth:`terms`, differentiable in its
+        inputs (a detector-aware attack descends it); same arguments as :meth:`score`."""
+        config = self.config
+        weights = {"residual": config.residual_weight, "view_shift": config.view_shift_weight,
+                   "noise_shift": config.noise_shift_weight, "disagreement": config.disagreement_weight,
+                   "confidence_drop": config.confidence_drop_weight}
+        terms = self.terms(residual_energy, clip_probs, view_shift=view_shift, probe_shift=probe_shift,
+                           noise_shift=noise_shift, cola_probs=cola_probs)
+        logit = torch.full_like(terms["residual"], config.bias)
+        for name, term in terms.items():
+            logit = logit + weights[name] * term
+        return logit
+
+    def terms(self, residual_energy: torch.Tensor, clip_probs: torch.Tensor, *,
+              view_shift: torch.Tensor | None = None, probe_shift: torch.Tensor | None = None,
+              noise_shift: torch.Tensor | None = None, cola_probs: torch.Tensor | None = None
+              ) -> dict[str, torch.Tensor]:
+        """The logit's unweighted terms, each ``[B]``: ``residual``, ``view_shift`` (COLA's, else the view probe's),
+        ``noise_shift``, ``disagreement``, ``confidence_drop``; a term whose signal was not given is absent. Shifts
+        are standardised by the calibration's centre and scale; the noise probe's enters as the log shift, and with
+        ``noise_shift_two_sided`` as its distance from the centre in either direction (too stable is as suspicious
+        as too sensitive). Fitting the weights (``benchmarks/fit_detector_weights.py``) regresses on these."""
         config = self.config
         residual_energy, clip_probs = residual_energy.float(), clip_probs.float()
-        logit = config.bias + config.residual_weight * (
-            (residual_energy - config.residual_center) / config.residual_scale)
+        terms = {"residual": (residual_energy - config.residual_center) / config.residual_scale}
+        device = terms["residual"].device
         shift, center = view_shift, config.view_shift_center
         if shift is None:
             shift, center = probe_shift, config.probe_shift_center
         if shift is not None:
-            shift = shift.float().to(logit.device)
-            logit = logit + config.view_shift_weight * (shift - center) / config.view_shift_scale
+            terms["view_shift"] = (shift.float().to(device) - center) / config.view_shift_scale
         if noise_shift is not None:
-            log_shift = noise_shift.float().to(logit.device).clamp_min(1e-12).log()
+            log_shift = noise_shift.float().to(device).clamp_min(1e-12).log()
             standard = (log_shift - config.noise_shift_center) / config.noise_shift_scale
-            logit = logit + config.noise_shift_weight * (standard.abs() if config.noise_shift_two_sided else standard)
+            terms["noise_shift"] = standard.abs() if config.noise_shift_two_sided else standard
         if cola_probs is not None:
             cola_probs = cola_probs.float().to(clip_probs.device)
             clip_top, clip_label = clip_probs.max(dim=-1)
-            disagreement = (cola_probs.argmax(dim=-1) != clip_label).float()
-            drop = clip_top - cola_probs.gather(-1, clip_label.unsqueeze(-1)).squeeze(-1)
-            logit = logit + config.disagreement_weight * disagreement + config.confidence_drop_weight * drop
-        return logit
+            terms["disagreement"] = (cola_probs.argmax(dim=-1) != clip_label).float()
+            terms["confidence_drop"] = clip_top - cola_probs.gather(-1, clip_label.unsqueeze(-1)).squeeze(-1)
+        return terms
 
     def flag(self, scores: torch.Tensor) -> torch.Tensor:
         """``[B]`` bool: scores at or above the threshold (never, when disabled)."""

@@ -35,6 +35,28 @@ def test_cola_disagreement_and_confidence_drop_raise_the_score() -> None:
     torch.testing.assert_close(scores[0], detector.score(residual, clip)[0])
 
 
+def test_logit_is_the_bias_plus_the_weighted_terms_and_absent_signals_add_nothing() -> None:
+    config = DetectorConfig(residual_weight=0.5, view_shift_weight=0.7, noise_shift_weight=2.0,
+                            disagreement_weight=0.3, confidence_drop_weight=0.4, noise_shift_two_sided=True,
+                            noise_shift_center=-10.0, noise_shift_scale=1.0, bias=-1.5)
+    detector = AdversarialDetector(config)
+    residual = torch.tensor([0.4, 0.6])
+    clip = _probs([[0.9, 0.1], [0.3, 0.7]])
+    cola = _probs([[0.2, 0.8], [0.3, 0.7]])
+    noise = torch.tensor([torch.e ** -12.0, torch.e ** -9.0])
+    kwargs = {"view_shift": torch.tensor([0.05, 0.01]), "noise_shift": noise, "cola_probs": cola}
+    terms = detector.terms(residual, clip, **kwargs)
+    assert set(terms) == {"residual", "view_shift", "noise_shift", "disagreement", "confidence_drop"}
+    torch.testing.assert_close(terms["noise_shift"], torch.tensor([2.0, 1.0]))  # two-sided: |log shift - centre|
+    torch.testing.assert_close(terms["disagreement"], torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(terms["confidence_drop"], torch.tensor([0.7, 0.0]))
+    weights = {"residual": 0.5, "view_shift": 0.7, "noise_shift": 2.0, "disagreement": 0.3, "confidence_drop": 0.4}
+    expected = -1.5 + sum(weights[name] * term for name, term in terms.items())
+    torch.testing.assert_close(detector.logit(residual, clip, **kwargs), expected)
+    assert set(detector.terms(residual, clip)) == {"residual"}
+    torch.testing.assert_close(detector.logit(residual, clip), -1.5 + 0.5 * terms["residual"])
+
+
 def test_threshold_and_disable() -> None:
     residual = torch.tensor([0.0, 1.0])
     clip = _probs([[0.9, 0.1]] * 2)
