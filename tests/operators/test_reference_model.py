@@ -74,5 +74,5 @@ def test_reference_config_flags_most_attacked_sample_copies(moderator: Moderator
     assert len(attacked) == 20 and all(isinstance(v, Moderation) for v in attacked + clean)
     flagged = sum(v.suspected_adversarial for v in attacked)  # type: ignore[union-attr]
     false_alarms = sum(v.suspected_adversarial for v in clean)  # type: ignore[union-attr]
-    assert flagged >= 14, flagged  # measured: 18 of 20
-    assert false_alarms <= 0.08 * len(clean), false_alarms  # measured: 14 of 300
+    assert flagged >= 14, flagged  # measured: 17 of 20
+    assert false_alarms <= 0.08 * len(clean), false_alarms  # measured: 12 of 300
