@@ -22,13 +22,12 @@ from pathlib import Path
 import _common  # noqa: F401  (sets the offline environment)
 import torch
 import torch.nn.functional as F
+from _training_slice import graybox_pgd, training_slice
 
-from cola_moderation.operators.attacks import pgd_linf
 from cola_moderation.operators.moderator import Moderator
 from cola_moderation.pipeline.config import PipelineConfig, load_config
 from cola_moderation.pipeline.evaluation.harness import parse_eps
 from cola_moderation.pipeline.evaluation.metrics import auroc
-from cola_moderation.pipeline.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 from cola_moderation.pipeline.library import build_moderator
 from cola_moderation.resources import config_path
 
@@ -88,17 +87,7 @@ def main() -> None:
     if not (config.detector.enabled and config.detector.noise_probe):
         raise SystemExit(f"{args.config}: the detector with its noise probe must be on")
     moderator = build_moderator(config)
-    data = load_fashion_mnist("train")
-    rows = slice(args.offset, args.offset + args.images)
-    pixels = data.pixels(rows)
-    size = moderator.backbone.geometry.size
-    if pixels.shape[-1] != size:
-        pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
-    order = torch.tensor([config.taxonomy.label_names.index(name.replace("-", "_")) for name in CLASS_NAMES])
-    labels = order[data.labels[rows]]
-
-    def clip_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(moderator.attack_logits(x, method="clip"), y, reduction="none")
+    rows, pixels, labels = training_slice(moderator, config, args.offset, args.images)
 
     features = [signals(moderator, pixels)]
     targets = [torch.zeros(len(pixels))]
@@ -106,9 +95,7 @@ def main() -> None:
     current = torch.tensor(config_weights(config))
     clean_logit = features[0] @ current
     for label, eps in zip(args.eps.split(","), parse_eps(args.eps), strict=True):
-        adversarial = pgd_linf(clip_loss, pixels, labels, eps=float(eps), steps=args.steps,
-                               generator=torch.Generator().manual_seed(0))
-        adversarial = (adversarial * 255).round() / 255
+        adversarial = graybox_pgd(moderator, pixels, labels, eps=float(eps), steps=args.steps)
         attacked = signals(moderator, adversarial)
         per_eps[label] = auroc(clean_logit, attacked @ current)
         features.append(attacked)

@@ -33,15 +33,13 @@ from typing import Any
 
 import _common  # noqa: F401  (sets the offline environment)
 import torch
-import torch.nn.functional as F
+from _training_slice import graybox_pgd, training_slice
 
-from cola_moderation.operators.attacks import pgd_linf
 from cola_moderation.operators.cola import ColaScorer
 from cola_moderation.operators.config import ColaConfig
 from cola_moderation.operators.moderator import Moderator
 from cola_moderation.pipeline.config import load_config
 from cola_moderation.pipeline.evaluation.harness import parse_eps
-from cola_moderation.pipeline.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 from cola_moderation.pipeline.library import build_moderator
 from cola_moderation.resources import config_path
 
@@ -79,25 +77,10 @@ def main() -> None:
     config = load_config(args.config)
     moderator = build_moderator(config)
     backbone, bank = moderator.backbone, moderator.bank
-    data = load_fashion_mnist("train")
-    rows = slice(args.offset, args.offset + args.images)
-    pixels = data.pixels(rows)
-    size = backbone.geometry.size
-    if pixels.shape[-1] != size:
-        pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
-    order = torch.tensor([config.taxonomy.label_names.index(name.replace("-", "_")) for name in CLASS_NAMES])
-    labels = order[data.labels[rows]]
-
-    def clip_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(moderator.attack_logits(x, method="clip"), y, reduction="none")
-
+    rows, pixels, labels = training_slice(moderator, config, args.offset, args.images)
     sets = {"clean": pixels}
     for label, eps in zip(args.eps.split(","), parse_eps(args.eps), strict=True):
-        generator = torch.Generator().manual_seed(0)
-        attacked = torch.cat([pgd_linf(clip_loss, pixels[i:i + args.batch], labels[i:i + args.batch],
-                                       eps=float(eps), steps=args.steps, generator=generator)
-                              for i in range(0, len(pixels), args.batch)])
-        sets[label] = (attacked * 255).round() / 255
+        sets[label] = graybox_pgd(moderator, pixels, labels, eps=float(eps), steps=args.steps, batch=args.batch)
 
     def predict(score: Any) -> dict[str, float]:
         with torch.inference_mode():
