@@ -37,7 +37,7 @@ def photo_like_jpegs(count: int, *, width: int = 1024, height: int = 768, seed: 
 def vit_b32_dir() -> Path:
     """A ViT-B/32-shaped CLIPModel with random weights saved in the standard layout (speed does not depend on
     the weights)."""
-    from cola_moderation.operators.checkpoint import VIT_B_32, new_clip_model, save_checkpoint
+    from cola_moderation.operators.backbones.checkpoint import VIT_B_32, new_clip_model, save_checkpoint
 
     directory = Path(tempfile.gettempdir()) / "cola-bench-vit-b32"
     if not (directory / "model.safetensors").exists():

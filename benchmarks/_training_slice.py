@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cola_moderation.operators.attacks import pgd_linf
 from cola_moderation.operators.moderator import Moderator
-from cola_moderation.pipeline.config import PipelineConfig
-from cola_moderation.pipeline.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+from cola_moderation.pipeline.research.attacks import pgd_linf
+from cola_moderation.pipeline.research.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+from cola_moderation.pipeline.runtime.config import PipelineConfig
 
 
 def training_slice(moderator: Moderator, config: PipelineConfig, offset: int,

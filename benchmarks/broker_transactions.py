@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cola_moderation.connectors.broker import EmbeddedBroker, tansu_binary
-from cola_moderation.connectors.kafka_tools import probe_transactions
+from cola_moderation.connectors.local.broker import EmbeddedBroker, tansu_binary
+from cola_moderation.connectors.local.kafka_tools import probe_transactions
 
 
 def main() -> int:

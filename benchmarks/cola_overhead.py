@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from _common import interleaved, vit_b32_dir
 
-from cola_moderation.operators.backbone import ClipBackbone
-from cola_moderation.operators.cola import ColaScorer
+from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
 from cola_moderation.operators.config import (
     ColaConfig,
     DetectorConfig,
@@ -27,8 +26,9 @@ from cola_moderation.operators.config import (
     TaxonomyConfig,
     ViewsConfig,
 )
+from cola_moderation.operators.defences.cola.scorer import ColaScorer
+from cola_moderation.operators.defences.text_bank import TextBank
 from cola_moderation.operators.moderator import Moderator
-from cola_moderation.operators.text_bank import TextBank
 
 
 def random_bank(classes: int, texts: int, dim: int, *, seed: int = 0) -> TextBank:

@@ -85,8 +85,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import httpx
 
-    from cola_moderation.pipeline.config import load_config
-    from cola_moderation.pipeline.serve_app import deploy_moderation, shutdown_moderation
+    from cola_moderation.pipeline.jobs.serve_app import deploy_moderation, shutdown_moderation
+    from cola_moderation.pipeline.runtime.config import load_config
 
     base = load_config(args.config)
     config = base.model_copy(update={

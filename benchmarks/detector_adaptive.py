@@ -21,13 +21,13 @@ import _common  # noqa: F401  (sets the offline environment)
 import torch
 import torch.nn.functional as F
 
-from cola_moderation.operators.attacks import pgd_linf
-from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
 from cola_moderation.operators.moderator import Moderator
-from cola_moderation.pipeline.config import load_config
-from cola_moderation.pipeline.demo import DEFAULT_CONFIG
-from cola_moderation.pipeline.evaluation.metrics import auroc
-from cola_moderation.pipeline.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+from cola_moderation.pipeline.cli.demo import DEFAULT_CONFIG
+from cola_moderation.pipeline.research.attacks import pgd_linf
+from cola_moderation.pipeline.research.evaluation.metrics import auroc
+from cola_moderation.pipeline.research.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+from cola_moderation.pipeline.runtime.config import load_config
 
 
 def main() -> None:

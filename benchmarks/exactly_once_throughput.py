@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cola_moderation.connectors.broker import EmbeddedBroker
-from cola_moderation.connectors.kafka_transactions import open_kafka
-from cola_moderation.connectors.loop import DeliveryLoop, Done, LoopState
+from cola_moderation.connectors.kafka.transactions import open_kafka
+from cola_moderation.connectors.local.broker import EmbeddedBroker
 from cola_moderation.connectors.records import Batch
+from cola_moderation.pipeline.runtime.delivery import DeliveryLoop, Done, LoopState
 from tests.connectors.jobs import JPEG, SERIALIZER, process
 from tests.connectors.kafka_util import produce, topics_config
 

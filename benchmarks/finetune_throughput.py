@@ -18,11 +18,11 @@ import time
 import torch
 from _common import vit_b32_dir
 
-from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
 from cola_moderation.operators.config import ModelConfig, TaxonomyConfig
-from cola_moderation.operators.text_bank import TextBank
-from cola_moderation.operators.zeroshot import ZeroShotClassifier
-from cola_moderation.pipeline.finetune import Finetuner, FinetuneRecipe
+from cola_moderation.operators.defences.text_bank import TextBank
+from cola_moderation.operators.defences.zeroshot import ZeroShotClassifier
+from cola_moderation.pipeline.research.finetune import Finetuner, FinetuneRecipe
 
 LABELS = ("t_shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot")
 

@@ -3,7 +3,7 @@
     ./dev bench fit_detector_weights [--config configs/reference.yaml] [--offset 5000] [--images 600]
 
 The detector's post-COLA score is ``sigmoid(bias + w_noise * |z_noise| + w_view * z_view + w_dis * disagreement +
-w_drop * confidence_drop)`` (operators/detector.py), with the centres and scales of the model's calibration file.
+w_drop * confidence_drop)`` (operators/detector/score.py), with the centres and scales of the model's calibration file.
 This script computes those four signals for clean Fashion-MNIST TRAINING images ``[offset:offset+images]`` (the
 calibration file uses [0:5000], so the default slice is disjoint from it) and for their 10-step L-inf PGD copies on
 plain CLIP at each ``--eps`` (gray-box, 8-bit rounded), fits a class-balanced, lightly L2-regularised logistic
@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from _training_slice import graybox_pgd, training_slice
 
 from cola_moderation.operators.moderator import Moderator
-from cola_moderation.pipeline.config import PipelineConfig, load_config
-from cola_moderation.pipeline.evaluation.harness import parse_eps
-from cola_moderation.pipeline.evaluation.metrics import auroc
-from cola_moderation.pipeline.library import build_moderator
+from cola_moderation.pipeline.research.evaluation.harness import parse_eps
+from cola_moderation.pipeline.research.evaluation.metrics import auroc
+from cola_moderation.pipeline.runtime.config import PipelineConfig, load_config
+from cola_moderation.pipeline.runtime.library import build_moderator
 from cola_moderation.resources import config_path
 
 SIGNALS = ("noise_shift", "view_shift", "disagreement", "confidence_drop")

@@ -47,11 +47,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
 from cola_moderation.operators.config import ModelConfig
+from cola_moderation.operators.defences.zeroshot import Scores
 from cola_moderation.operators.moderator import BatchVerdict, Moderator
-from cola_moderation.operators.zeroshot import Scores
-from cola_moderation.pipeline.config import PipelineConfig, load_config
+from cola_moderation.pipeline.runtime.config import PipelineConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "samples" / "sample.parquet"
@@ -168,7 +168,7 @@ def check_throughput(config: PipelineConfig, device: str, pixels: torch.Tensor, 
         return
     import tempfile
 
-    from cola_moderation.operators.checkpoint import VIT_B_32, new_clip_model, save_checkpoint
+    from cola_moderation.operators.backbones.checkpoint import VIT_B_32, new_clip_model, save_checkpoint
 
     with tempfile.TemporaryDirectory() as directory:
         path = save_checkpoint(new_clip_model(VIT_B_32), Path(directory), image_size=VIT_B_32.image_size)

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kafka import KafkaConsumer
 
-from cola_moderation.connectors.broker import EmbeddedBroker
-from cola_moderation.connectors.kafka_sink import KafkaSink
-from cola_moderation.connectors.kafka_source import KafkaSource
+from cola_moderation.connectors.kafka.sink import KafkaSink
+from cola_moderation.connectors.kafka.source import KafkaSource
+from cola_moderation.connectors.local.broker import EmbeddedBroker
 from tests.connectors.jobs import SERIALIZER, handle
 from tests.connectors.kafka_util import produce, topics_config
 

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cola_moderation.pipeline.evaluation.report import merge_suite_reports, suite_markdown, write_report
+from cola_moderation.pipeline.research.evaluation.report import merge_suite_reports, suite_markdown, write_report
 
 
 def main() -> None:

@@ -62,8 +62,8 @@ def generate(directory: Path, *, total_bytes: int, row_bytes: int, files: int) -
 
 def run_pipeline(inputs: Path, output: Path) -> dict[str, float]:
     from cola_moderation.connectors.config import ParquetConfig
-    from cola_moderation.connectors.parquet_sink import ParquetSink
-    from cola_moderation.connectors.parquet_source import ParquetSource
+    from cola_moderation.connectors.parquet.sink import ParquetSink
+    from cola_moderation.connectors.parquet.source import ParquetSource
     from tests.connectors.jobs import SERIALIZER, drain
 
     config = ParquetConfig()

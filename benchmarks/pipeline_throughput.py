@@ -30,9 +30,9 @@ import pyarrow.parquet as pq
 import torch
 
 from cola_moderation.connectors.records import FilePosition, InputRecord
-from cola_moderation.pipeline.config import PipelineConfig, load_config
-from cola_moderation.pipeline.demo import DEFAULT_CONFIG, SAMPLE
-from cola_moderation.pipeline.summary import RunSummary
+from cola_moderation.pipeline.cli.demo import DEFAULT_CONFIG, SAMPLE
+from cola_moderation.pipeline.runtime.config import PipelineConfig, load_config
+from cola_moderation.pipeline.runtime.summary import RunSummary
 
 
 def sample_images(count: int) -> list[tuple[str, bytes, str]]:
@@ -42,7 +42,7 @@ def sample_images(count: int) -> list[tuple[str, bytes, str]]:
 
 
 def raw_throughput(config: PipelineConfig, images: list[tuple[str, bytes, str]]) -> float:
-    from cola_moderation.pipeline.worker import ModerationWorker
+    from cola_moderation.pipeline.runtime.worker import ModerationWorker
 
     # The same CPU threads a pool actor gets (Ray sets OMP_NUM_THREADS from the actor's CPUs): a fair ceiling, and
     # no oversubscription when other jobs share the machine.
@@ -64,7 +64,7 @@ def batch_runs(config: PipelineConfig, images: list[tuple[str, bytes, str]], wor
                ) -> tuple[RunSummary, RunSummary]:
     """(cold, warm) job summaries: the first job on a fresh Ray cluster also pays for the cluster's worker
     processes; the second reuses them (its pool actor still starts, imports and loads the model)."""
-    from cola_moderation.pipeline.batch_job import run_batch_job
+    from cola_moderation.pipeline.jobs.batch import run_batch_job
 
     path = workdir / "bench.parquet"
     pq.write_table(pa.table({"id": [i for i, _, _ in images], "image": [b for _, b, _ in images]}), path)
@@ -78,9 +78,9 @@ def stream_run(config: PipelineConfig, bootstrap: str, messages: list, rate: flo
     """Run the stream job over ``messages``: all produced up front (``rate=None``), or, after ``warmup`` messages
     went through end to end (so deployment and group join are over), produced at ``rate`` per second while the job
     runs. Returns (throughput over the active time, end-to-end latencies in ms of the paced messages)."""
-    from cola_moderation.connectors.kafka_admin import ensure_topics
-    from cola_moderation.connectors.kafka_tools import produce, read_topic
-    from cola_moderation.pipeline.stream_job import run_stream_job
+    from cola_moderation.connectors.kafka.admin import ensure_topics
+    from cola_moderation.connectors.local.kafka_tools import produce, read_topic
+    from cola_moderation.pipeline.jobs.stream import run_stream_job
 
     tag = f"{time.time_ns()}"
     kafka = config.kafka.model_copy(update={"input_topics": (f"in-{tag}",), "output_topic": f"out-{tag}",
@@ -123,7 +123,7 @@ def main() -> None:
     images = sample_images(args.images)
     workdir = Path(tempfile.mkdtemp(prefix="cola-bench-"))
 
-    from cola_moderation.connectors.broker import EmbeddedBroker
+    from cola_moderation.connectors.local.broker import EmbeddedBroker
 
     raw = raw_throughput(config, images)
     cold, warm = batch_runs(config, images, workdir)

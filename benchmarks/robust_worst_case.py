@@ -23,15 +23,15 @@ from pathlib import Path
 import torch
 import torchattacks
 
-from cola_moderation.operators.attacks import clip_cross_entropy, clip_cw_margin, pgd_linf
-from cola_moderation.operators.backbone import ClipBackbone
-from cola_moderation.operators.text_bank import TextBank
-from cola_moderation.operators.zeroshot import ZeroShotClassifier
-from cola_moderation.pipeline.config import load_config
-from cola_moderation.pipeline.evaluation.datasets import label_indices
-from cola_moderation.pipeline.evaluation.harness import eps_label, parse_eps
-from cola_moderation.pipeline.evaluation.wrapped import ZeroShotLogits
-from cola_moderation.pipeline.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.defences.text_bank import TextBank
+from cola_moderation.operators.defences.zeroshot import ZeroShotClassifier
+from cola_moderation.pipeline.research.attacks import clip_cross_entropy, clip_cw_margin, pgd_linf
+from cola_moderation.pipeline.research.evaluation.datasets import label_indices
+from cola_moderation.pipeline.research.evaluation.harness import eps_label, parse_eps
+from cola_moderation.pipeline.research.evaluation.wrapped import ZeroShotLogits
+from cola_moderation.pipeline.research.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+from cola_moderation.pipeline.runtime.config import load_config
 
 
 def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:

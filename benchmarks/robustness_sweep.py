@@ -29,15 +29,15 @@ import torch.nn.functional as F
 import yaml
 from _common import interleaved
 
-from cola_moderation.operators.attacks import clip_cross_entropy, cola_cross_entropy, pgd_linf
-from cola_moderation.operators.backbone import ClipBackbone
-from cola_moderation.operators.cola import ColaScorer
+from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
 from cola_moderation.operators.config import ColaConfig, DetectorConfig
+from cola_moderation.operators.defences.cola.scorer import ColaScorer
+from cola_moderation.operators.defences.text_bank import TextBank
 from cola_moderation.operators.moderator import Moderator
-from cola_moderation.operators.text_bank import TextBank
-from cola_moderation.pipeline.config import load_config
-from cola_moderation.pipeline.evaluation.metrics import auroc
-from cola_moderation.pipeline.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+from cola_moderation.pipeline.research.attacks import clip_cross_entropy, cola_cross_entropy, pgd_linf
+from cola_moderation.pipeline.research.evaluation.metrics import auroc
+from cola_moderation.pipeline.research.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+from cola_moderation.pipeline.runtime.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import _common
 import httpx
 
-from cola_moderation.pipeline.config import PipelineConfig, load_config, parse_config
+from cola_moderation.pipeline.runtime.config import PipelineConfig, load_config, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,7 @@ def default_config() -> tuple[PipelineConfig, str]:
     config = load_config(reference)
     if (REPO / "operators" / "assets" / "reference-clip").is_dir():
         return config, f"{reference} (builtin:reference)"
-    from cola_moderation.operators.checkpoint import TINY, new_clip_model, save_checkpoint
+    from cola_moderation.operators.backbones.checkpoint import TINY, new_clip_model, save_checkpoint
 
     directory = Path(tempfile.gettempdir()) / "cola-bench-tiny"
     if not (directory / "model.safetensors").exists():
@@ -119,7 +119,7 @@ def replica_view() -> tuple[str, dict[str, int]]:
     """(deployment status + trigger, replica counts by state) from ``serve.status()``."""
     from ray import serve
 
-    from cola_moderation.pipeline.serve_app import APP_NAME, DEPLOYMENT_NAME
+    from cola_moderation.pipeline.jobs.serve_app import APP_NAME, DEPLOYMENT_NAME
 
     app = serve.status().applications.get(APP_NAME)
     if app is None or DEPLOYMENT_NAME not in app.deployments:
@@ -139,7 +139,7 @@ def main() -> None:
                         help="keep the heavy load this long once 2 replicas run")
     args = parser.parse_args()
 
-    from cola_moderation.pipeline.serve_app import deploy_moderation, shutdown_moderation
+    from cola_moderation.pipeline.jobs.serve_app import deploy_moderation, shutdown_moderation
 
     base, described = (load_config(args.config), str(args.config)) if args.config else default_config()
     port = free_port()

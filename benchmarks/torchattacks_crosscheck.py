@@ -19,13 +19,13 @@ import time
 import torch
 import torchattacks
 
-from cola_moderation.operators.attacks import apgd_linf, clip_cross_entropy, pgd_linf, round_to_8bit
-from cola_moderation.operators.backbone import ClipBackbone
-from cola_moderation.pipeline.config import load_config
-from cola_moderation.pipeline.evaluation.datasets import load_fashion_mnist_eval
-from cola_moderation.pipeline.evaluation.harness import Harness, eps_label, parse_eps
-from cola_moderation.pipeline.evaluation.metrics import accuracy
-from cola_moderation.pipeline.evaluation.wrapped import ZeroShotLogits
+from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.pipeline.research.attacks import apgd_linf, clip_cross_entropy, pgd_linf, round_to_8bit
+from cola_moderation.pipeline.research.evaluation.datasets import load_fashion_mnist_eval
+from cola_moderation.pipeline.research.evaluation.harness import Harness, eps_label, parse_eps
+from cola_moderation.pipeline.research.evaluation.metrics import accuracy
+from cola_moderation.pipeline.research.evaluation.wrapped import ZeroShotLogits
+from cola_moderation.pipeline.runtime.config import load_config
 
 
 def main() -> None:

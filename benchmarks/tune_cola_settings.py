@@ -35,12 +35,12 @@ import _common  # noqa: F401  (sets the offline environment)
 import torch
 from _training_slice import graybox_pgd, training_slice
 
-from cola_moderation.operators.cola import ColaScorer
 from cola_moderation.operators.config import ColaConfig
+from cola_moderation.operators.defences.cola.scorer import ColaScorer
 from cola_moderation.operators.moderator import Moderator
-from cola_moderation.pipeline.config import load_config
-from cola_moderation.pipeline.evaluation.harness import parse_eps
-from cola_moderation.pipeline.library import build_moderator
+from cola_moderation.pipeline.research.evaluation.harness import parse_eps
+from cola_moderation.pipeline.runtime.config import load_config
+from cola_moderation.pipeline.runtime.library import build_moderator
 from cola_moderation.resources import config_path
 
 

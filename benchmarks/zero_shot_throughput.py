@@ -15,7 +15,7 @@ import torch
 from _common import interleaved, photo_like_jpegs, vit_b32_dir
 from PIL import Image
 
-from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
 from cola_moderation.operators.config import DecodeConfig, ModelConfig, TaxonomyConfig
 from cola_moderation.operators.decode import ImageDecoder
 from cola_moderation.operators.moderator import Moderator

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
-    "load_config": "cola_moderation.pipeline.config",
-    "PipelineConfig": "cola_moderation.pipeline.config",
-    "build_moderator": "cola_moderation.pipeline.library",
-    "build_policy": "cola_moderation.pipeline.library",
-    "decide": "cola_moderation.pipeline.library",
-    "ModerateBatch": "cola_moderation.pipeline.library",
+    "load_config": "cola_moderation.pipeline.runtime.config",
+    "PipelineConfig": "cola_moderation.pipeline.runtime.config",
+    "build_moderator": "cola_moderation.pipeline.runtime.library",
+    "build_policy": "cola_moderation.pipeline.runtime.library",
+    "decide": "cola_moderation.pipeline.runtime.library",
+    "ModerateBatch": "cola_moderation.pipeline.runtime.library",
     "Moderator": "cola_moderation.operators.moderator",
     "Moderation": "cola_moderation.operators.moderator",
     "DecodedBatch": "cola_moderation.operators.decode",
@@ -63,8 +63,8 @@ if TYPE_CHECKING:
     )
     from cola_moderation.operators.moderator import Moderation, Moderator
     from cola_moderation.operators.policy import Decision, Policy
-    from cola_moderation.pipeline.config import PipelineConfig, load_config
-    from cola_moderation.pipeline.library import ModerateBatch, build_moderator, build_policy, decide
+    from cola_moderation.pipeline.runtime.config import PipelineConfig, load_config
+    from cola_moderation.pipeline.runtime.library import ModerateBatch, build_moderator, build_policy, decide
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: import the defining module on first access

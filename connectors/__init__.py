@@ -4,9 +4,9 @@ The pipeline talks to connectors only through :class:`cola_moderation.connectors
 :class:`Batch`,
 ``commit``, ``pause``/``resume``, ``close``) and :class:`cola_moderation.connectors.base.Sink` (``add(route, record)``,
 ``add_dead_letter``, ``flush(batch)`` = durable acknowledgement, ``close``); records are the frozen dataclasses of
-:mod:`cola_moderation.connectors.records`. Implementations: :mod:`~cola_moderation.connectors.kafka_source`,
-:mod:`~cola_moderation.connectors.kafka_sink`,
-:mod:`~cola_moderation.connectors.parquet_source`, :mod:`~cola_moderation.connectors.parquet_sink`;
-:mod:`~cola_moderation.connectors.broker` runs Tansu locally.
+:mod:`cola_moderation.connectors.records`. Implementations: :mod:`~cola_moderation.connectors.kafka.source`,
+:mod:`~cola_moderation.connectors.kafka.sink`,
+:mod:`~cola_moderation.connectors.parquet.source`, :mod:`~cola_moderation.connectors.parquet.sink`;
+:mod:`~cola_moderation.connectors.local.broker` runs Tansu locally.
 Delivery is at-least-once: commit a batch only after the sink flushed it.
 """

@@ -10,7 +10,7 @@ Source lifecycle (one thread)::
     ...
     sink.close(); source.close()
 
-:mod:`cola_moderation.connectors.loop` is the one implementation of this loop (with an in-flight window).
+:mod:`cola_moderation.pipeline.runtime.delivery` is the one implementation of this loop (with an in-flight window).
 Sinks know nothing of moderation fields: they are given a :class:`RecordSerializer` for the records they write.
 
 Delivery is at-least-once: a crash between ``flush`` and ``commit`` (or anywhere before ``commit``) re-delivers the
@@ -69,7 +69,7 @@ class Source(Closing, ABC):
 class RecordSerializer(Protocol):
     """How a sink writes output records: Kafka takes :meth:`key` / :meth:`to_json` / :attr:`headers`, Parquet takes
     :attr:`arrow_schema` / :meth:`to_columns` / :meth:`passthrough`. One implementation per record type
-    (:class:`cola_moderation.pipeline.records.OutputSerializer`)."""
+    (:class:`cola_moderation.pipeline.runtime.records.OutputSerializer`)."""
 
     content_type: str
     """MIME type of :meth:`to_json`'s bytes (Kafka header ``content-type``)."""

@@ -1,5 +1,5 @@
 """Config sections of the connectors: ``kafka:`` and ``parquet:`` in the pipeline YAML (frozen, unknown keys
-rejected; :mod:`cola_moderation.pipeline.config` composes them)."""
+rejected; :mod:`cola_moderation.pipeline.runtime.config` composes them)."""
 
 from __future__ import annotations
 

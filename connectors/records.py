@@ -6,7 +6,8 @@
 * :class:`DeadLetter` - an input that produced no output, with the error that stopped it.
 * :class:`Route` - where a processed record goes.
 * :class:`Routed` - an output record and its route (``OUTPUT`` or ``QUARANTINE``). The record type belongs to the
-  pipeline (:class:`cola_moderation.pipeline.records.OutputRecord`); sinks turn it into bytes or columns through the
+  pipeline (:class:`cola_moderation.pipeline.runtime.records.OutputRecord`); sinks turn it into bytes or columns through
+  the
   :class:`~cola_moderation.connectors.base.RecordSerializer` they were given.
 * :data:`Outcome` - ``Routed | DeadLetter``: what processing makes of one input. A processor returns exactly one
   outcome per input, in input order.

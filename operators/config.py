@@ -1,7 +1,7 @@
 """Typed, frozen configuration of the operators (model, taxonomy, decoding).
 
-Sections are pydantic models that reject unknown keys; :mod:`cola_moderation.pipeline.config` composes them with the
-connector and
+Sections are pydantic models that reject unknown keys; :mod:`cola_moderation.pipeline.runtime.config` composes them with
+the connector and
 Ray sections and turns validation failures into :class:`~cola_moderation.operators.errors.ConfigError` messages naming
 the key path.
 """
@@ -197,7 +197,7 @@ class DetectorConfig(Section):
     score = sigmoid(bias + sum of weight * (signal - center) / scale), the noise shift entering as its logarithm;
     signals without a value for an image (e.g. COLA's, where COLA did not run) are left out. The weights' defaults
     were fitted on the reference model (clean vs PGD); centres, scales and the threshold come from the model's
-    calibration file when there is one (``cola calibrate``, :mod:`cola_moderation.operators.calibration`).
+    calibration file when there is one (``cola calibrate``, :mod:`cola_moderation.operators.detector.calibration`).
     """
 
     enabled: bool = True

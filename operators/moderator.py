@@ -26,14 +26,14 @@ from typing import Literal
 
 import torch
 
-from cola_moderation.operators.backbone import ClipBackbone
-from cola_moderation.operators.cola import ColaScorer, view_shift_of
+from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
 from cola_moderation.operators.config import ColaConfig, DecodeConfig, DetectorConfig, ModelConfig, TaxonomyConfig
 from cola_moderation.operators.decode import DecodedBatch, ImageDecoder
-from cola_moderation.operators.detector import AdversarialDetector, embedding_shift
+from cola_moderation.operators.defences.cola.scorer import ColaScorer, view_shift_of
+from cola_moderation.operators.defences.text_bank import TextBank
+from cola_moderation.operators.defences.zeroshot import Scores, ZeroShotClassifier
+from cola_moderation.operators.detector.score import AdversarialDetector, embedding_shift
 from cola_moderation.operators.errors import ConfigError, DecodeError
-from cola_moderation.operators.text_bank import TextBank
-from cola_moderation.operators.zeroshot import Scores, ZeroShotClassifier
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cola_moderation.pipeline.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+from cola_moderation.pipeline.research.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 
 HERE = Path(__file__).resolve().parent
 PER_CLASS = 30
@@ -71,9 +71,9 @@ def rgb_png_bytes(pixels: torch.Tensor) -> bytes:
 def attacked_copies(images: torch.Tensor, labels: list[str]) -> list[bytes]:
     """PGD copies of ``[n, 28, 28]`` uint8 images, crafted with the ``cola eval`` harness on plain CLIP of the
     bundled reference model (configs/reference.yaml), deterministic (seed 0)."""
-    from cola_moderation.operators.backbone import ClipBackbone
-    from cola_moderation.pipeline.config import load_config
-    from cola_moderation.pipeline.evaluation.harness import AttackSpec, Harness
+    from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+    from cola_moderation.pipeline.research.evaluation.harness import AttackSpec, Harness
+    from cola_moderation.pipeline.runtime.config import load_config
 
     config = load_config(HERE.parent / "configs" / "reference.yaml")
     backbone = ClipBackbone.load(config.model.model_copy(update={"device": "cpu"}))

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random CLIPModel (32 px, 16-d embeddings) with OpenAI's CLIP BPE vocabulary, via save_pretrained."""
-    from cola_moderation.operators.checkpoint import TINY, new_clip_model, save_checkpoint
+    from cola_moderation.operators.backbones.checkpoint import TINY, new_clip_model, save_checkpoint
 
     return save_checkpoint(new_clip_model(TINY, seed=0), tmp_path_factory.mktemp("tiny-clip"),
                            image_size=TINY.image_size)
@@ -25,7 +25,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_backbone(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
-    from cola_moderation.operators.backbone import ClipBackbone
+    from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
     from cola_moderation.operators.config import ModelConfig
 
     return ClipBackbone.load(ModelConfig(path=str(tiny_model_dir), device="cpu"))
@@ -47,7 +47,7 @@ def kafka_broker():  # type: ignore[no-untyped-def]
     if external:
         yield ExternalBroker(external)
         return
-    from cola_moderation.connectors.broker import EmbeddedBroker
+    from cola_moderation.connectors.local.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
         yield broker
@@ -55,8 +55,8 @@ def kafka_broker():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def broker_transactions(kafka_broker):  # type: ignore[no-untyped-def]
-    """The transaction checks of :func:`~cola_moderation.connectors.kafka_tools.probe_transactions` that the test
+    """The transaction checks of :func:`~cola_moderation.connectors.local.kafka_tools.probe_transactions` that the test
     broker fails (empty when it implements Kafka transactions fully), probed once per session."""
-    from cola_moderation.connectors.kafka_tools import probe_transactions
+    from cola_moderation.connectors.local.kafka_tools import probe_transactions
 
     return [check for check in probe_transactions(kafka_broker.bootstrap_servers, timeout_s=1.5) if not check.ok]

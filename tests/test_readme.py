@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from cola_moderation.pipeline.cli import COMMANDS, parse_args
+from cola_moderation.pipeline.cli.main import COMMANDS, parse_args
 from cola_moderation.resources import sample_parquet, samples_dir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,8 +89,8 @@ def test_in_process_example(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
-    from cola_moderation.pipeline.ray_config import RayConfig
-    from cola_moderation.pipeline.ray_runtime import init_ray
+    from cola_moderation.pipeline.jobs.ray_runtime import init_ray
+    from cola_moderation.pipeline.runtime.ray_config import RayConfig
 
     init_ray(RayConfig())
     yield
@@ -116,7 +116,7 @@ def test_ray_data_example(ray_cluster: None, tmp_path: Path) -> None:
 def test_serve_example(ray_cluster: None, capsys: pytest.CaptureFixture[str]) -> None:
     from ray import serve
 
-    from cola_moderation.connectors.broker import free_port
+    from cola_moderation.connectors.local.broker import free_port
 
     try:
         run_example("serve", PORT=free_port(), IMAGE=str(IMAGES / "sandal.jpg"))
@@ -129,9 +129,9 @@ def test_serve_example(ray_cluster: None, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_kafka_consumer_loop_example(kafka_broker: Any) -> None:
-    from cola_moderation.connectors.kafka_admin import ensure_topics
-    from cola_moderation.connectors.kafka_tools import produce, read_topic
-    from cola_moderation.pipeline.demo import sample_messages
+    from cola_moderation.connectors.kafka.admin import ensure_topics
+    from cola_moderation.connectors.local.kafka_tools import produce, read_topic
+    from cola_moderation.pipeline.cli.demo import sample_messages
 
     bootstrap = kafka_broker.bootstrap_servers
     ensure_topics(bootstrap, {"uploads": 1, "moderated": 1, "uploads.dead_letter": 1})

@@ -8,7 +8,7 @@ import pytest
 
 from cola_moderation import resources
 from cola_moderation.operators.errors import ConfigError, ModelLoadError
-from cola_moderation.pipeline.config import load_config
+from cola_moderation.pipeline.runtime.config import load_config
 
 
 def test_bundled_configs_load_by_name_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,7 @@ crash tests SIGKILL (``python -m tests.connectors.jobs kafka|parquet ...``).
 Processing: payloads starting with a PNG or JPEG signature become output records (``label`` = the format); a header
 or column ``route`` = ``quarantine`` sends them to the quarantine route; anything else becomes a dead letter with a
 ``DecodeError`` (stage ``decode``). The loop is the pipeline's own
-:class:`~cola_moderation.connectors.loop.DeliveryLoop`.
+:class:`~cola_moderation.pipeline.runtime.delivery.DeliveryLoop`.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from cola_moderation.connectors.base import Sink, Source
-from cola_moderation.connectors.loop import DeliveryLoop, Done, LoopState
 from cola_moderation.connectors.records import Batch, DeadLetter, InputRecord, Outcome, Route, Routed
 from cola_moderation.operators.errors import DecodeError
-from cola_moderation.pipeline.records import OutputRecord, OutputSerializer
+from cola_moderation.pipeline.runtime.delivery import DeliveryLoop, Done, LoopState
+from cola_moderation.pipeline.runtime.records import OutputRecord, OutputSerializer
 
 PNG = b"\x89PNG\r\n\x1a\n"
 JPEG = b"\xff\xd8\xff"
@@ -103,7 +103,7 @@ _COMMIT_LOG_LOCK = threading.Lock()
 def drain_kafka(config: Any, *, bootstrap: str | None, consumers: int, **options: Any) -> int:
     """``consumers`` group members (a thread, source and sink each; with exactly_once, transactional ids
     ``<group>.consumer-<i>``) drain the input topics; returns the inputs they committed."""
-    from cola_moderation.connectors.kafka_transactions import open_kafka
+    from cola_moderation.connectors.kafka.transactions import open_kafka
 
     done = [0] * consumers
     errors: list[BaseException] = []
@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     sink: Sink
     if args.kind == "kafka":
         from cola_moderation.connectors.config import KafkaConfig
-        from cola_moderation.connectors.kafka_sink import KafkaSink
-        from cola_moderation.connectors.kafka_source import KafkaSource
+        from cola_moderation.connectors.kafka.sink import KafkaSink
+        from cola_moderation.connectors.kafka.source import KafkaSource
 
         kafka = KafkaConfig.model_validate(json.loads(args.config))
         if args.consumers > 1 or kafka.guarantee == "exactly_once":
@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         sink = KafkaSink(kafka, SERIALIZER, bootstrap_servers=args.bootstrap)
     else:
         from cola_moderation.connectors.config import ParquetConfig
-        from cola_moderation.connectors.parquet_sink import ParquetSink
-        from cola_moderation.connectors.parquet_source import ParquetSource
+        from cola_moderation.connectors.parquet.sink import ParquetSink
+        from cola_moderation.connectors.parquet.source import ParquetSource
 
         parquet = ParquetConfig.model_validate(json.loads(args.config))
         parquet_sink = ParquetSink(args.output, SERIALIZER, parquet)

@@ -1,4 +1,4 @@
-"""Test helpers: fresh topics per test (produce/read_topic live in cola_moderation.connectors.kafka_tools)."""
+"""Test helpers: fresh topics per test (produce/read_topic live in cola_moderation.connectors.local.kafka_tools)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import uuid
 from typing import Any
 
 from cola_moderation.connectors.config import KafkaConfig
-from cola_moderation.connectors.kafka_admin import ensure_topics
-from cola_moderation.connectors.kafka_tools import produce, read_topic
+from cola_moderation.connectors.kafka.admin import ensure_topics
+from cola_moderation.connectors.local.kafka_tools import produce, read_topic
 
 __all__ = ["produce", "read_topic", "topics_config"]
 

@@ -2,7 +2,7 @@
 ``ray start --block`` as separate process trees, and stopped by exactly those process trees.
 
 Why not plain ``ray start --address 127.0.0.1:PORT`` for the worker: with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
-(what keeps a node on loopback, see :data:`cola_moderation.pipeline.ray_runtime.RAY_ENV_DEFAULTS`) Ray 2.60's CLI
+(what keeps a node on loopback, see :data:`cola_moderation.pipeline.jobs.ray_runtime.RAY_ENV_DEFAULTS`) Ray 2.60's CLI
 refuses to add a
 worker node, and with it at ``1`` the CLI rewrites ``127.0.0.1`` (the GCS address and ``--node-ip-address``) to the
 machine's routable address, where the loopback-bound head cannot be reached. Worker nodes are therefore started with
@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from cola_moderation.connectors.broker import free_port
-from cola_moderation.pipeline.ray_runtime import RAY_ENV_DEFAULTS
+from cola_moderation.connectors.local.broker import free_port
+from cola_moderation.pipeline.jobs.ray_runtime import RAY_ENV_DEFAULTS
 
 HOST = "127.0.0.1"
 RAY = Path(sys.executable).with_name("ray")

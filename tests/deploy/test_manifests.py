@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
-from cola_moderation.pipeline.cli import COMMANDS, parse_args
-from cola_moderation.pipeline.config import PipelineConfig, load_config, parse_config
-from cola_moderation.pipeline.ray_runtime import RAY_ENV_DEFAULTS, check_worker_resources
+from cola_moderation.pipeline.cli.main import COMMANDS, parse_args
+from cola_moderation.pipeline.jobs.ray_runtime import RAY_ENV_DEFAULTS, check_worker_resources
+from cola_moderation.pipeline.runtime.config import PipelineConfig, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 KUBERAY = REPO / "deploy" / "kuberay"
@@ -159,7 +159,8 @@ def test_containers_carry_the_environment_and_probes_the_code_needs() -> None:
             for container in pod["containers"]:
                 where = f"{path.name} {group_name}/{container['name']}"
                 env = {item["name"]: item.get("value") for item in container.get("env", [])}
-                # the proxy's body/header guard (pipeline/http_guard.py) only runs where the nodes' environment names it
+                # the proxy's body/header guard (pipeline/jobs/http_guard.py) only runs where the nodes' environment
+                # names it
                 for key in ("RAY_USAGE_STATS_ENABLED", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO",
                             "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"):
                     assert env.get(key) == RAY_ENV_DEFAULTS[key], f"{where}: {key}"
@@ -200,7 +201,7 @@ def _cpus(quantity: str | int) -> float:
 def test_clusters_pass_the_jobs_resource_check() -> None:
     """The RayJobs' clusters (at minReplicas) hold what ``cola batch`` / ``cola stream`` check for at start; the
     RayService's (at maxReplicas) holds serve.max_replicas replicas."""
-    from cola_moderation.pipeline.batch_job import READ_NUM_CPUS
+    from cola_moderation.pipeline.jobs.batch import READ_NUM_CPUS
 
     checked = 0
     for path, doc in ray_resources():
@@ -245,7 +246,7 @@ def test_dockerignore_keeps_what_the_image_needs() -> None:
     patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
     needed = ["pyproject.toml", "README.md", "LICENSE", "dev", "operators/__init__.py", "connectors/__init__.py",
-              "pipeline/cli.py", "configs/reference.yaml", "configs/moderation.yaml"]
+              "pipeline/cli/main.py", "configs/reference.yaml", "configs/moderation.yaml"]
     for name in needed:
         assert (REPO / name).exists(), name
         parts = Path(name).parts

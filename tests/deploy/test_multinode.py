@@ -31,7 +31,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from cola_moderation.connectors.kafka_tools import Message
+from cola_moderation.connectors.local.kafka_tools import Message
 from tests.connectors.kafka_util import produce, read_topic, topics_config
 from tests.deploy.local_cluster import LocalRayCluster
 
@@ -190,7 +190,7 @@ def test_rayservice_serve_config_deploys_on_the_cluster(cluster: LocalRayCluster
     (two proxies on one machine would want the same port) and this test's config file."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    from cola_moderation.connectors.broker import free_port
+    from cola_moderation.connectors.local.broker import free_port
 
     service = yaml.safe_load((KUBERAY / "rayservice.yaml").read_text())
     serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
 from cola_moderation.operators.config import ColaConfig, DetectorConfig, TaxonomyConfig
 from cola_moderation.operators.errors import ConfigError, DecodeError
 from cola_moderation.operators.moderator import Moderation, Moderator

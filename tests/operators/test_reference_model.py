@@ -9,10 +9,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cola_moderation.operators.backbone import REFERENCE_MODEL_DIR, resolve_model_path
+from cola_moderation.operators.backbones.transformers_clip import REFERENCE_MODEL_DIR, resolve_model_path
 from cola_moderation.operators.errors import DecodeError
 from cola_moderation.operators.moderator import Moderation, Moderator
-from cola_moderation.pipeline.config import load_config
+from cola_moderation.pipeline.runtime.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "samples"

@@ -12,13 +12,13 @@ import torch
 from safetensors import safe_open
 
 from cola_moderation import resources
-from cola_moderation.operators.attacks import clip_cross_entropy, pgd_linf
-from cola_moderation.operators.backbone import ClipBackbone
+from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
 from cola_moderation.operators.decode import ImageDecoder
-from cola_moderation.operators.text_bank import TextBank
-from cola_moderation.operators.zeroshot import ZeroShotClassifier
-from cola_moderation.pipeline.config import load_config
-from cola_moderation.pipeline.finetune import TRAINED_PREFIXES
+from cola_moderation.operators.defences.text_bank import TextBank
+from cola_moderation.operators.defences.zeroshot import ZeroShotClassifier
+from cola_moderation.pipeline.research.attacks import clip_cross_entropy, pgd_linf
+from cola_moderation.pipeline.research.finetune import TRAINED_PREFIXES
+from cola_moderation.pipeline.runtime.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

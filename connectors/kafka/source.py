@@ -1,0 +1,264 @@
+"""KafkaSource: a consumer-group member that yields bounded batches and commits only acknowledged ones.
+
+* ``enable_auto_commit=False``; :meth:`commit` commits, per partition, the last offset of the batch + 1.
+* Value formats: ``raw`` (value = image bytes, key = id) and ``json`` (``{"id", "image_b64", ...}``, other fields
+  -> metadata). No key / no ``id`` -> ``topic:partition:offset``. Headers are kept byte-exact on the record and, as
+  text, in ``metadata["headers"]``.
+* A message that cannot become a record (malformed envelope, bad base64, empty value, ``NaN``/``Infinity``, nesting
+  deeper than :data:`~cola_moderation.connectors.json_codec.MAX_DEPTH`, or any other exception while parsing it) is a
+  dead letter in the batch (stage ``source``, :class:`~cola_moderation.connectors.errors.MalformedRecordError`); the
+  stream goes on.
+* Rebalance: before partitions are revoked, acknowledged-but-uncommitted offsets are committed; records of revoked
+  partitions still being collected are dropped, and in-flight batches are not committed for partitions this member
+  lost (their new owner re-reads them: at-least-once).
+* :meth:`pause` / :meth:`resume` pause all assigned partitions (backpressure) while the group session stays alive.
+* ``guarantee: exactly_once``: the consumer reads with ``isolation_level=read_committed`` and never commits offsets
+  itself: :class:`~cola_moderation.connectors.kafka.transactions.TransactionalKafkaSink` commits
+  :meth:`transaction_offsets` inside the batch's transaction, and :meth:`commit` only records them. After an aborted
+  transaction, :meth:`rewind` seeks back to the committed offsets; batches polled before it are stale.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from cola_moderation.connectors.base import Source
+from cola_moderation.connectors.config import KafkaConfig
+from cola_moderation.connectors.errors import MalformedRecordError
+from cola_moderation.connectors.json_codec import JsonInputError, loads_strict
+from cola_moderation.connectors.records import Batch, DeadLetter, InputRecord, KafkaPosition
+
+log = logging.getLogger(__name__)
+
+# (topic, partition) -> (assignment epoch, next offset to commit)
+Positions = dict[Any, tuple[int, int]]
+
+
+def decode_headers(headers: Iterable[tuple[str, bytes | None]] | None) -> tuple[tuple[str, bytes], ...]:
+    return tuple((str(key), bytes(value or b"")) for key, value in headers or ())
+
+
+def headers_as_text(headers: tuple[tuple[str, bytes], ...]) -> dict[str, str]:
+    """Headers as JSON-able text (undecodable bytes become U+FFFD; last value wins for repeated keys)."""
+    return {key: value.decode("utf-8", "replace") for key, value in headers}
+
+
+def message_to_record(message: Any, value_format: str) -> InputRecord | DeadLetter:
+    """Turn one kafka-python ``ConsumerRecord`` into an :class:`InputRecord`, or a source-stage :class:`DeadLetter`."""
+    position = KafkaPosition(message.topic, message.partition, message.offset)
+    headers = decode_headers(message.headers)
+    key = message.key.decode("utf-8", "backslashreplace") if message.key else None
+    metadata: dict[str, Any] = {"headers": headers_as_text(headers)} if headers else {}
+    value: bytes = message.value or b""
+    raw = InputRecord(key or position.default_id(), value, metadata, position, headers)
+    if not value:
+        return DeadLetter.from_exception(raw, MalformedRecordError(f"{position.default_id()}: empty message value"))
+    if value_format == "raw":
+        return raw
+    try:
+        return _from_envelope(value, key, position, headers, metadata)
+    except MalformedRecordError as exc:
+        return DeadLetter.from_exception(raw, exc)
+    except Exception as exc:  # noqa: BLE001 - any failure on one message is that message's dead letter
+        error = MalformedRecordError(f"{position.default_id()}: cannot parse the message: {type(exc).__name__}: "
+                                     f"{str(exc)[:200]}")
+        return DeadLetter.from_exception(raw, error)
+
+
+def _from_envelope(value: bytes, key: str | None, position: KafkaPosition, headers: tuple[tuple[str, bytes], ...],
+                   metadata: dict[str, Any]) -> InputRecord:
+    where = position.default_id()
+    try:
+        envelope = loads_strict(value)
+    except JsonInputError as exc:
+        raise MalformedRecordError(f"{where}: value is not a JSON envelope ({exc.code}): {exc}") from None
+    if not isinstance(envelope, dict):
+        raise MalformedRecordError(f"{where}: JSON envelope must be an object, got {type(envelope).__name__}")
+    image_b64 = envelope.pop("image_b64", None)
+    if not isinstance(image_b64, str) or not image_b64:
+        raise MalformedRecordError(f"{where}: JSON envelope needs a non-empty string field 'image_b64'")
+    try:
+        image = base64.b64decode(image_b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise MalformedRecordError(f"{where}: 'image_b64' is not valid base64: {exc}") from None
+    record_id = envelope.pop("id", None)
+    if record_id is not None and not isinstance(record_id, (str, int)):
+        raise MalformedRecordError(f"{where}: JSON envelope 'id' must be a string or integer, "
+                                   f"got {type(record_id).__name__}")
+    return InputRecord(str(record_id) if record_id is not None else key or where, image,
+                       {**metadata, **envelope}, position, headers)
+
+
+class KafkaSource(Source):
+    """Consume ``config.input_topics`` as member of ``config.group_id``. Not thread-safe: one thread polls,
+    commits and closes."""
+
+    def __init__(self, config: KafkaConfig, *, bootstrap_servers: str | None = None,
+                 client_id: str = "cola-source") -> None:
+        self.config = config
+        options: dict[str, Any] = {
+            "bootstrap_servers": (bootstrap_servers or config.bootstrap_servers).split(","),
+            "group_id": config.group_id, "client_id": client_id, "enable_auto_commit": False,
+            "auto_offset_reset": config.auto_offset_reset, "session_timeout_ms": config.session_timeout_ms,
+            "heartbeat_interval_ms": config.heartbeat_interval_ms,
+            "max_poll_interval_ms": config.max_poll_interval_ms, "fetch_max_bytes": config.fetch_max_bytes,
+            "max_partition_fetch_bytes": config.max_partition_fetch_bytes,
+            "max_poll_records": config.max_batch_records, **config.client_options,
+        }
+        self.exactly_once = config.guarantee == "exactly_once"
+        if self.exactly_once:
+            options["isolation_level"] = "read_committed"
+        self._consumer = KafkaConsumer(**options)
+        self._epoch = 0
+        self._epochs: dict[Any, int] = {}  # assigned partition -> epoch of its assignment
+        self._revoked_while_polling: set[Any] = set()
+        self._acked: dict[Any, int] = {}  # acknowledged, not yet committed: partition -> next offset
+        self._committed: dict[Any, int] = {}  # exactly_once: committed in a transaction by this member
+        self._paused = False
+        self._consumer.subscribe(list(config.input_topics), listener=_Listener(self))
+
+    # -- rebalance callbacks (run inside consumer.poll) --
+    def _on_revoked(self, revoked: Iterable[Any]) -> None:
+        revoked = set(revoked)
+        done = {tp: off for tp, off in self._acked.items() if tp in revoked}
+        if done:
+            self._commit_offsets(done, reason="before revocation")
+        for tp in revoked:
+            self._epochs.pop(tp, None)
+            self._acked.pop(tp, None)
+            self._committed.pop(tp, None)
+        self._revoked_while_polling |= revoked
+        log.info("partitions revoked: %s", sorted(map(str, revoked)))
+
+    def _on_assigned(self, assigned: Iterable[Any]) -> None:
+        self._epoch += 1
+        for tp in assigned:
+            self._epochs[tp] = self._epoch
+        if self._paused and self._epochs:
+            self._consumer.pause(*self._epochs)
+        log.info("partitions assigned: %s", sorted(map(str, assigned)))
+
+    # -- Source --
+    def poll(self) -> Batch:
+        cfg = self.config
+        deadline = time.monotonic() + cfg.max_batch_wait_ms / 1000
+        items: list[tuple[Any, InputRecord | DeadLetter]] = []
+        nbytes = 0
+        self._revoked_while_polling = set()
+        while len(items) < cfg.max_batch_records and nbytes < cfg.max_batch_bytes:
+            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            fetched = self._consumer.poll(timeout_ms=remaining_ms, max_records=cfg.max_batch_records - len(items))
+            for tp, messages in fetched.items():
+                for message in messages:
+                    items.append((tp, message_to_record(message, cfg.value_format)))
+                    nbytes += len(message.value or b"")
+            if remaining_ms == 0:
+                break
+        positions: Positions = {}
+        records: list[InputRecord] = []
+        dead: list[DeadLetter] = []
+        for tp, item in items:
+            if tp in self._revoked_while_polling or tp not in self._epochs:
+                continue  # lost this partition while collecting: its new owner reads these again
+            position = item.source if isinstance(item, InputRecord) else item.record.source
+            positions[tp] = (self._epochs[tp], position.offset + 1)  # type: ignore[union-attr]
+            (records if isinstance(item, InputRecord) else dead).append(item)  # type: ignore[arg-type]
+        key = ",".join(f"{tp.topic}-{tp.partition}@{off}" for tp, (_e, off) in sorted(positions.items()))
+        return Batch(key, tuple(records), tuple(dead), positions)
+
+    def commit(self, batch: Batch) -> None:
+        positions: Positions = batch.position or {}
+        if self.exactly_once:  # the sink committed the offsets in the batch's transaction
+            for tp, (_epoch, offset) in positions.items():
+                self._committed[tp] = offset
+            return
+        for tp, (epoch, offset) in positions.items():
+            if self._epochs.get(tp) != epoch:
+                log.warning("not committing %s up to %d: the partition was reassigned since the batch was polled; "
+                            "its records will be delivered again", tp, offset)
+                continue
+            self._acked[tp] = max(offset, self._acked.get(tp, 0))
+        if self._acked and self._commit_offsets(dict(self._acked), reason="acknowledged batch"):
+            self._acked.clear()
+
+    def _commit_offsets(self, offsets: Mapping[Any, int], *, reason: str) -> bool:
+        try:
+            self._consumer.commit(offsets={tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+        except KafkaError as exc:  # retried with the next commit or before revocation; else re-delivered
+            log.warning("offset commit (%s) failed, will retry: %s", reason, exc)
+            return False
+        return True
+
+    # -- exactly_once --
+    def transaction_offsets(self, batch: Batch) -> dict[Any, OffsetAndMetadata] | None:
+        """The input offsets to commit in ``batch``'s transaction, or ``None`` when the batch is stale: one of its
+        partitions was revoked, reassigned or rewound since it was polled (its records are read again)."""
+        positions: Positions = batch.position or {}
+        if any(self._epochs.get(tp) != epoch for tp, (epoch, _offset) in positions.items()):
+            return None
+        return {tp: OffsetAndMetadata(offset, "", -1) for tp, (_epoch, offset) in positions.items()}
+
+    def group_metadata(self) -> Any:
+        """This member's group metadata (group id, generation, member id) for ``send_offsets_to_transaction``: a
+        broker with KIP-447 rejects the offsets of a member that lost its generation in a rebalance."""
+        return self._consumer.group_metadata()
+
+    def rewind(self) -> None:
+        """After an aborted transaction: seek every assigned partition back to its committed offset and mark the
+        batches polled so far stale (:meth:`transaction_offsets` returns ``None`` for them)."""
+        self._epoch += 1
+        for tp in list(self._epochs):
+            self._epochs[tp] = self._epoch
+            offset = self._committed.get(tp)
+            if offset is None:
+                offset = self._consumer.committed(tp)  # read_committed: waits for pending transactional offsets
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+            elif self.config.auto_offset_reset == "earliest":
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek_to_end(tp)
+        log.info("rewound %d partitions to their committed offsets", len(self._epochs))
+
+    def pause(self) -> None:
+        self._paused = True
+        if self._epochs:
+            self._consumer.pause(*self._epochs)
+
+    def resume(self) -> None:
+        self._paused = False
+        if self._epochs:
+            self._consumer.resume(*self._epochs)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def assignment(self) -> set[Any]:
+        """Partitions currently assigned to this member."""
+        return set(self._epochs)
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Forwards kafka-python's rebalance callbacks to the source."""
+
+    def __init__(self, source: KafkaSource) -> None:
+        self._source = source
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self._source._on_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self._source._on_assigned(assigned)

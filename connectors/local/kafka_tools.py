@@ -1,0 +1,216 @@
+"""Small Kafka client helpers for the demo, benchmarks and tests: produce messages, read a whole topic back."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+Message = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
+"""(key, value, headers)."""
+
+
+def produce(bootstrap: str, topic: str, messages: Sequence[Message], *,
+            max_request_size: int = 16 << 20) -> list[tuple[int, int]]:
+    """Send (key, value, headers) messages with acks=all; returns (partition, offset) of each."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", max_request_size=max_request_size,
+                             linger_ms=5)
+    try:
+        futures = [producer.send(topic, key=key, value=value, headers=headers) for key, value, headers in messages]
+        producer.flush(60)
+        return [(meta.partition, meta.offset) for meta in (future.get(timeout=60) for future in futures)]
+    finally:
+        producer.close()
+
+
+def read_topic(bootstrap: str, topic: str, *, expect: int, timeout_s: float = 60.0, idle_s: float = 1.0,
+               isolation_level: str = "read_uncommitted") -> list[Any]:
+    """All messages of ``topic`` from the start (partitions assigned directly: no consumer group, no join wait):
+    read until ``expect`` messages arrived and then ``idle_s`` passed without more (to catch duplicates), or
+    ``timeout_s``. (Tansu's end offsets are unreliable, so no seek_to_end.) ``isolation_level="read_committed"``
+    reads as a downstream consumer of the exactly-once stream must."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=None, auto_offset_reset="earliest",
+                             enable_auto_commit=False, fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20,
+                             isolation_level=isolation_level)
+    messages: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions and time.monotonic() < deadline:
+            time.sleep(0.1)
+            partitions = consumer.partitions_for_topic(topic)
+        consumer.assign([TopicPartition(topic, partition) for partition in sorted(partitions or ())])
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=100)
+            for records in batch.values():
+                messages.extend(records)
+                last = time.monotonic()
+            if len(messages) >= expect and time.monotonic() - last > idle_s:
+                break
+    finally:
+        consumer.close()
+    return messages
+
+
+@dataclass(frozen=True)
+class TransactionCheck:
+    """One observation of :func:`probe_transactions`: what was checked, whether the broker behaved as Kafka
+    specifies, and what was seen."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def probe_transactions(bootstrap: str, *, peer: bool = True, timeout_s: float = 3.0,
+                       abandoned_wait_s: float | None = None) -> list[TransactionCheck]:
+    """Exercise a broker's transaction support the way the exactly-once stream path uses it, on fresh topics:
+
+    * ``offsets_commit`` / ``offsets_abort``: ``send_offsets_to_transaction`` offsets become the group's committed
+      offset on commit and are discarded on abort;
+    * ``committed_visible``: committed transactional records are read with ``isolation_level=read_committed``;
+    * ``aborted_hidden`` (and ``aborted_hidden_peer``, confluent-kafka): records of an aborted transaction are not;
+    * ``open_hidden``: records of a transaction still open are not (the last stable offset holds them back);
+    * ``fenced_producer_rejected``: after a second producer with the same ``transactional_id`` initialised, the first
+      one's send / commit fails with ``ProducerFencedError`` and what it sends after fencing is not written;
+    * ``fenced_open_aborted``: the first producer's open transaction (written before fencing) is aborted, so
+      read_committed does not see it;
+    * ``abandoned_timed_out`` (only with ``abandoned_wait_s``): a transaction whose producer went away without
+      ending it (``transaction_timeout_ms`` 2000) is aborted by the broker within ``abandoned_wait_s``, so
+      read_committed readers get past it.
+    """
+    from kafka.errors import KafkaError
+    from kafka.structs import OffsetAndMetadata
+
+    from cola_moderation.connectors.kafka.admin import ensure_topics
+
+    tag = uuid.uuid4().hex[:8]
+    source, sink, group, txn_id = f"probe-in-{tag}", f"probe-out-{tag}", f"probe-g-{tag}", f"probe-tx-{tag}"
+    ensure_topics(bootstrap, {source: 1, sink: 1})
+    servers = bootstrap.split(",")
+    partition = TopicPartition(source, 0)
+    checks: list[TransactionCheck] = []
+
+    def check(name: str, ok: bool, detail: str) -> None:
+        checks.append(TransactionCheck(name, ok, detail))
+
+    def committed() -> int | None:
+        consumer = KafkaConsumer(bootstrap_servers=servers, group_id=group, enable_auto_commit=False)
+        try:
+            return consumer.committed(partition)
+        finally:
+            consumer.close()
+
+    def producer() -> KafkaProducer:
+        made = KafkaProducer(bootstrap_servers=servers, transactional_id=txn_id, acks="all", max_block_ms=10_000)
+        made.init_transactions()
+        return made
+
+    def read(isolation: str) -> list[bytes]:
+        return [m.value for m in read_topic(bootstrap, sink, expect=1 << 30, timeout_s=timeout_s, idle_s=timeout_s,
+                                            isolation_level=isolation)]
+
+    first = producer()
+    first.begin_transaction()
+    first.send(sink, b"committed-1")
+    first.send_offsets_to_transaction({partition: OffsetAndMetadata(5, "", -1)}, group)
+    first.commit_transaction()
+    check("offsets_commit", committed() == 5, f"committed offset after the commit: {committed()} (want 5)")
+    first.begin_transaction()
+    first.send(sink, b"aborted-1")
+    first.flush()
+    first.send_offsets_to_transaction({partition: OffsetAndMetadata(9, "", -1)}, group)
+    first.abort_transaction()
+    check("offsets_abort", committed() == 5, f"committed offset after the abort: {committed()} (want 5)")
+    first.begin_transaction()
+    first.send(sink, b"open-1")
+    first.flush()
+    seen = read("read_committed")
+    check("committed_visible", b"committed-1" in seen, f"read_committed saw {seen}")
+    check("aborted_hidden", b"aborted-1" not in seen, f"read_committed saw {seen}")
+    check("open_hidden", b"open-1" not in seen, f"read_committed saw {seen} while the transaction was open")
+
+    second = producer()  # same transactional_id: bumps the epoch and fences the first producer
+    try:
+        first.send(sink, b"zombie-1")
+        first.commit_transaction()
+        check("fenced_producer_rejected", False, "the fenced producer committed a transaction")
+    except KafkaError as exc:
+        check("fenced_producer_rejected", "Fenced" in str(exc) or "Fenced" in type(exc).__name__,
+              f"fenced producer's commit raised {type(exc).__name__}: {exc}")
+    second.begin_transaction()
+    second.send(sink, b"committed-2")
+    second.commit_transaction()
+    seen = read("read_committed")
+    check("fenced_writes_hidden", b"zombie-1" not in seen, f"read_committed saw {seen}")
+    check("fenced_open_aborted", b"open-1" not in seen and b"committed-2" in seen, f"read_committed saw {seen}")
+    for made in (first, second):
+        with contextlib.suppress(KafkaError):
+            made.close(timeout=2)
+    if abandoned_wait_s is not None:
+        abandoned_topic = f"probe-abandoned-{tag}"
+        ensure_topics(bootstrap, {abandoned_topic: 1})
+        abandoned = KafkaProducer(bootstrap_servers=servers, transactional_id=f"{txn_id}-abandoned",
+                                  transaction_timeout_ms=2000)
+        abandoned.init_transactions()
+        abandoned.begin_transaction()
+        abandoned.send(abandoned_topic, b"abandoned-1")
+        abandoned.flush()
+        later = KafkaProducer(bootstrap_servers=servers, transactional_id=f"{txn_id}-later")
+        later.init_transactions()
+        later.begin_transaction()
+        later.send(abandoned_topic, b"committed-3")
+        later.commit_transaction()
+        time.sleep(abandoned_wait_s)
+        seen = [m.value for m in read_topic(bootstrap, abandoned_topic, expect=1, timeout_s=timeout_s,
+                                            isolation_level="read_committed")]
+        check("abandoned_timed_out", b"committed-3" in seen,
+              f"read_committed saw {seen} {abandoned_wait_s:g} s after a transaction (timeout 2 s) was abandoned")
+        for made in (abandoned, later):
+            with contextlib.suppress(KafkaError):
+                made.close(timeout=0)
+    if peer:
+        try:
+            peer_seen = [m.value() for m in read_committed_peer(bootstrap, sink, timeout_s=timeout_s)]
+        except ImportError:
+            pass
+        else:
+            check("aborted_hidden_peer", b"aborted-1" not in peer_seen and b"committed-2" in peer_seen,
+                  f"confluent-kafka (read_committed) saw {peer_seen}")
+    return checks
+
+
+def read_committed_peer(bootstrap: str, topic: str, *, expect: int = 0, timeout_s: float = 3.0,
+                        idle_s: float = 1.0) -> list[Any]:
+    """Every message of ``topic`` (all partitions, from the start) as confluent-kafka (librdkafka) reads it with
+    ``isolation.level=read_committed``: the peer client's view of transactions. Reads until ``expect`` messages
+    arrived and ``idle_s`` passed without more, or ``timeout_s``. Returns confluent-kafka ``Message`` objects.
+    Raises ImportError without confluent-kafka (``pip install 'cola-moderation[test]'``)."""
+    import confluent_kafka
+
+    consumer = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": f"peer-{uuid.uuid4().hex[:8]}",
+                                         "enable.auto.commit": False, "isolation.level": "read_committed",
+                                         "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 16 << 20})
+    messages: list[Any] = []
+    try:
+        partitions = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+        consumer.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
+                         for p in sorted(partitions)])
+        deadline = time.monotonic() + timeout_s
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.1)
+            if message is not None and message.error() is None:
+                messages.append(message)
+                last = time.monotonic()
+            if expect and len(messages) >= expect and time.monotonic() - last > idle_s:
+                break
+    finally:
+        consumer.close()
+    return messages

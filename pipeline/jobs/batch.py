@@ -1,0 +1,315 @@
+"""``cola batch``: Parquet in -> Parquet out on Ray Data, resumable. Input and output may be local paths or
+``pyarrow.fs`` URIs (``s3://...``, ``gs://...``).
+
+Stages (a streaming Ray Data pipeline; every batch between stages is an Arrow table)::
+
+    input files --read (tasks)--> rows --decode (CPU tasks)--> uint8 pixels --model (actor pool)--> routed rows
+                                                                                --> driver --> ParquetSink (dataset)
+
+* read: each task streams one input file through
+  :meth:`~cola_moderation.connectors.parquet.source.ParquetSource.tables`, so ids (``id`` column or ``file:row``),
+  image paths and source-stage dead letters behave exactly as in the connector, and batches the output already holds
+  are skipped (resume). Columns: :data:`~cola_moderation.connectors.parquet.source.ROW_FIELDS`, ``key``,
+  ``batch_total``, and the passthrough columns (prefix :data:`PASSTHROUGH`) with their input Arrow types, cast to one
+  schema across the input files.
+* decode: :class:`~cola_moderation.operators.decode.ImageDecoder` in CPU tasks (``ray.decode_num_cpus`` each) adds
+  ``pixels`` (uint8 ``[3, size, size]`` tensors) and ``decode_error``; the image bytes of a row that decoded are
+  dropped here (kept only for dead letters).
+* model: :class:`~cola_moderation.pipeline.runtime.worker.ModerationWorker` in an actor pool
+  (``ray.actor_pool_min..max`` actors, each reserving ``ray.worker_num_cpus`` / ``ray.worker_num_gpus`` /
+  ``ray.worker_resources``) turns the pixels into the output record's Arrow columns (one outcome per row, in order);
+  pixels become floats only there.
+* write: the driver gathers the rows of each source batch and hands the complete batch to :class:`ParquetSink`
+  (one hive-partitioned dataset, files sized by ``parquet.file_rows`` / ``parquet.file_bytes``). A killed job leaves
+  whole rolls of batches or nothing, and a rerun redoes only the missing batches.
+
+Ray Data's ``read_parquet`` is not used for the read stage because it exposes neither row positions (needed for the
+``file:row`` ids and sources of the record schema) nor stable batch boundaries (needed for resume).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from cola_moderation.connectors.config import ParquetConfig
+from cola_moderation.connectors.filesystem import Location, is_uri
+from cola_moderation.connectors.parquet.sink import ParquetSink
+from cola_moderation.connectors.parquet.source import (
+    BadInputFileError,
+    ParquetSource,
+    SourceTable,
+    expand_inputs,
+    open_parquet,
+    screen_input_files,
+)
+from cola_moderation.connectors.records import DeadLetter, FilePosition, InputRecord, Route, source_array
+from cola_moderation.operators.backbones.transformers_clip import load_geometry
+from cola_moderation.operators.config import DecodeConfig
+from cola_moderation.operators.decode import DecodedBatch, ImageDecoder
+from cola_moderation.operators.errors import ColaError, DecodeError
+from cola_moderation.pipeline.jobs.preflight import check_output_directory
+from cola_moderation.pipeline.jobs.ray_runtime import check_worker_resources, init_ray, quiet_ray_console
+from cola_moderation.pipeline.runtime.config import PipelineConfig
+from cola_moderation.pipeline.runtime.records import OutputRecord, OutputSerializer, to_columns
+from cola_moderation.pipeline.runtime.summary import RunSummary
+from cola_moderation.pipeline.runtime.worker import ModerationWorker
+
+log = logging.getLogger(__name__)
+
+READ_NUM_CPUS = 0.25
+BLOCK_BYTES = 1 << 20
+PASSTHROUGH = "passthrough:"
+"""Prefix of the passthrough columns between stages (keeps them apart from the job's own columns)."""
+
+
+def read_file(items: pa.Table, *, files: list[Location], passthrough: pa.Schema, config: ParquetConfig,
+              done: frozenset[str], max_image_bytes: int) -> Iterator[pa.Table]:
+    """Read stage: every not-yet-written batch of each input file (``items["index"]`` into ``files``) as a table."""
+    for index in items.column("index").to_pylist():
+        with ParquetSource([files[index]], config, skip=done.__contains__, max_image_bytes=max_image_bytes) as source:
+            for part in _tables(source, files[index].uri, config):
+                n = len(part)
+                table = part.rows.append_column("key", pa.array([part.key] * n, pa.string()))
+                table = table.append_column("batch_total", pa.array([n] * n, pa.int64()))
+                for field in passthrough:
+                    column = part.passthrough.column(field.name) if field.name in part.passthrough.column_names \
+                        else pa.nulls(n, field.type)
+                    table = table.append_column(PASSTHROUGH + field.name, column.cast(field.type))
+                yield table
+
+
+def decode_rows(batch: pa.Table, *, size: int, config: DecodeConfig) -> pa.Table:
+    """Decode stage: adds ``pixels`` (uint8 ``[3, size, size]`` per row, zeros where decoding failed) and
+    ``decode_error`` (null when the row decoded); ``payload`` keeps only the bytes of rows that failed."""
+    from ray.data.extensions import ArrowTensorArray  # in the task: importing ray early would bypass init_ray
+
+    n = batch.num_rows
+    pending = [i for i, error in enumerate(batch.column("error_class").to_pylist()) if error is None]
+    payload = batch.column("payload")
+    with ImageDecoder(size=size, config=config.model_copy(update={"workers": 1})) as decoder:
+        decoded = decoder.decode([payload[i].as_py() for i in pending], uint8=True)
+    pixels = np.zeros((n, 3, size, size), dtype=np.uint8)
+    if decoded.indices:
+        pixels[[pending[i] for i in decoded.indices]] = decoded.pixels.numpy()
+    errors: list[str | None] = [None] * n
+    for index, error in decoded.errors.items():
+        errors[pending[index]] = str(error)
+    decoded_rows = {pending[i] for i in decoded.indices}
+    keep = pa.array([i not in decoded_rows for i in range(n)], pa.bool_())
+    batch = batch.set_column(batch.schema.get_field_index("payload"), "payload",
+                             pc.if_else(keep, payload, pa.scalar(None, pa.large_binary())))
+    return batch.append_column("decode_error", pa.array(errors, pa.string())).append_column(
+        "pixels", ArrowTensorArray.from_numpy(pixels))
+
+
+class ModelStage:
+    """Model stage (one per pool actor): routes every row to output, quarantine or dead-letter."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.worker = ModerationWorker(config, job="batch")
+        self.worker.start()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        received_at = time.time()
+        n = batch.num_rows
+        cols = batch.select(["id", "file", "row", "error_class", "error_message", "error_stage",
+                             "decode_error"]).to_pydict()
+        live = [i for i in range(n) if cols["error_class"][i] is None]
+        records = [InputRecord(cols["id"][i], b"", {}, FilePosition(cols["file"][i], cols["row"][i])) for i in live]
+        decoded_rows = [k for k, i in enumerate(live) if cols["decode_error"][i] is None]
+        pixels = batch.column("pixels").combine_chunks().to_numpy()  # uint8 [n, 3, size, size]
+        decoded = DecodedBatch(
+            pixels=torch.from_numpy(np.ascontiguousarray(pixels[[live[k] for k in decoded_rows]])),
+            indices=tuple(decoded_rows),
+            errors={k: DecodeError(cols["decode_error"][i]) for k, i in enumerate(live)
+                    if cols["decode_error"][i] is not None})
+        outcomes = self.worker.process_decoded(records, decoded, received_at=received_at).outcomes
+        routes = [Route.DEAD_LETTER.value] * n
+        error_class, error_message, error_stage = cols["error_class"], cols["error_message"], cols["error_stage"]
+        routed: list[OutputRecord] = []
+        at: list[int | None] = [None] * n  # row -> index into routed
+        for i, outcome in zip(live, outcomes, strict=True):  # one outcome per live row, in order
+            if isinstance(outcome, DeadLetter):
+                error_class[i], error_message[i] = outcome.error_class, outcome.error_message
+                error_stage[i] = outcome.error_stage
+            else:
+                routes[i] = outcome.route.value
+                at[i] = len(routed)
+                routed.append(outcome.record)
+        take = pa.array(at, pa.int64())
+        columns = {name: array.take(take) for name, array in to_columns(routed).items()}
+        columns["id"] = batch.column("id").combine_chunks()
+        columns["source"] = source_array([FilePosition(f, r) for f, r in zip(cols["file"], cols["row"], strict=True)])
+        dead = pa.array([route == Route.DEAD_LETTER.value for route in routes], pa.bool_())
+        out = {"key": batch.column("key"), "batch_total": batch.column("batch_total"),
+               "route": pa.array(routes, pa.string()), **columns,
+               "payload": pc.if_else(dead, batch.column("payload"), pa.scalar(None, pa.large_binary())),
+               "error_class": pa.array(error_class, pa.string()), "error_message": pa.array(error_message, pa.string()),
+               "error_stage": pa.array(error_stage, pa.string())}
+        out.update({name: batch.column(name) for name in batch.column_names if name.startswith(PASSTHROUGH)})
+        return pa.table(out)
+
+
+class BatchWriter:
+    """Driver side: collects the model stage's rows per source batch and hands complete batches to the sink."""
+
+    def __init__(self, sink: ParquetSink, summary: RunSummary, *, started: float | None = None) -> None:
+        """``started``: the job's ``time.perf_counter()`` start, for the summary's start-up time."""
+        self.sink = sink
+        self.summary = summary
+        self.started = time.perf_counter() if started is None else started
+        self.pending: dict[str, list[pa.Table]] = defaultdict(list)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, rows: pa.Table) -> int:
+        """Buffer the model stage's ``rows``; returns how many rows were accepted by the sink (the batches they
+        complete)."""
+        written = 0
+        keys = rows.column("key")
+        for key in pc.unique(keys).to_pylist():
+            part = rows.filter(pc.equal(keys, key))
+            self.pending[key].append(part)
+            self.counts[key] += part.num_rows
+            if self.counts[key] == part.column("batch_total")[0].as_py():
+                written += self._write(key)
+        return written
+
+    def _write(self, key: str) -> int:
+        table = pa.concat_tables(self.pending.pop(key))
+        del self.counts[key]
+        passthrough = table.select([c for c in table.column_names if c.startswith(PASSTHROUGH)])
+        passthrough = passthrough.rename_columns([c[len(PASSTHROUGH):] for c in passthrough.column_names])
+        routes = table.column("route").combine_chunks()
+        self.sink.add_columns(key, routes, {name: table.column(name).combine_chunks() for name in table.column_names},
+                              passthrough)
+        counted = table.select(["route", "label", "action", "suspected_adversarial", "error_stage", "error_class"])
+        for row in counted.to_pylist():  # counted once accepted
+            if row["route"] == Route.DEAD_LETTER.value:
+                self.summary.add_dead_letter(row["error_stage"], row["error_class"])
+            else:
+                self.summary.add_counts(row["route"], row["label"], row["action"], row["suspected_adversarial"])
+        self.summary.mark_first_output(time.perf_counter() - self.started)
+        return table.num_rows
+
+
+def _tables(source: ParquetSource, file: str, config: ParquetConfig) -> Iterator[SourceTable]:
+    """``source.tables()``; a file that turns out corrupt past its footer ends here: skipped from this point with a
+    warning, or (``parquet.on_bad_file: fail``) the job fails naming it. Batches already yielded stay complete."""
+    tables = source.tables()
+    while True:
+        try:
+            part = next(tables)
+        except StopIteration:
+            return
+        except (OSError, pa.ArrowException) as exc:
+            reason = f"unreadable after its footer: {' '.join(str(exc).split())[:200]}"
+            if config.on_bad_file == "fail":
+                raise BadInputFileError(f"input {file}: {reason} (parquet.on_bad_file: fail)") from None
+            log.warning("skipping the rest of input %s: %s (parquet.on_bad_file: skip)", file, reason)
+            return
+        yield part
+
+
+def _cola_cause(exc: BaseException) -> ColaError | None:
+    """The first of this project's errors in ``exc``'s chain of causes (Ray wraps task errors)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ColaError) and not type(current).__module__.startswith("ray."):
+            return current
+        seen.add(id(current))
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
+    return None
+
+
+def pool_restart_args(max_restarts: int) -> dict[str, Any]:
+    """``max_restarts`` for the pool's actors; Ray Data takes it only as a (deprecated) extra remote argument, so
+    Ray's default (restart forever) is left alone when that is what the config asks for."""
+    return {} if max_restarts == -1 else {"max_restarts": max_restarts}
+
+
+def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: str | Path,
+                  address: str | None = None, progress: bool = True) -> RunSummary:
+    """Moderate every row of ``inputs`` into the dataset ``output`` (``route=output|quarantine|dead_letter``)."""
+    from tqdm import tqdm
+
+    files, bad_files = screen_input_files(expand_inputs(inputs), config.parquet)  # parquet.on_bad_file
+    skipped_files = [(file.uri, reason) for file, reason in bad_files]
+    if not is_uri(output):
+        output = check_output_directory(output)  # one-line error before Ray starts
+    if not files:  # every input was skipped: nothing to start Ray for
+        return RunSummary(skipped_files=skipped_files)
+    passthrough = ParquetSource(files, config.parquet).passthrough_schema()
+    sink = ParquetSink(output, OutputSerializer(), config.parquet, passthrough=passthrough)
+    done = sink.completed
+    geometry = load_geometry(config.model)
+    init_ray(config.ray, address=address)  # before importing ray: it reads its environment at import
+    import ray.data
+    from ray.util.debug import log_once
+
+    check_worker_resources(config.ray, workers=config.ray.actor_pool_min, max_workers=config.ray.actor_pool_max,
+                           reserve_cpus=READ_NUM_CPUS + config.ray.decode_num_cpus)
+    quiet_ray_console()  # ray.data installs its console handler at import
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # ours (rows written) is the one that means something to the user
+    log_once("ray_data_progress_manager_disabled")  # deliberate: no "Progress bars disabled" warning
+    # Small blocks let the stages overlap: with Ray Data's default (128 MiB) a whole file of small images becomes one
+    # block, so decoding waits for the whole read and the model for the whole decode.
+    context.target_max_block_size = BLOCK_BYTES
+
+    total_rows = 0
+    for file in files:
+        parquet = open_parquet(file)
+        total_rows += parquet.metadata.num_rows
+        parquet.close()
+    summary = RunSummary(skipped_batches=len(done), skipped_files=skipped_files)
+    started = time.perf_counter()
+    dataset = (
+        ray.data.from_items([{"index": i} for i in range(len(files))], override_num_blocks=len(files))
+        .map_batches(partial(read_file, files=files, passthrough=passthrough, config=config.parquet, done=done,
+                             max_image_bytes=config.decode.max_bytes), batch_size=1, num_cpus=READ_NUM_CPUS,
+                     batch_format="pyarrow")
+        .map_batches(partial(decode_rows, size=geometry.size, config=config.decode),
+                     batch_size=config.model.batch_size, num_cpus=config.ray.decode_num_cpus, batch_format="pyarrow")
+    )
+    with warnings.catch_warnings():  # max_restarts is accepted only as a deprecated extra remote argument
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        dataset = dataset.map_batches(
+            ModelStage, batch_size=config.model.batch_size, batch_format="pyarrow",
+            fn_constructor_kwargs={"config": config},
+            compute=ray.data.ActorPoolStrategy(min_size=config.ray.actor_pool_min, max_size=config.ray.actor_pool_max),
+            num_cpus=config.ray.worker_num_cpus, num_gpus=config.ray.worker_num_gpus,
+            resources=dict(config.ray.worker_resources) or None, **pool_restart_args(config.ray.actor_max_restarts))
+    writer = BatchWriter(sink, summary, started=started)
+    # Counts images as they come back from the model (a batch is written once all its rows are back); on a terminal
+    # only (disable=None), so logs and pipes get no carriage-return noise.
+    with tqdm(total=total_rows, unit="img", desc="cola batch", disable=None if progress else True) as bar:
+        try:
+            for rows in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                table: pa.Table = rows  # batch_format="pyarrow"
+                writer.add(table)
+                bar.update(table.num_rows)
+        except Exception as exc:
+            ours = _cola_cause(exc)  # e.g. BadInputFileError from a read task: its one line, not Ray's wrapper
+            if ours is None:
+                raise
+            raise ours from None
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("Ray Data execution stats:\n%s", dataset.stats())
+    if writer.pending:
+        raise RuntimeError(f"batches not fully returned by the pipeline: {sorted(writer.pending)}")
+    sink.close()  # writes the last roll
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -1,0 +1,199 @@
+"""The output record: one typed class, one schema version, its JSON form (Kafka value, HTTP body) and its Arrow
+columns (Parquet) defined here once.
+
+Fields (see docs/records.md; JSON Schema: ``cola_moderation/pipeline/runtime/schemas/output-record.schema.json``):
+``schema_version, id, label, score, topk[{label, score}], action, adversarial_score, suspected_adversarial, method,
+model, policy_version, source{topic, partition, offset | file, row | request}, processed_at (ISO 8601 UTC in JSON,
+timestamp[us, UTC] in Arrow), latency_ms, metadata{...passthrough...}``.
+
+Version history: 1 - first release; 2 - Parquet output is one hive-partitioned dataset (``route=...``, dead-letter
+columns in the same schema, passthrough clashes renamed ``metadata_<name>``), Kafka messages carry ``content-type``
+and ``cola.schema-version`` headers. The JSON fields did not change.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from cola_moderation.connectors.json_codec import dumps_strict, finite_or_string
+from cola_moderation.connectors.records import (
+    SOURCE_ARROW_TYPE,
+    FilePosition,
+    HttpPosition,
+    InputRecord,
+    KafkaPosition,
+    SourcePosition,
+    source_array,
+)
+
+if TYPE_CHECKING:
+    from cola_moderation.operators.moderator import Moderation
+    from cola_moderation.operators.policy import Decision
+
+SCHEMA_VERSION = 2
+CONTENT_TYPE = "application/json"
+SCHEMA_FILE = "output-record.schema.json"
+"""The JSON Schema of the JSON form, shipped in ``cola_moderation/pipeline/runtime/schemas/`` (see
+:func:`json_schema`)."""
+
+SOURCE_TYPE = SOURCE_ARROW_TYPE
+TOPK_TYPE = pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))
+ARROW_SCHEMA = pa.schema([
+    ("schema_version", pa.int32()), ("id", pa.string()), ("label", pa.string()), ("score", pa.float64()),
+    ("topk", TOPK_TYPE), ("action", pa.string()), ("adversarial_score", pa.float64()),
+    ("suspected_adversarial", pa.bool_()), ("method", pa.string()), ("model", pa.string()),
+    ("policy_version", pa.string()), ("source", SOURCE_TYPE), ("processed_at", pa.timestamp("us", tz="UTC")),
+    ("latency_ms", pa.float64()),
+])
+"""The record's own columns, in order; passthrough metadata follows them as top-level columns."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRecord:
+    """What the pipeline says about one input that decoded. ``topk`` is (label, score) pairs, best first;
+    ``processed_at`` is an aware UTC datetime; ``metadata`` is the input's passthrough."""
+
+    id: str
+    label: str
+    score: float
+    topk: tuple[tuple[str, float], ...]
+    action: str
+    adversarial_score: float
+    suspected_adversarial: bool
+    method: str
+    model: str
+    policy_version: str
+    source: SourcePosition
+    processed_at: datetime
+    latency_ms: float
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def from_verdict(cls, record: InputRecord, verdict: Moderation, decision: Decision, *, model: str,
+                     policy_version: str, received_at: float, now: float | None = None) -> OutputRecord:
+        """The output record of ``record``. ``received_at``/``now`` are ``time.time()`` seconds."""
+        now = time.time() if now is None else now
+        return cls(id=record.id, label=verdict.label, score=round(verdict.score, 6),
+                   topk=tuple((label, round(score, 6)) for label, score in verdict.topk), action=decision.action,
+                   adversarial_score=round(verdict.adversarial_score, 6),
+                   suspected_adversarial=bool(verdict.suspected_adversarial), method=verdict.method, model=model,
+                   policy_version=policy_version, source=record.source,
+                   processed_at=datetime.fromtimestamp(now, UTC),
+                   latency_ms=round(max(0.0, now - received_at) * 1000.0, 3), metadata=record.metadata)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form (a dict of JSON types; :func:`dumps` encodes it)."""
+        return {
+            "schema_version": self.schema_version, "id": self.id, "label": self.label, "score": self.score,
+            "topk": [{"label": label, "score": score} for label, score in self.topk], "action": self.action,
+            "adversarial_score": self.adversarial_score, "suspected_adversarial": self.suspected_adversarial,
+            "method": self.method, "model": self.model, "policy_version": self.policy_version,
+            "source": self.source.as_dict(),
+            "processed_at": self.processed_at.astimezone(UTC).isoformat(timespec="milliseconds"),
+            "latency_ms": self.latency_ms, "metadata": dict(self.metadata),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> OutputRecord:
+        """Inverse of :meth:`to_json` (e.g. a consumer of the output topic)."""
+        return cls(id=data["id"], label=data["label"], score=data["score"],
+                   topk=tuple((t["label"], t["score"]) for t in data["topk"]), action=data["action"],
+                   adversarial_score=data["adversarial_score"], suspected_adversarial=data["suspected_adversarial"],
+                   method=data["method"], model=data["model"], policy_version=data["policy_version"],
+                   source=position_from_dict(data["source"]),
+                   processed_at=datetime.fromisoformat(data["processed_at"]), latency_ms=data["latency_ms"],
+                   metadata=data.get("metadata") or {}, schema_version=data["schema_version"])
+
+
+def position_from_dict(data: Mapping[str, Any]) -> SourcePosition:
+    """Inverse of ``SourcePosition.as_dict``."""
+    if "topic" in data:
+        return KafkaPosition(data["topic"], int(data["partition"]), int(data["offset"]))
+    if "file" in data:
+        return FilePosition(data["file"], int(data["row"]))
+    return HttpPosition(data["request"])
+
+
+def json_default(value: Any) -> Any:
+    """JSON encoding of the non-JSON types passthrough metadata may hold (datetimes, paths, numpy scalars)."""
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if hasattr(value, "item"):
+        return finite_or_string(value.item())
+    raise TypeError(f"output record field of type {type(value).__name__} is not JSON-serialisable: {value!r}")
+
+
+def dumps(record: OutputRecord) -> bytes:
+    """Compact, standard UTF-8 JSON of ``record`` (non-finite floats as strings, see
+    :mod:`cola_moderation.connectors.json_codec`)."""
+    return dumps_strict(record.to_json(), separators=(",", ":"), ensure_ascii=False, default=json_default).encode()
+
+
+def to_columns(records: list[OutputRecord]) -> dict[str, pa.Array]:
+    """The :data:`ARROW_SCHEMA` columns of ``records``."""
+    types = {f.name: f.type for f in ARROW_SCHEMA}
+
+    def column(name: str, values: list[Any]) -> pa.Array:
+        return pa.array(values, type=types[name])
+
+    return {
+        "schema_version": column("schema_version", [r.schema_version for r in records]),
+        "id": column("id", [r.id for r in records]),
+        "label": column("label", [r.label for r in records]),
+        "score": column("score", [r.score for r in records]),
+        "topk": column("topk", [[{"label": label, "score": score} for label, score in r.topk] for r in records]),
+        "action": column("action", [r.action for r in records]),
+        "adversarial_score": column("adversarial_score", [r.adversarial_score for r in records]),
+        "suspected_adversarial": column("suspected_adversarial", [r.suspected_adversarial for r in records]),
+        "method": column("method", [r.method for r in records]),
+        "model": column("model", [r.model for r in records]),
+        "policy_version": column("policy_version", [r.policy_version for r in records]),
+        "source": source_array([r.source for r in records]),
+        "processed_at": column("processed_at", [r.processed_at for r in records]),
+        "latency_ms": column("latency_ms", [r.latency_ms for r in records]),
+    }
+
+
+class OutputSerializer:
+    """The :class:`~cola_moderation.connectors.base.RecordSerializer` of :class:`OutputRecord`."""
+
+    content_type = CONTENT_TYPE
+    schema_version = str(SCHEMA_VERSION)
+    arrow_schema = ARROW_SCHEMA
+
+    def key(self, record: OutputRecord) -> str:
+        return record.id
+
+    def to_json(self, record: OutputRecord) -> bytes:
+        return dumps(record)
+
+    def to_columns(self, records: list[OutputRecord]) -> dict[str, pa.Array]:
+        return to_columns(records)
+
+    def passthrough(self, record: OutputRecord) -> Mapping[str, Any]:
+        return record.metadata
+
+    @property
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [("content-type", self.content_type.encode()), ("cola.schema-version", self.schema_version.encode())]
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of :meth:`OutputRecord.to_json`, as shipped in the package."""
+    text = resources.files("cola_moderation.pipeline.runtime").joinpath("schemas", SCHEMA_FILE).read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
