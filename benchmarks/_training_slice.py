@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from cola_moderation.operators.moderator import Moderator
 from cola_moderation.pipeline.research.attacks import pgd_linf
 from cola_moderation.pipeline.research.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+from cola_moderation.pipeline.research.targets import attack_logits
 from cola_moderation.pipeline.runtime.config import PipelineConfig
 
 
@@ -29,7 +30,7 @@ def graybox_pgd(moderator: Moderator, pixels: torch.Tensor, labels: torch.Tensor
                 batch: int | None = None) -> torch.Tensor:
     """L-inf PGD on plain zero-shot CLIP's cross-entropy (seed 0, in ``batch``-sized chunks), rounded to 8 bits."""
     def clip_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(moderator.attack_logits(x, method="clip"), y, reduction="none")
+        return F.cross_entropy(attack_logits(moderator, x, method="clip"), y, reduction="none")
 
     generator = torch.Generator().manual_seed(0)
     size = batch or len(pixels)

@@ -82,7 +82,7 @@ class RecordSerializer(Protocol):
         """The record's id (Kafka key)."""
         ...
 
-    def to_json(self, record: Any) -> bytes:
+    def json_bytes(self, record: Any) -> bytes:
         """The record as a UTF-8 JSON document (Kafka value)."""
         ...
 

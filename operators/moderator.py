@@ -4,17 +4,13 @@ One instance serves the CLI, the batch job, the stream job and the HTTP endpoint
 the model, the encoded class texts, the text subspace and the view parameters) and call :meth:`Moderator.moderate`
 per batch.
 
-Methods:
-
-* ``clip``: plain zero-shot CLIP (one encoder pass per image).
-* ``cola``: COLA on every image (N encoder passes per image).
-* ``cascade``: plain CLIP first; COLA re-scores only the images the detector's single-pass pre-screen flags or
-  whose CLIP top-1 minus top-2 probability is below ``cola.cascade_margin``, so clean, confidently classified traffic
-  costs little more than plain CLIP. The original view's embedding is reused, so an escalated image costs N passes.
-  With ``detector.probe`` every image also gets COLA's first augmented view encoded (reused by COLA), which makes
-  the pre-screen far sharper at the price of a second encoder pass. ``detector.noise_probe`` instead (or as well)
-  encodes every image once more with a small fixed noise added: the sharpest pre-screen on the reference model,
-  for the same one extra pass (not reusable by COLA).
+Methods (``clip``, ``cola``, ``cascade``) are the registry of :mod:`cola_moderation.operators.defences.registry`:
+each decides which images COLA re-scores after plain CLIP's pass. With ``detector.probe`` every image also gets
+COLA's first augmented view encoded (reused by COLA), which makes the cascade's pre-screen far sharper at the price
+of a second encoder pass. ``detector.noise_probe`` instead (or as well) encodes every image once more with a small
+fixed noise added: the sharpest pre-screen on the reference model, for the same one extra pass (not reusable by
+COLA). The differentiable versions of these paths, which attacks use, are in
+:mod:`cola_moderation.pipeline.research.targets`.
 """
 
 from __future__ import annotations
@@ -22,7 +18,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
@@ -30,16 +25,13 @@ from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
 from cola_moderation.operators.config import ColaConfig, DecodeConfig, DetectorConfig, ModelConfig, TaxonomyConfig
 from cola_moderation.operators.decode import DecodedBatch, ImageDecoder
 from cola_moderation.operators.defences.cola.scorer import ColaScorer, view_shift_of
+from cola_moderation.operators.defences.registry import Defence, GateInputs, get_defence
 from cola_moderation.operators.defences.text_bank import TextBank
 from cola_moderation.operators.defences.zeroshot import Scores, ZeroShotClassifier
 from cola_moderation.operators.detector.score import AdversarialDetector, embedding_shift
 from cola_moderation.operators.errors import ConfigError, DecodeError
 
 log = logging.getLogger(__name__)
-
-Method = Literal["clip", "cola", "cascade"]
-METHODS: tuple[str, ...] = ("clip", "cola", "cascade")
-
 
 @dataclass(frozen=True)
 class Moderation:
@@ -93,8 +85,7 @@ class Moderator:
                  method: str = "clip", cola: ColaConfig | None = None, detector: DetectorConfig | None = None,
                  bank: TextBank | None = None) -> None:
         """``bank``: precomputed class text embeddings for ``taxonomy`` (default: encode the taxonomy's texts)."""
-        if method not in METHODS:
-            raise ConfigError(f"method: must be one of {', '.join(METHODS)}, got {method!r}")
+        self.defence = get_defence(method)
         self.backbone = backbone
         self.taxonomy = taxonomy
         self.method = method
@@ -138,14 +129,14 @@ class Moderator:
                   detector: AdversarialDetector | None = None) -> Prescreen:
         """Plain CLIP's pass and the detector's single-pass signals for ``[B, 3, S, S]`` pixels (differentiable
         with ``grad=True``). ``detector``: whose probe noise to use (default: the deployed detector's)."""
-        method = method or self.method
+        defence = self.defence_of(method)
         features = self.backbone.encode_images(pixels, grad=grad)
         logits = self.zero_shot.logits(features)
         residual = self.cola.subspace.residual_energy(features)
         known = features.unsqueeze(1)
         shift = None
         config = self.detector.config
-        if config.enabled and config.probe and method != "cola" and self.cola.view_count > 1:
+        if config.enabled and config.probe and not defence.always and self.cola.view_count > 1:
             view = self.backbone.encode_images(self.cola.views(pixels)[:, 1], grad=grad)
             known = torch.stack([features, view], dim=1)
             shift = view_shift_of(known if grad else known.detach())
@@ -155,48 +146,24 @@ class Moderator:
         return Prescreen(features=features, logits=logits, residual=residual, known=known, probe_shift=shift,
                          noise_shift=noise)
 
-    def screen_logits(self, pixels: torch.Tensor, *,
-                      detector: AdversarialDetector | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(``[B, K]`` plain CLIP logits, ``[B]`` the detector's single-pass (pre-COLA) logit), both differentiable
-        in ``pixels``. The detector logit is the cascade's final score for every image it does not send to COLA; a
-        detector-aware attack descends it. ``detector``: whose probe noise to use (an attacker's guess)."""
-        screen = self.prescreen(pixels, grad=True, detector=detector)
-        logit = self.detector.logit(screen.residual, screen.logits.softmax(dim=-1), probe_shift=screen.probe_shift,
-                                    noise_shift=screen.noise_shift)
-        return screen.logits, logit
+    def defence_of(self, method: str | None) -> Defence:
+        """The registered method ``method`` (default: the configured one)."""
+        return self.defence if method is None or method == self.defence.name else get_defence(method)
 
-    def attack_logits(self, pixels: torch.Tensor, *, method: str | None = None) -> torch.Tensor:
-        """``[B, K]`` differentiable logits of the deployed ``method``: plain CLIP's; COLA's -d / temperature with
-        its fixed, seeded views; for the cascade CLIP's logits where the deployed gate keeps CLIP's answer and
-        COLA's where it escalates (the gate itself is evaluated exactly, without gradient)."""
-        method = method or self.method
-        if method == "cola":
-            return -self.cola.score_pixels(self.backbone, pixels, grad=True).distances / self.cola.temperature
-        logits = self.zero_shot.logits(self.backbone.encode_images(pixels, grad=True))
-        if method == "clip":
-            return logits
-        with torch.no_grad():
-            escalate = self.verdict(pixels.detach(), method="cascade").cola_applied
-        index = escalate.nonzero().squeeze(-1)
-        if not index.numel():
-            return logits
-        cola = -self.cola.score_pixels(self.backbone, pixels[index], grad=True).distances / self.cola.temperature
-        return logits.index_put((index,), cola.to(logits.dtype))
+    def gate(self, screen: Prescreen, clip: Scores, adversarial: torch.Tensor, *,
+             method: str | None = None) -> torch.Tensor:
+        """``[B]`` bool: which images ``method``'s gate sends to COLA, given plain CLIP's pass."""
+        return self.defence_of(method).escalate(GateInputs(
+            clip=clip, adversarial=adversarial, flagged=self.detector.flag(adversarial),
+            cascade_margin=self.cola.config.cascade_margin))
 
     def verdict(self, pixels: torch.Tensor, *, method: str | None = None) -> BatchVerdict:
         """Score one batch of ``[B, 3, S, S]`` pixels in [0, 1] with ``method`` (default: the configured one)."""
-        method = method or self.method
         screen = self.prescreen(pixels, method=method)
         clip = Scores(labels=self.bank.labels, probs=screen.logits.softmax(dim=-1))
         residual, noise, known = screen.residual, screen.noise_shift, screen.known
         adversarial = self.detector.score(residual, clip.probs, probe_shift=screen.probe_shift, noise_shift=noise)
-        batch = pixels.shape[0]
-        if method == "clip":
-            escalate = torch.zeros(batch, dtype=torch.bool, device=screen.features.device)
-        elif method == "cola":
-            escalate = torch.ones(batch, dtype=torch.bool, device=screen.features.device)
-        else:
-            escalate = self.detector.flag(adversarial) | (clip.margin() < self.cola.config.cascade_margin)
+        escalate = self.gate(screen, clip, adversarial, method=method)
         probs = clip.probs.clone()
         index = escalate.nonzero().squeeze(-1)
         if index.numel():

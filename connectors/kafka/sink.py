@@ -77,7 +77,7 @@ class KafkaSink(Sink):
     def add(self, route: Route, record: Any) -> None:
         check_route(route)
         key = self.serializer.key(record)
-        self._send(self.topics[route], key.encode(), self.serializer.to_json(record), self._headers,
+        self._send(self.topics[route], key.encode(), self.serializer.json_bytes(record), self._headers,
                    what=f"{route.value} record {key!r}")
 
     def add_dead_letter(self, dead: DeadLetter) -> None:

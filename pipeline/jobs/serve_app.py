@@ -76,7 +76,7 @@ DEPLOYMENT_NAME = "moderation"
 
 api = FastAPI(title="cola-moderation", docs_url=None, redoc_url=None)
 
-Verdict = Routed[OutputRecord] | DeadLetter
+ReplicaOutcome = Routed[OutputRecord] | DeadLetter
 """What the HTTP batch handler returns per request: a routed output record, or the dead letter of an input."""
 
 
@@ -119,12 +119,12 @@ class ModerationReplica:
                                           partial(self.worker.process, records, received_at=received_at))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)  # replaced from serve.* config in __init__
-    async def moderate_one(self, items: list[tuple[InputRecord, float]]) -> list[Verdict]:
+    async def moderate_one(self, items: list[tuple[InputRecord, float]]) -> list[ReplicaOutcome]:
         """Batch handler: ``items[i]`` = (record, time.time() it was received) -> verdict ``i``, same length."""
         records = [record for record, _ in items]
         batch_received = min(received for _, received in items)
         result = await self._process(records, batch_received)
-        verdicts: list[Verdict] = []
+        verdicts: list[ReplicaOutcome] = []
         for (_, received), outcome in zip(items, result.outcomes, strict=True):
             if isinstance(outcome, Routed):  # latency from this request's own receipt, not the batch's
                 latency = round(max(0.0, outcome.record.latency_ms - (received - batch_received) * 1000.0), 3)

@@ -7,10 +7,10 @@ Unknown keys and bad values raise :class:`~cola_moderation.operators.errors.Conf
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import ValidationError, model_validator
+from pydantic import ValidationError, field_validator, model_validator
 
 from cola_moderation.connectors.config import KafkaConfig, ParquetConfig
 from cola_moderation.operators.config import (
@@ -21,6 +21,7 @@ from cola_moderation.operators.config import (
     Section,
     TaxonomyConfig,
 )
+from cola_moderation.operators.defences.registry import METHODS
 from cola_moderation.operators.detector.calibration import calibrated_detector
 from cola_moderation.operators.errors import ConfigError
 from cola_moderation.operators.policy import PolicyConfig
@@ -34,9 +35,10 @@ class PipelineConfig(Section):
     model: ModelConfig = ModelConfig()
     taxonomy: TaxonomyConfig
     decode: DecodeConfig = DecodeConfig()
-    method: Literal["clip", "cola", "cascade"] = "cascade"
-    """``clip``: plain zero-shot; ``cola``: COLA on every input; ``cascade``: COLA only where plain CLIP is unsure
-    or the detector flags the input."""
+    method: str = "cascade"
+    """A registered method (:mod:`cola_moderation.operators.defences.registry`): ``clip``: plain zero-shot;
+    ``cola``: COLA on every input; ``cascade``: COLA only where plain CLIP is unsure or the detector flags the
+    input."""
     cola: ColaConfig = ColaConfig()
     detector: DetectorConfig = DetectorConfig()
     policy: PolicyConfig = PolicyConfig()
@@ -45,6 +47,13 @@ class PipelineConfig(Section):
     ray: RayConfig = RayConfig()
     serve: ServeConfig = ServeConfig()
     stream: StreamConfig = StreamConfig()
+
+    @field_validator("method")
+    @classmethod
+    def _registered_method(cls, value: str) -> str:
+        if value not in METHODS:
+            raise ValueError(f"must be one of {', '.join(METHODS)}, got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _policy_labels_exist(self) -> PipelineConfig:

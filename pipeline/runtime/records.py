@@ -178,7 +178,7 @@ class OutputSerializer:
     def key(self, record: OutputRecord) -> str:
         return record.id
 
-    def to_json(self, record: OutputRecord) -> bytes:
+    def json_bytes(self, record: OutputRecord) -> bytes:
         return dumps(record)
 
     def to_columns(self, records: list[OutputRecord]) -> dict[str, pa.Array]:

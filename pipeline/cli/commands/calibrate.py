@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.defences.registry import METHODS
 from cola_moderation.operators.detector.calibration import (
     CALIBRATION_FILE,
     DetectorCalibration,
@@ -26,7 +27,7 @@ from cola_moderation.operators.detector.calibration import (
     model_directory,
 )
 from cola_moderation.operators.errors import ConfigError
-from cola_moderation.operators.moderator import METHODS, Moderator
+from cola_moderation.operators.moderator import Moderator
 from cola_moderation.pipeline.research.calibration_fit import fit_calibration
 from cola_moderation.pipeline.research.evaluation.datasets import load_dataset
 from cola_moderation.pipeline.runtime.config import load_config

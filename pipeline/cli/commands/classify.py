@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cola_moderation.operators.defences.registry import METHODS
 from cola_moderation.operators.errors import DecodeError
 from cola_moderation.operators.moderator import Moderation, Moderator
 from cola_moderation.pipeline.runtime.config import load_config
@@ -15,7 +16,7 @@ from cola_moderation.pipeline.runtime.config import load_config
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="pipeline YAML config")
-    parser.add_argument("--method", choices=("clip", "cola", "cascade"), default=None,
+    parser.add_argument("--method", choices=METHODS, default=None,
                         help="override the config's method: plain CLIP, COLA on every image, or the cascade")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
 

@@ -29,6 +29,7 @@ import torch
 from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
 from cola_moderation.operators.config import ColaConfig, DetectorConfig, TaxonomyConfig
 from cola_moderation.operators.defences.cola.scorer import ColaScorer
+from cola_moderation.operators.defences.registry import DEFENCES, METHODS
 from cola_moderation.operators.defences.text_bank import TextBank
 from cola_moderation.operators.errors import ConfigError
 from cola_moderation.operators.moderator import Moderator
@@ -51,13 +52,13 @@ ATTACKS: dict[str, str | None] = {"none": None, "pgd": "gray-box", "cw": "gray-b
 """Attack name -> threat model."""
 SUITE_NAMES = ("apgd-ce", "apgd-dlr", "adaptive", "detector-aware")
 """Attacks run by :mod:`cola_moderation.pipeline.research.evaluation.suite` (against every deployed method)."""
-DEPLOYED = ("clip", "cola", "cascade")
+DEPLOYED = METHODS
+"""The deployed methods, as the registry lists them."""
 ABLATIONS = {"views_only": "views", "projection_only": "projection", "ot_only": "transport"}
-METHODS = (*DEPLOYED, *ABLATIONS)
+SCORED = (*DEPLOYED, *ABLATIONS)
+"""Every method a report scores: the deployed ones and COLA's ablations."""
 METHOD_DESCRIPTIONS = {
-    "clip": "plain zero-shot CLIP (class-mean text embeddings)",
-    "cola": "COLA on every image: views + projection + OT (the config's cola section)",
-    "cascade": "plain CLIP, COLA only where the detector flags or the CLIP margin is below cola.cascade_margin",
+    **{name: defence.summary for name, defence in DEFENCES.items()},
     "views_only": "COLA with only the views on (no projection; weighted mean cost instead of OT)",
     "projection_only": "COLA with only the text-subspace projection on (one view, no OT)",
     "ot_only": "COLA with only OT on (one view, no projection): OT against the per-class text distribution",
@@ -209,7 +210,7 @@ class Harness:
             progress: Callable[[str], None] | None = None) -> EvalResult:
         """Clean pass, then one attacked pass per eps in ``spec.attacked_eps``."""
         started = time.perf_counter()
-        result = EvalResult(spec=spec, methods=METHODS, threshold=self.moderator.detector.threshold)
+        result = EvalResult(spec=spec, methods=SCORED, threshold=self.moderator.detector.threshold)
         labels = dataset.labels
         batches = [(dataset.pixels[i : i + spec.batch_size], labels[i : i + spec.batch_size])
                    for i in range(0, len(dataset), spec.batch_size)]
@@ -242,7 +243,7 @@ class Harness:
                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor, float]:
         tick = time.perf_counter()
         parts = [self.score(x) for x, _ in batches]
-        predicted = {m: torch.cat([p[0][m] for p in parts]) for m in METHODS}
+        predicted = {m: torch.cat([p[0][m] for p in parts]) for m in SCORED}
         detector = {m: torch.cat([p[1][m] for p in parts]) for m in DEPLOYED}
         escalated = torch.cat([p[2] for p in parts])
         return predicted, detector, escalated, time.perf_counter() - tick
@@ -251,7 +252,7 @@ class Harness:
     def _eps_result(outcome: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor, float],
                     labels: torch.Tensor) -> EpsResult:
         predicted, detector, escalated, _ = outcome
-        return EpsResult(accuracy={m: accuracy(predicted[m], labels) for m in METHODS}, detector_scores=detector,
+        return EpsResult(accuracy={m: accuracy(predicted[m], labels) for m in SCORED}, detector_scores=detector,
                          escalated=float(escalated.double().mean()) if escalated.numel() else 0.0)
 
 

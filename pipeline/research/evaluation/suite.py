@@ -35,6 +35,7 @@ from fractions import Fraction
 import torch
 
 from cola_moderation.operators.config import DetectorConfig
+from cola_moderation.operators.defences.registry import DEFENCES, METHODS
 from cola_moderation.operators.detector.score import AdversarialDetector
 from cola_moderation.operators.errors import ConfigError
 from cola_moderation.operators.moderator import Moderator
@@ -47,11 +48,13 @@ from cola_moderation.pipeline.research.attacks import (
 )
 from cola_moderation.pipeline.research.evaluation.datasets import EvalDataset
 from cola_moderation.pipeline.research.evaluation.metrics import wilson_interval
+from cola_moderation.pipeline.research.targets import attack_logits, screen_logits
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("clip", "cascade", "cola")
-"""Deployed methods, in the order they are attacked (COLA, the costliest, last: most images are broken by then)."""
+ATTACK_TARGETS = tuple(sorted(METHODS, key=lambda name: DEFENCES[name].always))
+"""Deployed methods, in the order they are attacked (those that run COLA on every image, the costliest, last: most
+images are broken by then)."""
 SUITE_ATTACKS = {"apgd-ce": ("apgd", "ce"), "apgd-dlr": ("apgd", "dlr"), "pgd-ce": ("pgd", "ce"),
                  "pgd-cw": ("pgd", "cw")}
 SUITES = {"apgd-ce": ("apgd-ce",), "apgd-dlr": ("apgd-dlr",), "adaptive": tuple(SUITE_ATTACKS),
@@ -75,16 +78,16 @@ class SuiteSpec:
     independent: bool = False
     seed: int = 0
     batch_size: int = 128
-    targets: tuple[str, ...] = TARGETS
+    targets: tuple[str, ...] = ATTACK_TARGETS
 
     def __post_init__(self) -> None:
         if self.name not in SUITES:
             raise ConfigError(f"--attack: suite must be one of {', '.join(SUITES)}, got {self.name!r}")
         if min(self.apgd_steps, self.pgd_steps, self.restarts, self.detector_aware_steps, self.batch_size) < 1:
             raise ConfigError("--steps, --restarts and --batch-size must be >= 1")
-        unknown = sorted(set(self.targets) - set(TARGETS))
+        unknown = sorted(set(self.targets) - set(ATTACK_TARGETS))
         if unknown:
-            raise ConfigError(f"--targets: unknown methods {unknown} (choose from {', '.join(TARGETS)})")
+            raise ConfigError(f"--targets: unknown methods {unknown} (choose from {', '.join(ATTACK_TARGETS)})")
 
     @property
     def attacks(self) -> tuple[str, ...]:
@@ -144,12 +147,12 @@ class SuiteRunner:
 
     def _score(self, pixels: torch.Tensor, labels: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """method -> (``[B]`` correct, ``[B]`` flagged) for every deployed method, in batches."""
-        out: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in TARGETS}
+        out: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in ATTACK_TARGETS}
         size = self.spec.batch_size
         with torch.inference_mode():
             for start in range(0, pixels.shape[0], size):
                 x, y = pixels[start : start + size], labels[start : start + size]
-                for method in TARGETS:
+                for method in ATTACK_TARGETS:
                     verdict = self.moderator.verdict(x, method=method)
                     out[method].append(((verdict.scores.predicted.cpu() == y.cpu()), verdict.suspected.cpu()))
         return {m: (torch.cat([c for c, _ in parts]) if parts else torch.zeros(0, dtype=torch.bool),
@@ -164,12 +167,12 @@ class SuiteRunner:
             guess = None if seed is None else AdversarialDetector(moderator.detector.config, noise_seed=seed)
             threshold = moderator.detector.threshold
             logit = math.log(threshold / (1 - threshold)) if 0 < threshold < 1 else math.inf
-            return detector_aware_pgd(lambda x: moderator.screen_logits(x, detector=guess), pixels, labels,
+            return detector_aware_pgd(lambda x: screen_logits(moderator, x, detector=guess), pixels, labels,
                                       eps=eps, threshold_logit=logit, gate_margin=moderator.cola.config.cascade_margin,
                                       steps=spec.detector_aware_steps, generator=generator)
 
         def logits(x: torch.Tensor) -> torch.Tensor:
-            return moderator.attack_logits(x, method=target)
+            return attack_logits(moderator, x, method=target)
 
         kind, loss = SUITE_ATTACKS[attack]
         if kind == "apgd":

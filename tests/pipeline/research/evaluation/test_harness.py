@@ -12,7 +12,7 @@ from cola_moderation.operators.config import ColaConfig
 from cola_moderation.operators.errors import ConfigError
 from cola_moderation.pipeline.research.evaluation.datasets import EvalDataset, load_parquet
 from cola_moderation.pipeline.research.evaluation.harness import (
-    METHODS,
+    SCORED,
     AttackSpec,
     EvalResult,
     Harness,
@@ -75,7 +75,7 @@ def test_gray_box_pgd_breaks_plain_clip_and_is_reproducible(harness: Harness, sa
     spec = AttackSpec(name="pgd", eps=(Fraction(8, 255),), steps=3, batch_size=16)
     first = harness.run(samples, spec)
     clean, attacked = first.results["clean"].accuracy, first.results["8/255"].accuracy
-    assert set(clean) == set(METHODS)
+    assert set(clean) == set(SCORED)
     assert clean["clip"] >= 0.7  # the reference model classifies the sample images
     assert attacked["clip"] <= clean["clip"] - 0.3  # the attack works on the model it was crafted on
     assert first.results["8/255"].target_fooled == pytest.approx(1 - attacked["clip"])
