@@ -62,17 +62,22 @@ class Source(Closing, ABC):
     def resume(self) -> None:
         """Undo :meth:`pause`."""
 
+    def owns_input(self) -> bool:
+        """Whether this reader currently has input assigned (a consumer-group member that owns no partition does
+        not: the stream job then does not count its wait as idleness). Sources without groups always do."""
+        return True
+
     def close(self) -> None:
         """Release connections and files. Uncommitted batches will be re-delivered to the next reader."""
 
 
 class RecordSerializer(Protocol):
-    """How a sink writes output records: Kafka takes :meth:`key` / :meth:`to_json` / :attr:`headers`, Parquet takes
+    """How a sink writes output records: Kafka takes :meth:`key` / :meth:`json_bytes` / :attr:`headers`, Parquet takes
     :attr:`arrow_schema` / :meth:`to_columns` / :meth:`passthrough`. One implementation per record type
     (:class:`cola_moderation.pipeline.runtime.records.OutputSerializer`)."""
 
     content_type: str
-    """MIME type of :meth:`to_json`'s bytes (Kafka header ``content-type``)."""
+    """MIME type of :meth:`json_bytes`'s bytes (Kafka header ``content-type``)."""
     schema_version: str
     """Version of the record schema (Kafka header ``cola.schema-version``, Parquet key-value metadata)."""
     arrow_schema: pa.Schema

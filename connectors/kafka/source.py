@@ -247,6 +247,9 @@ class KafkaSource(Source):
         """Partitions currently assigned to this member."""
         return set(self._epochs)
 
+    def owns_input(self) -> bool:
+        return bool(self._epochs)
+
     def close(self) -> None:
         self._consumer.close(autocommit=False)
 

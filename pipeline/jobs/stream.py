@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cola_moderation.connectors.base import Source
 from cola_moderation.connectors.errors import BrokerError, SinkWriteError, TransactionFencedError
-from cola_moderation.connectors.kafka.source import KafkaSource
-from cola_moderation.connectors.kafka.transactions import open_kafka
 from cola_moderation.connectors.records import Batch, Outcome
+from cola_moderation.connectors.registry import stream_connector
 from cola_moderation.operators.errors import ColaError
 from cola_moderation.pipeline.jobs.preflight import broker_reachable
 from cola_moderation.pipeline.runtime.config import PipelineConfig
@@ -81,8 +81,9 @@ class StreamConsumer:
     def run(self, *, max_records: int | None = None, idle_timeout_s: float | None = None) -> RunSummary:
         moderate = self._handle()
         self._started = time.monotonic()
-        source, sink = open_kafka(self.config.kafka, OutputSerializer(), bootstrap_servers=self.bootstrap_servers,
-                                  member=self.name)
+        connector = stream_connector(self.config.stream.source)
+        source, sink = connector.open(getattr(self.config, connector.section), OutputSerializer(),
+                                      bootstrap_servers=self.bootstrap_servers, member=self.name)
         self._joined_at = None
 
         def submit(batch: Batch) -> ServeResponse:
@@ -148,12 +149,12 @@ class StreamConsumer:
         for outcome in outcomes:
             self.summary.add(outcome)
 
-    def _idle_for(self, source: KafkaSource) -> float:
+    def _idle_for(self, source: Source) -> float:
         """Seconds without input, counted from the group join: joining takes a few seconds and is not idleness. A
         member that gets no partition counts from its start plus two session timeouts. Time spent waiting for
         results (a replica restarting, retries) is not idleness either: it counts from the last commit too."""
         now = time.monotonic()
-        if self._joined_at is None and source.assignment():
+        if self._joined_at is None and source.owns_input():
             self._joined_at = now
         grace = 2 * self.config.kafka.session_timeout_ms / 1000
         start = self._joined_at if self._joined_at is not None else self._started + grace

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from cola_moderation.connectors.registry import STREAM_CONNECTORS
 from cola_moderation.operators.config import Section
 
 MiB = 1024 * 1024
@@ -90,8 +91,11 @@ class ServeConfig(Section):
 
 
 class StreamConfig(Section):
-    """The stream job: Kafka consumer actors feeding the Serve deployment."""
+    """The stream job: consumer actors (Kafka by default) feeding the Serve deployment."""
 
+    source: str = "kafka"
+    """The streaming connector (:data:`cola_moderation.connectors.registry.STREAM_CONNECTORS`); its settings are
+    the config section of the same name."""
     consumers: Annotated[int, Field(ge=1, le=256)] = 1
     """Consumer actors in one group (more than the input partitions leaves some idle)."""
     consumer_num_cpus: Annotated[float, Field(gt=0)] = 0.25
@@ -109,3 +113,10 @@ class StreamConfig(Section):
     retry_backoff_s: Annotated[float, Field(gt=0)] = 0.5
     """First wait between attempts; doubles per attempt up to ``retry_max_backoff_s``."""
     retry_max_backoff_s: Annotated[float, Field(gt=0)] = 5.0
+
+    @field_validator("source")
+    @classmethod
+    def _registered_source(cls, value: str) -> str:
+        if value not in STREAM_CONNECTORS:
+            raise ValueError(f"must be one of {', '.join(STREAM_CONNECTORS)}, got {value!r}")
+        return value
