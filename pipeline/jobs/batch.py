@@ -58,8 +58,9 @@ from cola_moderation.connectors.records import DeadLetter, FilePosition, InputRe
 from cola_moderation.operators.backbones.transformers_clip import load_geometry
 from cola_moderation.operators.config import DecodeConfig
 from cola_moderation.operators.decode import DecodedBatch, ImageDecoder
-from cola_moderation.operators.errors import ColaError, DecodeError
+from cola_moderation.operators.errors import DecodeError
 from cola_moderation.pipeline.jobs.preflight import check_output_directory
+from cola_moderation.pipeline.jobs.ray_errors import raise_ours
 from cola_moderation.pipeline.jobs.ray_runtime import check_worker_resources, init_ray, quiet_ray_console
 from cola_moderation.pipeline.runtime.config import PipelineConfig
 from cola_moderation.pipeline.runtime.records import OutputRecord, OutputSerializer, to_columns
@@ -222,18 +223,6 @@ def _tables(source: ParquetSource, file: str, config: ParquetConfig) -> Iterator
         yield part
 
 
-def _cola_cause(exc: BaseException) -> ColaError | None:
-    """The first of this project's errors in ``exc``'s chain of causes (Ray wraps task errors)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ColaError) and not type(current).__module__.startswith("ray."):
-            return current
-        seen.add(id(current))
-        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
-    return None
-
-
 def pool_restart_args(max_restarts: int) -> dict[str, Any]:
     """``max_restarts`` for the pool's actors; Ray Data takes it only as a (deprecated) extra remote argument, so
     Ray's default (restart forever) is left alone when that is what the config asks for."""
@@ -302,10 +291,8 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
                 writer.add(table)
                 bar.update(table.num_rows)
         except Exception as exc:
-            ours = _cola_cause(exc)  # e.g. BadInputFileError from a read task: its one line, not Ray's wrapper
-            if ours is None:
-                raise
-            raise ours from None
+            raise_ours(exc)  # e.g. BadInputFileError from a read task: its one line, not Ray's wrapper
+            raise
     if log.isEnabledFor(logging.DEBUG):
         log.debug("Ray Data execution stats:\n%s", dataset.stats())
     if writer.pending:

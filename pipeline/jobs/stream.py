@@ -27,8 +27,8 @@ from cola_moderation.connectors.base import Source
 from cola_moderation.connectors.errors import BrokerError, SinkWriteError, TransactionFencedError
 from cola_moderation.connectors.records import Batch, Outcome
 from cola_moderation.connectors.registry import stream_connector
-from cola_moderation.operators.errors import ColaError
 from cola_moderation.pipeline.jobs.preflight import broker_reachable
+from cola_moderation.pipeline.jobs.ray_errors import raise_ours
 from cola_moderation.pipeline.runtime.config import PipelineConfig
 from cola_moderation.pipeline.runtime.delivery import DeliveryLoop, LoopState, RetryPolicy
 from cola_moderation.pipeline.runtime.records import OutputSerializer
@@ -240,8 +240,7 @@ def run_stream_job(config: PipelineConfig, *, bootstrap_servers: str | None = No
         try:
             parts = ray.get(runs)
         except ray.exceptions.RayTaskError as exc:  # a consumer gave up: its own one-line error, not Ray's wrapper
-            if isinstance(exc.cause, ColaError):
-                raise exc.cause from None
+            raise_ours(exc)
             raise
         for part in parts:
             summary.merge(part)

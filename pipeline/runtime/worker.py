@@ -17,6 +17,7 @@ from cola_moderation.operators.errors import DecodeError
 from cola_moderation.operators.moderator import Moderator
 from cola_moderation.operators.policy import Policy
 from cola_moderation.pipeline.runtime.config import PipelineConfig
+from cola_moderation.pipeline.runtime.library import build_moderator
 from cola_moderation.pipeline.runtime.metrics import WorkerMetrics, worker_metrics
 from cola_moderation.pipeline.runtime.records import OutputRecord
 
@@ -102,8 +103,3 @@ class ModerationWorker:
             self._moderator.close()
             self._moderator = None
 
-
-def build_moderator(config: PipelineConfig) -> Moderator:
-    """The operator chain a config describes (model loaded on the configured device)."""
-    return Moderator.from_config(model=config.model, taxonomy=config.taxonomy, decode=config.decode,
-                                 method=config.method, cola=config.cola, detector=config.detector)

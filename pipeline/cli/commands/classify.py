@@ -12,6 +12,7 @@ from cola_moderation.operators.defences.registry import METHODS
 from cola_moderation.operators.errors import DecodeError
 from cola_moderation.operators.moderator import Moderation, Moderator
 from cola_moderation.pipeline.runtime.config import load_config
+from cola_moderation.pipeline.runtime.library import build_moderator
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +46,7 @@ def classify_files(moderator: Moderator, paths: list[str]) -> list[dict[str, Any
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    moderator = Moderator.from_config(model=config.model, taxonomy=config.taxonomy, decode=config.decode,
-                                      method=args.method or config.method, cola=config.cola, detector=config.detector)
+    moderator = build_moderator(config, method=args.method)
     failed = False
     try:
         for start in range(0, len(args.images), config.model.batch_size):
