@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cola_moderation.connectors.base import RecordSerializer, Sink, Source
+from cola_moderation.operators.config import one_of
 from cola_moderation.operators.errors import ConfigError
 
 
@@ -49,4 +50,4 @@ def stream_connector(name: str) -> StreamConnector:
     try:
         return STREAM_CONNECTORS[name]
     except KeyError:
-        raise ConfigError(f"stream.source: must be one of {', '.join(STREAM_CONNECTORS)}, got {name!r}") from None
+        raise ConfigError(f"stream.source: {one_of(name, STREAM_CONNECTORS)}") from None

@@ -9,6 +9,7 @@ the key path.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -20,6 +21,19 @@ class Section(BaseModel):
     """Base of every config section: frozen, unknown keys rejected."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def one_of(value: str, choices: Iterable[str]) -> str:
+    """The message for a name that is not in a registry: ``must be one of a, b, got 'x'``."""
+    return f"must be one of {', '.join(choices)}, got {value!r}"
+
+
+def registered(value: str, choices: Iterable[str]) -> str:
+    """``value`` when it names one of ``choices`` (a registry's keys); a ``ValueError`` for pydantic otherwise."""
+    names = tuple(choices)
+    if value not in names:
+        raise ValueError(one_of(value, names))
+    return value
 
 
 class ModelConfig(Section):

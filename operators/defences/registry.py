@@ -14,9 +14,11 @@ adaptive attacks (which differentiate through the same gate) and the CLI choices
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
+from cola_moderation.operators.config import one_of
 from cola_moderation.operators.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -36,59 +38,37 @@ class GateInputs:
     cascade_margin: float
 
 
-class Defence(Protocol):
+@dataclass(frozen=True)
+class Defence:
     """A scoring method: ``escalate`` says which images of a batch the robust scorer re-scores (``[B]`` bool).
 
     ``always`` is True when every image is re-scored (the moderator then skips work only a gate needs, such as the
     detector's probe view)."""
 
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def summary(self) -> str: ...
-
-    @property
-    def always(self) -> bool: ...
-
-    def escalate(self, inputs: GateInputs) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class PlainClip:
-    name: str = "clip"
-    summary: str = "plain zero-shot CLIP"
+    name: str
+    summary: str
+    escalate: Callable[[GateInputs], torch.Tensor]
     always: bool = False
 
-    def escalate(self, inputs: GateInputs) -> torch.Tensor:
-        import torch
 
-        return torch.zeros_like(inputs.flagged, dtype=torch.bool)
-
-
-@dataclass(frozen=True)
-class Cola:
-    name: str = "cola"
-    summary: str = "COLA on every image (N views, projection, optimal transport)"
-    always: bool = True
-
-    def escalate(self, inputs: GateInputs) -> torch.Tensor:
-        import torch
-
-        return torch.ones_like(inputs.flagged, dtype=torch.bool)
+def _none(inputs: GateInputs) -> torch.Tensor:
+    return inputs.flagged.new_zeros(inputs.flagged.shape, dtype=inputs.flagged.dtype).bool()
 
 
-@dataclass(frozen=True)
-class Cascade:
-    name: str = "cascade"
-    summary: str = "plain CLIP, COLA only where the detector flags or the CLIP margin is below cola.cascade_margin"
-    always: bool = False
-
-    def escalate(self, inputs: GateInputs) -> torch.Tensor:
-        return inputs.flagged | (inputs.clip.margin() < inputs.cascade_margin)
+def _every(inputs: GateInputs) -> torch.Tensor:
+    return inputs.flagged.new_ones(inputs.flagged.shape, dtype=inputs.flagged.dtype).bool()
 
 
-DEFENCES: dict[str, Defence] = {defence.name: defence for defence in (PlainClip(), Cola(), Cascade())}
+def _flagged_or_unsure(inputs: GateInputs) -> torch.Tensor:
+    return inputs.flagged | (inputs.clip.margin() < inputs.cascade_margin)
+
+
+DEFENCES: dict[str, Defence] = {defence.name: defence for defence in (
+    Defence("clip", "plain zero-shot CLIP", _none),
+    Defence("cola", "COLA on every image (N views, projection, optimal transport)", _every, always=True),
+    Defence("cascade", "plain CLIP, COLA only where the detector flags or the CLIP margin is below cola.cascade_margin",
+            _flagged_or_unsure),
+)}
 """Every method by name, in the order the CLI and the reports list them."""
 
 METHODS: tuple[str, ...] = tuple(DEFENCES)
@@ -96,7 +76,6 @@ METHODS: tuple[str, ...] = tuple(DEFENCES)
 
 def get_defence(name: str, *, key: str = "method") -> Defence:
     """The registered method ``name``; a :class:`ConfigError` naming ``key`` and the choices otherwise."""
-    try:
-        return DEFENCES[name]
-    except KeyError:
-        raise ConfigError(f"{key}: must be one of {', '.join(METHODS)}, got {name!r}") from None
+    if name not in DEFENCES:
+        raise ConfigError(f"{key}: {one_of(name, METHODS)}")
+    return DEFENCES[name]

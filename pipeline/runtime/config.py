@@ -20,6 +20,7 @@ from cola_moderation.operators.config import (
     ModelConfig,
     Section,
     TaxonomyConfig,
+    registered,
 )
 from cola_moderation.operators.defences.registry import METHODS
 from cola_moderation.operators.detector.calibration import calibrated_detector
@@ -51,9 +52,7 @@ class PipelineConfig(Section):
     @field_validator("method")
     @classmethod
     def _registered_method(cls, value: str) -> str:
-        if value not in METHODS:
-            raise ValueError(f"must be one of {', '.join(METHODS)}, got {value!r}")
-        return value
+        return registered(value, METHODS)
 
     @model_validator(mode="after")
     def _policy_labels_exist(self) -> PipelineConfig:

@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 
 from cola_moderation.connectors.registry import STREAM_CONNECTORS
-from cola_moderation.operators.config import Section
+from cola_moderation.operators.config import Section, registered
 
 MiB = 1024 * 1024
 
@@ -117,6 +117,4 @@ class StreamConfig(Section):
     @field_validator("source")
     @classmethod
     def _registered_source(cls, value: str) -> str:
-        if value not in STREAM_CONNECTORS:
-            raise ValueError(f"must be one of {', '.join(STREAM_CONNECTORS)}, got {value!r}")
-        return value
+        return registered(value, STREAM_CONNECTORS)
