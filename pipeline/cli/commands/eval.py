@@ -20,8 +20,9 @@ from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
 from cola_moderation.operators.config import DetectorConfig
 from cola_moderation.operators.detector.score import seed_is_secret
 from cola_moderation.operators.moderator import Moderator
+from cola_moderation.pipeline.research.attack_registry import EVAL_ATTACKS, SUITE_NAMES
 from cola_moderation.pipeline.research.evaluation.datasets import EvalDataset, load_dataset
-from cola_moderation.pipeline.research.evaluation.harness import ATTACKS, SUITE_NAMES, AttackSpec, Harness, parse_eps
+from cola_moderation.pipeline.research.evaluation.harness import AttackSpec, Harness, parse_eps
 from cola_moderation.pipeline.research.evaluation.report import (
     build_report,
     build_suite_report,
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True,
                         help="fashion-mnist[:DIR], a Parquet file (image bytes + label column) or a folder with one "
                              "sub-folder of images per class")
-    parser.add_argument("--attack", choices=tuple(ATTACKS), default="pgd",
+    parser.add_argument("--attack", choices=tuple(EVAL_ATTACKS), default="pgd",
                         help="none; pgd / cw: gray-box, crafted on plain CLIP; eot-pgd: through COLA with random "
                              "views; apgd-ce / apgd-dlr / adaptive: against every deployed method end to end "
                              "(adaptive = APGD-CE, APGD-DLR, PGD CE and CW, plus the detector-aware attack on the "

@@ -33,6 +33,7 @@ from cola_moderation.operators.defences.registry import DEFENCES, METHODS
 from cola_moderation.operators.defences.text_bank import TextBank
 from cola_moderation.operators.errors import ConfigError
 from cola_moderation.operators.moderator import Moderator
+from cola_moderation.pipeline.research.attack_registry import EVAL_ATTACKS, SUITE_NAMES
 from cola_moderation.pipeline.research.attacks import (
     LossFn,
     clip_cross_entropy,
@@ -46,12 +47,6 @@ from cola_moderation.pipeline.research.evaluation.metrics import accuracy, auroc
 
 log = logging.getLogger(__name__)
 
-ATTACKS: dict[str, str | None] = {"none": None, "pgd": "gray-box", "cw": "gray-box", "eot-pgd": "adaptive",
-                                  "apgd-ce": "adaptive", "apgd-dlr": "adaptive", "adaptive": "adaptive",
-                                  "detector-aware": "detector-aware"}
-"""Attack name -> threat model."""
-SUITE_NAMES = ("apgd-ce", "apgd-dlr", "adaptive", "detector-aware")
-"""Attacks run by :mod:`cola_moderation.pipeline.research.evaluation.suite` (against every deployed method)."""
 DEPLOYED = METHODS
 """The deployed methods, as the registry lists them."""
 ABLATIONS = {"views_only": "views", "projection_only": "projection", "ot_only": "transport"}
@@ -106,8 +101,8 @@ class AttackSpec:
     batch_size: int = 256
 
     def __post_init__(self) -> None:
-        if self.name not in ATTACKS or self.name in SUITE_NAMES:
-            raise ConfigError(f"--attack: must be one of {', '.join(ATTACKS)}, got {self.name!r}")
+        if self.name not in EVAL_ATTACKS or self.name in SUITE_NAMES:
+            raise ConfigError(f"--attack: must be one of {', '.join(EVAL_ATTACKS)}, got {self.name!r}")
         if self.steps < 1 or self.eot_samples < 1 or self.batch_size < 1:
             raise ConfigError(f"--steps, --eot-samples and --batch-size must be >= 1, got {self.steps}, "
                               f"{self.eot_samples}, {self.batch_size}")
@@ -116,7 +111,7 @@ class AttackSpec:
 
     @property
     def threat_model(self) -> str | None:
-        return ATTACKS[self.name]
+        return EVAL_ATTACKS[self.name].threat_model
 
     @property
     def attacked_eps(self) -> tuple[Fraction, ...]:

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from cola_moderation.pipeline.research.attack_registry import EVAL_ATTACKS
 from cola_moderation.pipeline.research.evaluation.harness import (
     DETECTION_FPR,
     METHOD_DESCRIPTIONS,
@@ -49,10 +50,7 @@ from cola_moderation.pipeline.research.evaluation.harness import (
 from cola_moderation.pipeline.research.evaluation.metrics import wilson_interval
 
 SCHEMA = "cola-eval/1"
-ATTACK_LOSS = {"none": None, "pgd": "cross-entropy of plain CLIP",
-               "cw": "CW margin of plain CLIP (max wrong - true logit)",
-               "eot-pgd": "cross-entropy of COLA's softmax(-d / T), EOT over fresh views"}
-ATTACK_TARGET = {"none": None, "pgd": "clip", "cw": "clip", "eot-pgd": "cola"}
+
 
 
 def versions() -> dict[str, str | None]:
@@ -97,8 +95,8 @@ def build_report(result: EvalResult, *, config: dict[str, Any], model: dict[str,
         "config": config,
         "model": model,
         "dataset": dataset,
-        "attack": {"name": spec.name, "threat_model": spec.threat_model, "target": ATTACK_TARGET[spec.name],
-                   "loss": ATTACK_LOSS[spec.name], "norm": "linf", "eps": [float(e) for e in spec.attacked_eps],
+        "attack": {"name": spec.name, "threat_model": spec.threat_model, "target": EVAL_ATTACKS[spec.name].target,
+                   "loss": EVAL_ATTACKS[spec.name].loss, "norm": "linf", "eps": [float(e) for e in spec.attacked_eps],
                    "eps_labels": [eps_label(e) for e in spec.attacked_eps], "steps": spec.steps,
                    "step_size": spec.step_size, "random_start": True,
                    "eot_samples": spec.eot_samples if spec.name == "eot-pgd" else None, "seed": spec.seed},

@@ -39,6 +39,7 @@ from cola_moderation.operators.defences.registry import DEFENCES, METHODS
 from cola_moderation.operators.detector.score import AdversarialDetector
 from cola_moderation.operators.errors import ConfigError
 from cola_moderation.operators.moderator import Moderator
+from cola_moderation.pipeline.research.attack_registry import DETECTOR_AWARE, EVAL_ATTACKS, SUITE_ATTACKS, SUITE_NAMES
 from cola_moderation.pipeline.research.attacks import (
     apgd_linf,
     detector_aware_pgd,
@@ -55,12 +56,6 @@ log = logging.getLogger(__name__)
 ATTACK_TARGETS = tuple(sorted(METHODS, key=lambda name: DEFENCES[name].always))
 """Deployed methods, in the order they are attacked (those that run COLA on every image, the costliest, last: most
 images are broken by then)."""
-SUITE_ATTACKS = {"apgd-ce": ("apgd", "ce"), "apgd-dlr": ("apgd", "dlr"), "pgd-ce": ("pgd", "ce"),
-                 "pgd-cw": ("pgd", "cw")}
-SUITES = {"apgd-ce": ("apgd-ce",), "apgd-dlr": ("apgd-dlr",), "adaptive": tuple(SUITE_ATTACKS),
-          "detector-aware": ()}
-"""``detector-aware`` runs only the detector-aware attack on the cascade (e.g. to compare detector settings)."""
-DETECTOR_AWARE = "detector-aware"
 
 
 @dataclass(frozen=True)
@@ -81,8 +76,8 @@ class SuiteSpec:
     targets: tuple[str, ...] = ATTACK_TARGETS
 
     def __post_init__(self) -> None:
-        if self.name not in SUITES:
-            raise ConfigError(f"--attack: suite must be one of {', '.join(SUITES)}, got {self.name!r}")
+        if self.name not in SUITE_NAMES:
+            raise ConfigError(f"--attack: suite must be one of {', '.join(SUITE_NAMES)}, got {self.name!r}")
         if min(self.apgd_steps, self.pgd_steps, self.restarts, self.detector_aware_steps, self.batch_size) < 1:
             raise ConfigError("--steps, --restarts and --batch-size must be >= 1")
         unknown = sorted(set(self.targets) - set(ATTACK_TARGETS))
@@ -91,7 +86,7 @@ class SuiteSpec:
 
     @property
     def attacks(self) -> tuple[str, ...]:
-        return SUITES[self.name]
+        return EVAL_ATTACKS[self.name].suite or ()
 
     @property
     def detector_aware(self) -> bool:
@@ -106,7 +101,7 @@ class SuiteSpec:
             return {"name": attack, "target": "cascade", "loss": "cross-entropy of plain CLIP, selective + "
                     "orthogonal to the detector's pre-screen logit (Bryniarski et al. 2022)",
                     "steps": self.detector_aware_steps, "step_size": "2.5 eps / steps", "random_start": "0.5 eps"}
-        kind, loss = SUITE_ATTACKS[attack]
+        kind, loss = SUITE_ATTACKS[attack].kind, SUITE_ATTACKS[attack].loss
         if kind == "apgd":
             return {"name": attack, "algorithm": "APGD (Croce & Hein 2020, as in AutoAttack)", "loss": loss,
                     "steps": self.apgd_steps, "restarts": self.restarts, "rho": 0.75, "initial_step": "2 eps"}
@@ -174,7 +169,7 @@ class SuiteRunner:
         def logits(x: torch.Tensor) -> torch.Tensor:
             return attack_logits(moderator, x, method=target)
 
-        kind, loss = SUITE_ATTACKS[attack]
+        kind, loss = SUITE_ATTACKS[attack].kind, SUITE_ATTACKS[attack].loss
         if kind == "apgd":
             return apgd_linf(logits, pixels, labels, eps=eps, loss=loss, steps=spec.apgd_steps,
                              restarts=spec.restarts, generator=generator)
