@@ -8,8 +8,7 @@ from cola_moderation.operators.errors import ColaError
 
 class MalformedRecordError(ColaError, ValueError):
     """An input message or row cannot be turned into an :class:`~cola_moderation.connectors.records.InputRecord` (bad
-    JSON
-    envelope, missing or unreadable image). Sources route it to the dead-letter stream; it never stops a stream."""
+    JSON envelope, missing or unreadable image). Sources route it to the dead-letter stream; it never stops a stream."""
 
     stage = "source"
 

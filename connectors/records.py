@@ -12,8 +12,7 @@
 * :data:`Outcome` - ``Routed | DeadLetter``: what processing makes of one input. A processor returns exactly one
   outcome per input, in input order.
 * :class:`Batch` - what :meth:`cola_moderation.connectors.base.Source.poll` returns: records, the source-stage dead
-  letters, a stable
-  ``key`` (file sinks name their part files after it) and an opaque commit position.
+  letters, a stable ``key`` (file sinks name their part files after it) and an opaque commit position.
 
 Every input ends in exactly one of output / quarantine / dead-letter.
 """

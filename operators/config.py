@@ -1,9 +1,8 @@
 """Typed, frozen configuration of the operators (model, taxonomy, decoding).
 
 Sections are pydantic models that reject unknown keys; :mod:`cola_moderation.pipeline.runtime.config` composes them with
-the connector and
-Ray sections and turns validation failures into :class:`~cola_moderation.operators.errors.ConfigError` messages naming
-the key path.
+the connector and Ray sections and turns validation failures into :class:`~cola_moderation.operators.errors.ConfigError`
+messages naming the key path.
 """
 
 from __future__ import annotations

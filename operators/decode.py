@@ -1,9 +1,8 @@
 """Image bytes -> RGB float tensors at the model's input size.
 
-Decoding is defensive: the header is read first and images declaring more than ``max_pixels`` are refused before
-any pixel buffer is allocated. Every failure raises :class:`~cola_moderation.operators.errors.DecodeError` with a
-specific message;
-callers turn it into a dead-letter record or an error line.
+Decoding is defensive: the header is read first and images declaring more than ``max_pixels`` are refused before any
+pixel buffer is allocated. Every failure raises :class:`~cola_moderation.operators.errors.DecodeError` with a specific
+message; callers turn it into a dead-letter record or an error line.
 
 Geometry follows CLIP's image processor: resize the shortest side to ``size`` (bicubic), centre-crop ``size`` x
 ``size``. Pixels come out in [0, 1]; the mean/std normalisation happens inside the backbone, so attacks and

@@ -6,8 +6,7 @@ no record fields.
 
 Producer: ``acks=all``, bounded retries, ``max_request_size`` from config. :meth:`add` sends asynchronously;
 :meth:`flush` waits for every send and raises :class:`~cola_moderation.connectors.errors.SinkWriteError` if any failed,
-so the
-caller does not commit the batch.
+so the caller does not commit the batch.
 
 Dead-letter message: key = id, value = the original bytes, headers ``error.class``, ``error.message``,
 ``error.stage``, ``source.topic`` / ``source.partition`` / ``source.offset`` (or ``source.file`` / ``source.row``),

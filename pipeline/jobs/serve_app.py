@@ -1,9 +1,8 @@
 """The moderation service on Ray Serve: one autoscaled deployment for HTTP uploads and the stream job.
 
-Deployment ``moderation`` in application ``cola-moderation`` (:data:`DEPLOYMENT_NAME`, :data:`APP_NAME`). Each
-replica builds a :class:`~cola_moderation.pipeline.runtime.worker.ModerationWorker` (decode + CLIP/COLA + detector +
-policy) in its own
-process at start-up; only the config is pickled. Replica resources come from ``ray.worker_num_cpus`` /
+Deployment ``moderation`` in application ``cola-moderation`` (:data:`DEPLOYMENT_NAME`, :data:`APP_NAME`). Each replica
+builds a :class:`~cola_moderation.pipeline.runtime.worker.ModerationWorker` (decode + CLIP/COLA + detector + policy) in
+its own process at start-up; only the config is pickled. Replica resources come from ``ray.worker_num_cpus`` /
 ``worker_num_gpus`` / ``worker_resources``; ``serve.min_replicas`` / ``initial_replicas`` / ``max_replicas`` /
 ``target_ongoing_requests`` / ``upscale_delay_s`` / ``downscale_delay_s`` drive Serve's autoscaler and
 ``serve.max_ongoing_requests`` caps each replica's queue. One thread per replica runs the model, so HTTP batches and

@@ -1,11 +1,10 @@
 """A real multi-node Ray cluster on one machine, on 127.0.0.1 only: a head node and worker nodes started with
 ``ray start --block`` as separate process trees, and stopped by exactly those process trees.
 
-Why not plain ``ray start --address 127.0.0.1:PORT`` for the worker: with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
-(what keeps a node on loopback, see :data:`cola_moderation.pipeline.jobs.ray_runtime.RAY_ENV_DEFAULTS`) Ray 2.60's CLI
-refuses to add a
-worker node, and with it at ``1`` the CLI rewrites ``127.0.0.1`` (the GCS address and ``--node-ip-address``) to the
-machine's routable address, where the loopback-bound head cannot be reached. Worker nodes are therefore started with
+Why not plain ``ray start --address 127.0.0.1:PORT`` for the worker: with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (what
+keeps a node on loopback, see :data:`cola_moderation.pipeline.jobs.ray_runtime.RAY_ENV_DEFAULTS`) Ray 2.60's CLI refuses
+to add a worker node, and with it at ``1`` the CLI rewrites ``127.0.0.1`` (the GCS address and ``--node-ip-address``) to
+the machine's routable address, where the loopback-bound head cannot be reached. Worker nodes are therefore started with
 the same ``ray start`` command line through :data:`WORKER_LAUNCHER`, which keeps ``127.0.0.1`` as given (the only
 change). Every Ray process of both nodes then binds 127.0.0.1.
 

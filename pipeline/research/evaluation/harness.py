@@ -10,10 +10,9 @@ Threat models (named in the report):
   these images (for methods other than COLA it is a transfer attack).
 
 Methods: ``clip``, ``cola`` and ``cascade`` are the deployed :class:`~cola_moderation.operators.moderator.Moderator`
-paths (with the
-config's detector); the ablations switch COLA's stages on one at a time (``views_only``, ``projection_only``,
-``ot_only``). Deterministic: random starts come from a CPU generator seeded with ``seed`` for every eps, EOT views
-from a generator seeded with ``seed + 1``; COLA's deployed views are seeded by the config.
+paths (with the config's detector); the ablations switch COLA's stages on one at a time (``views_only``,
+``projection_only``, ``ot_only``). Deterministic: random starts come from a CPU generator seeded with ``seed`` for every
+eps, EOT views from a generator seeded with ``seed + 1``; COLA's deployed views are seeded by the config.
 """
 
 from __future__ import annotations
