@@ -24,6 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from cola_moderation import _moved
+
+_moved.install()
+
 _EXPORTS: dict[str, str] = {
     "load_config": "cola_moderation.pipeline.runtime.config",
     "PipelineConfig": "cola_moderation.pipeline.runtime.config",
