@@ -4,10 +4,18 @@ Actions are ordered ``allow < review < block``; the strictest rule that fires wi
 label's probability among the record's ``topk`` with ``review`` / ``block`` thresholds; a suspected adversarial
 upload gets ``adversarial_action`` (``review`` by default). Actions listed in ``quarantine_actions`` go to the
 quarantine route (a review queue); the others to the output route.
+
+Review routing (human review, in the manner of Amazon A2I's activation conditions): a rule's ``review_band``
+``[low, high)`` sends a record to ``review`` when the label's probability lies in the band, and ``audit_sample``
+sends that share of all records to ``review`` whatever they scored, chosen by a salted hash of the record's id (the
+same id is always in or out, so a rerun samples the same records). :attr:`Decision.review_reasons` says which
+conditions asked for review: ``band:<label>:[low,high)``, ``rule:<label>>=<t>``, ``suspected_adversarial``,
+``audit_sample``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -25,11 +33,16 @@ class LabelRule(Section):
 
     review: Annotated[float, Field(ge=0, le=1)] | None = None
     block: Annotated[float, Field(ge=0, le=1)] | None = None
+    review_band: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]] | None = None
+    """``[low, high)``: ``review`` when the label's probability is at least ``low`` and below ``high`` (a label
+    outside the record's top-k counts as below every band)."""
 
     @model_validator(mode="after")
     def _ordered(self) -> LabelRule:
         if self.review is not None and self.block is not None and self.block < self.review:
             raise ValueError(f"block ({self.block}) must be >= review ({self.review})")
+        if self.review_band is not None and not self.review_band[0] < self.review_band[1]:
+            raise ValueError(f"review_band {list(self.review_band)} must be [low, high) with low < high")
         return self
 
 
@@ -43,6 +56,11 @@ class PolicyConfig(Section):
     default_action: Action = "allow"
     adversarial_action: Action = "review"
     quarantine_actions: tuple[Action, ...] = ("review",)
+    audit_sample: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Share of all records sent to ``review`` for audit, chosen by :func:`audit_sampled` (deterministic per id)."""
+    audit_salt: Annotated[str, Field(min_length=1)] = "cola-audit-1"
+    """Salt of the audit sample's hash: change it to draw a new sample; keep it private so uploaders cannot tell
+    which ids are audited."""
 
     def check_labels(self, labels: Iterable[str]) -> None:
         unknown = sorted(set(self.rules) - set(labels))
@@ -55,6 +73,19 @@ class Decision:
     action: Action
     quarantine: bool
     reasons: tuple[str, ...]
+    review_reasons: tuple[str, ...] = ()
+    """The conditions that asked for ``review`` (see the module docstring), whatever the final action."""
+
+
+def audit_fraction(record_id: str, salt: str) -> float:
+    """Where ``record_id`` falls in [0, 1): the first 8 bytes of SHA-256(salt NUL id) over 2^64."""
+    digest = hashlib.sha256(salt.encode() + b"\0" + record_id.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def audit_sampled(record_id: str, *, share: float, salt: str) -> bool:
+    """Whether ``record_id`` is in the audit sample of ``share`` (the same answer for the same id and salt)."""
+    return share > 0 and audit_fraction(record_id, salt) < share
 
 
 class Policy:
@@ -67,13 +98,18 @@ class Policy:
     def version(self) -> str:
         return self.config.version
 
-    def decide(self, topk: Iterable[tuple[str, float]], *, suspected_adversarial: bool) -> Decision:
+    def decide(self, topk: Iterable[tuple[str, float]], *, suspected_adversarial: bool,
+               record_id: str | None = None) -> Decision:
+        """The decision for one verdict; ``record_id`` takes part in the audit sample (none without it)."""
         action: Action = self.config.default_action
         reasons: list[str] = []
+        review_reasons: list[str] = []
 
         def escalate(candidate: Action, reason: str) -> None:
             nonlocal action
             reasons.append(reason)
+            if candidate == "review":
+                review_reasons.append(reason)
             if SEVERITY[candidate] > SEVERITY[action]:
                 action = candidate
 
@@ -84,7 +120,14 @@ class Policy:
             if rule.block is not None and score >= rule.block:
                 escalate("block", f"{label}>={rule.block}")
             elif rule.review is not None and score >= rule.review:
-                escalate("review", f"{label}>={rule.review}")
+                escalate("review", f"rule:{label}>={rule.review}")
+            if rule.review_band is not None and rule.review_band[0] <= score < rule.review_band[1]:
+                low, high = rule.review_band
+                escalate("review", f"band:{label}:[{low},{high})")
         if suspected_adversarial:
             escalate(self.config.adversarial_action, "suspected_adversarial")
-        return Decision(action=action, quarantine=action in self.config.quarantine_actions, reasons=tuple(reasons))
+        if record_id is not None and audit_sampled(record_id, share=self.config.audit_sample,
+                                                   salt=self.config.audit_salt):
+            escalate("review", "audit_sample")
+        return Decision(action=action, quarantine=action in self.config.quarantine_actions, reasons=tuple(reasons),
+                        review_reasons=tuple(review_reasons))

@@ -39,9 +39,10 @@ def build_policy(config: ConfigLike = "reference") -> Policy:
     return Policy(as_config(config).policy)
 
 
-def decide(policy: Policy, verdict: Moderation) -> Decision:
-    """The policy's decision (action, quarantine, reasons) for one verdict."""
-    return policy.decide(verdict.topk, suspected_adversarial=verdict.suspected_adversarial)
+def decide(policy: Policy, verdict: Moderation, record_id: str | None = None) -> Decision:
+    """The policy's decision (action, quarantine, reasons, review reasons) for one verdict; ``record_id`` takes part
+    in the policy's audit sample."""
+    return policy.decide(verdict.topk, suspected_adversarial=verdict.suspected_adversarial, record_id=record_id)
 
 
 class ModerateBatch:

@@ -4,11 +4,12 @@ columns (Parquet) defined here once.
 Fields (see docs/records.md; JSON Schema: ``cola_moderation/pipeline/runtime/schemas/output-record.schema.json``):
 ``schema_version, id, label, score, topk[{label, score}], action, adversarial_score, suspected_adversarial, method,
 model, policy_version, source{topic, partition, offset | file, row | request}, processed_at (ISO 8601 UTC in JSON,
-timestamp[us, UTC] in Arrow), latency_ms, metadata{...passthrough...}``.
+timestamp[us, UTC] in Arrow), latency_ms, metadata{...passthrough...}, review_reasons[...]``.
 
 Version history: 1 - first release; 2 - Parquet output is one hive-partitioned dataset (``route=...``, dead-letter
 columns in the same schema, passthrough clashes renamed ``metadata_<name>``), Kafka messages carry ``content-type``
-and ``cola.schema-version`` headers. The JSON fields did not change.
+and ``cola.schema-version`` headers. The JSON fields did not change. 3 - ``review_reasons`` (the policy conditions that
+asked for review: label bands and rules, adversarial, audit sample), the last record column in Arrow.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from cola_moderation.operators.moderator import Moderation
     from cola_moderation.operators.policy import Decision
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CONTENT_TYPE = "application/json"
 SCHEMA_FILE = "output-record.schema.json"
 """The JSON Schema of the JSON form, shipped in ``cola_moderation/pipeline/runtime/schemas/`` (see
@@ -52,7 +53,7 @@ ARROW_SCHEMA = pa.schema([
     ("topk", TOPK_TYPE), ("action", pa.string()), ("adversarial_score", pa.float64()),
     ("suspected_adversarial", pa.bool_()), ("method", pa.string()), ("model", pa.string()),
     ("policy_version", pa.string()), ("source", SOURCE_TYPE), ("processed_at", pa.timestamp("us", tz="UTC")),
-    ("latency_ms", pa.float64()),
+    ("latency_ms", pa.float64()), ("review_reasons", pa.list_(pa.string())),
 ])
 """The record's own columns, in order; passthrough metadata follows them as top-level columns."""
 
@@ -77,6 +78,7 @@ class OutputRecord:
     latency_ms: float
     metadata: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    review_reasons: tuple[str, ...] = ()
 
     @classmethod
     def from_verdict(cls, record: InputRecord, verdict: Moderation, decision: Decision, *, model: str,
@@ -89,7 +91,8 @@ class OutputRecord:
                    suspected_adversarial=bool(verdict.suspected_adversarial), method=verdict.method, model=model,
                    policy_version=policy_version, source=record.source,
                    processed_at=datetime.fromtimestamp(now, UTC),
-                   latency_ms=round(max(0.0, now - received_at) * 1000.0, 3), metadata=record.metadata)
+                   latency_ms=round(max(0.0, now - received_at) * 1000.0, 3), metadata=record.metadata,
+                   review_reasons=decision.review_reasons)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form (a dict of JSON types; :func:`dumps` encodes it)."""
@@ -100,7 +103,7 @@ class OutputRecord:
             "method": self.method, "model": self.model, "policy_version": self.policy_version,
             "source": self.source.as_dict(),
             "processed_at": self.processed_at.astimezone(UTC).isoformat(timespec="milliseconds"),
-            "latency_ms": self.latency_ms, "metadata": dict(self.metadata),
+            "latency_ms": self.latency_ms, "metadata": dict(self.metadata), "review_reasons": list(self.review_reasons),
         }
 
     @classmethod
@@ -112,7 +115,8 @@ class OutputRecord:
                    method=data["method"], model=data["model"], policy_version=data["policy_version"],
                    source=position_from_dict(data["source"]),
                    processed_at=datetime.fromisoformat(data["processed_at"]), latency_ms=data["latency_ms"],
-                   metadata=data.get("metadata") or {}, schema_version=data["schema_version"])
+                   metadata=data.get("metadata") or {}, schema_version=data["schema_version"],
+                   review_reasons=tuple(data.get("review_reasons") or ()))
 
 
 def position_from_dict(data: Mapping[str, Any]) -> SourcePosition:
@@ -165,6 +169,7 @@ def to_columns(records: list[OutputRecord]) -> dict[str, pa.Array]:
         "source": source_array([r.source for r in records]),
         "processed_at": column("processed_at", [r.processed_at for r in records]),
         "latency_ms": column("latency_ms", [r.latency_ms for r in records]),
+        "review_reasons": column("review_reasons", [list(r.review_reasons) for r in records]),
     }
 
 

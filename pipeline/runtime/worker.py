@@ -90,7 +90,8 @@ class ModerationWorker:
             if isinstance(verdict, DecodeError):
                 result.outcomes.append(DeadLetter.from_exception(record, verdict))
                 continue
-            decision = self.policy.decide(verdict.topk, suspected_adversarial=verdict.suspected_adversarial)
+            decision = self.policy.decide(verdict.topk, suspected_adversarial=verdict.suspected_adversarial,
+                                          record_id=record.id)
             output = OutputRecord.from_verdict(record, verdict, decision, model=self.model_name,
                                                policy_version=self.policy.version, received_at=received_at, now=now)
             result.outcomes.append(Routed(Route.QUARANTINE if decision.quarantine else Route.OUTPUT, output))

@@ -55,4 +55,4 @@ def test_dead_letter_too_large_is_written_without_bytes_and_routes_checked(kafka
     assert json.loads(small_headers["cola.metadata"]) == {"user": "u"}
     (quarantined,) = read_topic(kafka_broker.bootstrap_servers, config.quarantine_topic, expect=1)
     assert quarantined.key == b"q" and json.loads(quarantined.value)["id"] == "q"
-    assert dict(quarantined.headers) == {"content-type": b"application/json", "cola.schema-version": b"2"}
+    assert dict(quarantined.headers) == {"content-type": b"application/json", "cola.schema-version": b"3"}

@@ -88,7 +88,7 @@ def test_output_is_one_dataset_readable_by_pyarrow_and_pandas(tmp_path: Path) ->
     assert row["topk"] == [{"label": row["label"], "score": 1.0}] and row["payload"] is None
     assert row["source"]["file"].endswith(".parquet") and row["source"]["row"] >= 0
     assert row["processed_at"].tzinfo is not None
-    assert pq.read_metadata(files[-1]).metadata[b"cola.schema"] == b"2"
+    assert pq.read_metadata(files[-1]).metadata[b"cola.schema"] == b"3"
     dead = table.filter(pc.equal(table.column("route"), "dead_letter")).to_pylist()
     first = min(dead, key=lambda d: int(d["id"][1:]))
     assert first["payload"].startswith(b"BM-not") and first["error_class"] == "DecodeError"
