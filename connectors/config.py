@@ -21,6 +21,8 @@ class KafkaConfig(Section):
     output_topic: Annotated[str, Field(min_length=1)] = "cola.output"
     quarantine_topic: Annotated[str, Field(min_length=1)] = "cola.quarantine"
     dead_letter_topic: Annotated[str, Field(min_length=1)] = "cola.dead_letter"
+    decisions_topic: Annotated[str, Field(min_length=1)] = "cola.decisions"
+    """Reviewers' decision records (``cola review``); read by ``cola calibrate --decisions`` and the loop's tools."""
     group_id: Annotated[str, Field(min_length=1)] = "cola-moderation"
     value_format: Literal["raw", "json"] = "raw"
     """``raw``: value = image bytes, key = id. ``json``: value = ``{"id", "image_b64", ...}``; other fields become

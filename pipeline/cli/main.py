@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("finetune", "adversarial fine-tuning of the CLIP image tower (TeCoA or FARE); robust checkpoint"),
     "eval": ("eval", "robust accuracy of CLIP / COLA / cascade under L-inf attacks; JSON report and plot"),
     "calibrate": ("calibrate", "fit the detector's centres and threshold on clean images for a target FPR"),
+    "review": ("review", "reviewer console + HTTP API over a quarantine route; decisions to the decisions route"),
 }
 
 

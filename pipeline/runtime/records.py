@@ -144,7 +144,12 @@ def json_default(value: Any) -> Any:
 def dumps(record: OutputRecord) -> bytes:
     """Compact, standard UTF-8 JSON of ``record`` (non-finite floats as strings, see
     :mod:`cola_moderation.connectors.json_codec`)."""
-    return dumps_strict(record.to_json(), separators=(",", ":"), ensure_ascii=False, default=json_default).encode()
+    return dumps_json(record.to_json())
+
+
+def dumps_json(document: Mapping[str, Any]) -> bytes:
+    """Compact, standard UTF-8 JSON of a record's JSON form (any record type)."""
+    return dumps_strict(document, separators=(",", ":"), ensure_ascii=False, default=json_default).encode()
 
 
 def to_columns(records: list[OutputRecord]) -> dict[str, pa.Array]:

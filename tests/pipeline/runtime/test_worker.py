@@ -55,7 +55,7 @@ def test_output_record_schema(worker: ModerationWorker) -> None:
     jsonschema.Draft202012Validator(json_schema(), format_checker=jsonschema.FormatChecker()).validate(out)
     assert set(out) == {"schema_version", "id", "label", "score", "topk", "action", "adversarial_score",
                         "suspected_adversarial", "method", "model", "policy_version", "source", "processed_at",
-                        "latency_ms", "metadata"}
+                        "latency_ms", "metadata", "review_reasons"}
     assert out["schema_version"] == SCHEMA_VERSION
     assert out["source"] == {"file": "in.parquet", "row": 7}
     assert out["metadata"] == {"uploader": "u7"}
