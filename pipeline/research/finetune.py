@@ -122,8 +122,9 @@ def load_training_images(spec: str, *, label_names: tuple[str, ...], size: int, 
                          use_labels: bool = True, image_column: str = "image",
                          label_column: str | None = None) -> TrainingImages:
     """Resolve ``--dataset``: ``fashion-mnist[:DIR]`` (the TRAINING split), a Parquet file (``image_column`` with
-    encoded bytes, plus a label column when it has one) or a folder of class sub-folders. Labels are mapped to the
-    taxonomy by name (unknown classes are an error naming them). ``use_labels=False`` drops them (FARE, label-free
+    encoded bytes, plus a label column when it has one), a folder of class sub-folders, a ``cola review`` decisions
+    dataset (final labels) or a ``cola batch`` output dataset (no labels; see :mod:`.reviewed`). Labels are mapped to
+    the taxonomy by name (unknown classes are an error naming them). ``use_labels=False`` drops them (FARE, label-free
     validation). TeCoA on a dataset without labels, and an empty dataset, are :class:`DatasetError`."""
     from cola_moderation.pipeline.research.evaluation.datasets import label_indices, load_image_folder, load_parquet
 
@@ -137,7 +138,13 @@ def load_training_images(spec: str, *, label_names: tuple[str, ...], size: int, 
         data = TrainingImages("fashion-mnist:train", pixels, labels, label_names)
     else:
         path = Path(spec)
-        if path.is_dir():
+        from cola_moderation.pipeline.research.reviewed import is_decisions_dataset, is_output_dataset, load_reviewed
+
+        if path.is_dir() and (is_decisions_dataset(path) or is_output_dataset(path)):  # cola review / cola batch
+            reviewed = load_reviewed(path, label_names=label_names, size=size, image_column=image_column,
+                                     use_labels=use_labels)
+            data = TrainingImages(str(path), _to_uint8(reviewed.pixels), reviewed.labels, label_names, reviewed.skipped)
+        elif path.is_dir():
             folder = load_image_folder(path, label_names=label_names, size=size)
             data = TrainingImages(str(path), _to_uint8(folder.pixels), folder.labels, label_names, folder.skipped)
         elif path.is_file():
@@ -145,7 +152,8 @@ def load_training_images(spec: str, *, label_names: tuple[str, ...], size: int, 
             data = _load_parquet(path, label_names=label_names, size=size, image_column=image_column,
                                  label_column=label_column, use_labels=labelled, loader=load_parquet)
         else:
-            raise DatasetError(f"--dataset {spec!r}: not 'fashion-mnist', a Parquet file or an image folder")
+            raise DatasetError(f"--dataset {spec!r}: not 'fashion-mnist', a Parquet file, an image folder or a "
+                               "decisions / output dataset")
     if not use_labels:
         data = replace(data, labels=None)
     if len(data) == 0:

@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                         "taxonomy (labels, synonyms, templates) for the text side")
     parser.add_argument("--dataset", required=True,
                         help="fashion-mnist[:DIR] (training split), a Parquet file (image bytes column; labels "
-                             "optional for fare) or a folder with one sub-folder of images per class")
+                             "optional for fare), a folder with one sub-folder of images per class, a cola review "
+                             "decisions dataset (final labels) or a cola batch output dataset (fare)")
     parser.add_argument("--method", required=True, choices=("tecoa", "fare"))
     parser.add_argument("--eps", required=True, help="L-inf radius of the training attack, e.g. 8/255")
     parser.add_argument("--steps", type=int, required=True, help="PGD steps of the training attack")
