@@ -48,7 +48,8 @@ def test_serialized_records_validate_and_round_trip(source: object) -> None:
     assert document["metadata"]["n"] == "NaN"  # standard JSON: non-finite numbers as strings
     assert OutputRecord.from_json(document).to_json() == document
     assert serializer.key(value) == "a"
-    assert dict(serializer.headers) == {"content-type": b"application/json", "cola.schema-version": str(SCHEMA_VERSION).encode()}
+    assert dict(serializer.headers) == {"content-type": b"application/json",
+                                        "cola.schema-version": str(SCHEMA_VERSION).encode()}
 
 
 def test_invalid_documents_are_refused_by_the_schema() -> None:
