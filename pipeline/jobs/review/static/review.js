@@ -107,8 +107,7 @@ async function select(index) {
     text(dd, typeof value === "string" ? value : JSON.stringify(value));
     metadata.append(dt, dd);
   });
-  const select = $("relabel");
-  select.value = item.label;
+  $("relabel").value = item.label;
   $("note").value = "";
   const mine = item.decisions.filter((d) => d.reviewer === state.session.reviewer);
   text($("history"), mine.length
@@ -180,12 +179,12 @@ async function start() {
     return;
   }
   text($("reviewer"), "reviewer: " + state.session.reviewer);
-  const select = $("relabel");
+  const relabel = $("relabel");
   state.session.labels.forEach((label, i) => {
     const option = document.createElement("option");
     option.value = label;
     text(option, (i < 9 ? (i + 1) + " " : "") + label);
-    select.appendChild(option);
+    relabel.appendChild(option);
   });
   $("reveal").addEventListener("click", toggleImage);
   document.querySelectorAll("#decide button").forEach((button) => {
