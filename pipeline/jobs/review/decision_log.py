@@ -90,11 +90,13 @@ class KafkaDecisions:
     """Append decision records to the decisions topic and read it back from the beginning."""
 
     def __init__(self, kafka: KafkaConfig, *, bootstrap_servers: str | None = None) -> None:
+        from cola_moderation.connectors.kafka.admin import ensure_topics
         from cola_moderation.connectors.kafka.sink import KafkaSink
 
         self.kafka = kafka
         self.bootstrap_servers = bootstrap_servers or kafka.bootstrap_servers
         self.topic = kafka.decisions_topic
+        ensure_topics(self.bootstrap_servers, {self.topic: 1}, client_options=kafka.client_options)
         # The sink writes records of the serializer it is given to its output topic: point that at the decisions.
         self._sink = KafkaSink(kafka.model_copy(update={"output_topic": self.topic}), DecisionSerializer(),
                                bootstrap_servers=self.bootstrap_servers, client_id="cola-review")

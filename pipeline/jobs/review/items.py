@@ -28,7 +28,7 @@ from cola_moderation.connectors.config import KafkaConfig, ParquetConfig
 from cola_moderation.connectors.filesystem import location
 from cola_moderation.connectors.parquet.image_files import image_roots, read_image_file
 from cola_moderation.connectors.parquet.sink import DEAD_LETTER_FIELDS, PARTITIONS, ROUTE_COLUMN
-from cola_moderation.connectors.records import FilePosition, KafkaPosition, Route
+from cola_moderation.connectors.records import DeadLetter, FilePosition, KafkaPosition, Route
 from cola_moderation.operators.config import DecodeConfig
 from cola_moderation.operators.errors import ColaError, ConfigError
 from cola_moderation.pipeline.runtime.records import ARROW_SCHEMA, OutputRecord, position_from_dict
@@ -257,10 +257,9 @@ class KafkaItems(ItemStore):
             for message in _poll_until(self._images.poll, timeout_s=10.0):
                 if message.offset == source.offset:
                     converted = message_to_record(message, self.kafka.value_format)
-                    payload = getattr(converted, "payload", None)
-                    if payload is None:
-                        payload = converted.record.payload  # a dead letter still carries the bytes
-                    return bytes(payload)
+                    if isinstance(converted, DeadLetter):
+                        raise ImageUnavailable(f"{where}: {converted.error_message}")
+                    return bytes(converted.payload)
                 if message.offset > source.offset:
                     break
         raise ImageUnavailable(f"{where}: the input message is no longer on the topic")
