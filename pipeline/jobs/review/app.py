@@ -239,7 +239,7 @@ class Guard:
             await send(message)
 
         headers = {name.lower(): value for name, value in scope.get("headers", [])}
-        if scope["path"] != "/login":
+        if scope["path"] != "/login" or scope["method"] != "GET":  # /login checks the token it is given
             session = self._session(headers)
             if session is None:
                 await _send_json(send_secured, 401, {"error": "unauthorized"},
@@ -251,9 +251,6 @@ class Guard:
                     await _send_json(send_secured, 403, {"error": refused})
                     return
             scope = {**scope, "cola.session": session}
-        elif scope["method"] != "GET":
-            await _send_json(send_secured, 405, {"error": "method not allowed"})
-            return
         await self.app(scope, receive, send_secured)
 
     def _session(self, headers: dict[bytes, bytes]) -> Session | None:

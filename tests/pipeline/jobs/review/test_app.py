@@ -90,7 +90,7 @@ def test_every_route_needs_the_token(console: tuple[Client, Path], review_data: 
               ("GET", "/api/items"), ("GET", "/api/items?status=done"), ("GET", item_path(first)),
               ("GET", item_path(first, "image")), ("POST", item_path(first, "decision")), ("GET", "/nowhere"),
               ("GET", "/api/items/../../etc/passwd/image"), ("DELETE", "/api/items"), ("GET", "/login"),
-              ("GET", "/login?token=wrong-token-wrong-token")]
+              ("GET", "/login?token=wrong-token-wrong-token"), ("POST", "/login"), ("PUT", "/api/session")]
     for method, path in routes:
         for token in (None, "wrong-token-wrong-token"):
             status, headers, body = client.request(method, path, token=token, body={"decision": "confirm"}
