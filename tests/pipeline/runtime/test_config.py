@@ -44,6 +44,10 @@ def test_defaults() -> None:
         ({**BASE, "detector": {"noise_amplitude": "4/0"}},
          "detector.noise_amplitude: Value error, must be a number or a fraction like 4/255, got '4/0'"),
         ({**BASE, "detector": {"noise_amplitude": 0}}, "detector.noise_amplitude: Input should be greater than 0"),
+        ({**BASE, "policy": {"audit_sampel": 0.1}}, "policy.audit_sampel: unknown key"),
+        ({**BASE, "policy": {"audit_sample": 2}}, "policy.audit_sample: Input should be less than or equal to 1"),
+        ({**BASE, "policy": {"rules": {"cat": {"review_band": [0.8, 0.2]}}}}, r"policy.rules.cat: .*low < high"),
+        ({**BASE, "policy": {"rules": {"cta": {"review_band": [0.2, 0.8]}}}}, r"not in the taxonomy: \['cta'\]"),
     ],
 )
 def test_bad_values_name_the_key(data: dict[str, object], message: str) -> None:

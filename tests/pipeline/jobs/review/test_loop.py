@@ -229,3 +229,47 @@ def test_finetune_on_the_loop(review_data: ReviewData, loop_dir: Path, method: s
     expected = 2 if method == "tecoa" else len(review_data.quarantined) + len(review_data.allowed)
     assert images == expected
     assert (output / "model.safetensors").exists()
+
+
+def test_a_generated_token_is_printed_once_and_works(review_data: ReviewData, tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cola_moderation.pipeline.cli", "review", "--config", str(review_data.config_path),
+         str(review_data.output_dir), "--decisions", str(tmp_path / "decisions"), "--port", str(port)],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        line = ""
+        for _ in range(100):  # skip any warnings printed before the banner
+            line = process.stderr.readline()
+            if line.startswith("cola review:") or not line:
+                break
+        assert f"{len(review_data.quarantined)} quarantined records" in line, line
+        link = line.split("open ", 1)[1].split()[0]
+        assert link.startswith(f"http://127.0.0.1:{port}/login?token=")
+        token = link.split("token=", 1)[1]
+        assert len(token) >= 16
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/api/items",
+                                                 headers={"Authorization": f"Bearer {token}"})
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    assert json.load(response)["counts"]["total"] == len(review_data.quarantined)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.3)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/items", timeout=5)
+        assert refused.value.code == 401
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=20)
+    assert token not in (process.stderr.read() if process.stderr else "")  # printed once, at start only
+
+
+def test_export_needs_an_output(review_data: ReviewData, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["review", "--config", str(review_data.config_path), str(review_data.output_dir), "--decisions",
+                 str(tmp_path / "d"), "--export", "dsa"]) == 2
+    assert "--export needs --output" in capsys.readouterr().err
