@@ -22,7 +22,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -154,6 +153,7 @@ class DecisionLog:
 
     routes: list[ParquetDecisions | KafkaDecisions]
     _by_key: dict[tuple[str, str], list[DecisionRecord]] = field(default_factory=dict)
+    _by_id: dict[str, list[DecisionRecord]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def load(self) -> int:
@@ -166,7 +166,11 @@ class DecisionLog:
 
     def _index(self, records: Iterable[DecisionRecord]) -> None:
         for record in sorted(records, key=lambda r: (r.decided_at, r.revision)):
-            self._by_key.setdefault((record.id, record.reviewer), []).append(record)
+            self._append(record)
+
+    def _append(self, record: DecisionRecord) -> None:
+        self._by_key.setdefault((record.id, record.reviewer), []).append(record)
+        self._by_id.setdefault(record.id, []).append(record)
 
     def decide(self, item: OutputRecord, *, reviewer: str, decision: DecisionKind, final_label: str | None,
                note: str) -> Outcome:
@@ -183,34 +187,24 @@ class DecisionLog:
                 now=datetime.now(UTC))
             for route in self.routes:
                 route.write([record])
-            self._by_key.setdefault((item.id, reviewer), []).append(record)
+            self._append(record)
             return Outcome(record, created=True)
 
     def history(self, item_id: str) -> list[DecisionRecord]:
         """All decisions on ``item_id`` (every reviewer, every revision), oldest first."""
         with self._lock:
-            found = [r for (rid, _), records in self._by_key.items() if rid == item_id for r in records]
-        return sorted(found, key=lambda r: (r.decided_at, r.revision))
+            return list(self._by_id.get(item_id, ()))
 
     def decided_ids(self) -> set[str]:
         with self._lock:
-            return {rid for rid, _ in self._by_key}
+            return set(self._by_id)
 
     def latest(self) -> list[DecisionRecord]:
         """The newest decision per id (across reviewers)."""
         with self._lock:
-            newest: dict[str, DecisionRecord] = {}
-            for records in self._by_key.values():
-                last = records[-1]
-                if last.id not in newest or last.decided_at >= newest[last.id].decided_at:
-                    newest[last.id] = last
-        return list(newest.values())
+            return [records[-1] for records in self._by_id.values()]
 
     def close(self) -> None:
         for route in self.routes:
             route.close()
 
-
-def describe(record: DecisionRecord) -> dict[str, Any]:
-    """The JSON form of a decision (API answers)."""
-    return record.to_json()
