@@ -36,6 +36,7 @@ from cola_moderation.pipeline.runtime.records import ARROW_SCHEMA, OutputRecord,
 log = logging.getLogger(__name__)
 
 PREVIEW_SIDE = 768
+ROW_GROUPS_KEPT = 2
 """Longest side of the PNG a reviewer is shown (larger images are scaled down)."""
 
 
@@ -145,6 +146,7 @@ class ParquetItems(ItemStore):
                 for row in fragment.to_table().to_pylist():
                     self._add(record_from_row(row, passthrough))
         self._files: dict[str, pq.ParquetFile] = {}
+        self._groups: dict[tuple[str, int], pa.ChunkedArray] = {}
 
     def image_bytes(self, record: OutputRecord) -> bytes:
         source = record.source
@@ -162,7 +164,7 @@ class ParquetItems(ItemStore):
             for group in range(parquet.metadata.num_row_groups):
                 rows = parquet.metadata.row_group(group).num_rows
                 if source.row < first + rows:
-                    cell = parquet.read_row_group(group, columns=[column]).column(column)[source.row - first]
+                    cell = self._row_group(source.file, parquet, group, column)[source.row - first]
                     break
                 first += rows
             else:
@@ -180,6 +182,18 @@ class ParquetItems(ItemStore):
             except ColaError as exc:
                 raise ImageUnavailable(str(exc)) from None
         raise ImageUnavailable(f"{where}: image cell is {type(value).__name__}")
+
+    def _row_group(self, file: str, parquet: pq.ParquetFile, group: int, column: str) -> pa.ChunkedArray:
+        """The image column of one row group, the last few kept: reviewers go through a queue in order, and a
+        Parquet cell can only be read with its page."""
+        key = (file, group)
+        cached = self._groups.pop(key, None)
+        if cached is None:
+            cached = parquet.read_row_group(group, columns=[column]).column(column)
+        self._groups[key] = cached
+        while len(self._groups) > ROW_GROUPS_KEPT:
+            self._groups.pop(next(iter(self._groups)))
+        return cached
 
 
 class KafkaItems(ItemStore):
