@@ -4,6 +4,7 @@ Kafka sink, images read back from the input messages, decisions on the decisions
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -85,6 +86,17 @@ def test_kafka_quarantine_topic_to_decisions_topic(kafka_setup) -> None:  # type
             assert client.decide(IDS[2], {"decision": "relabel", "label": "car"})[0] == 201
             assert client.decide(IDS[2], {"decision": "relabel", "label": "car"})[0] == 200  # idempotent
             assert client.decide(IDS[2], {"decision": "allow", "note": "fine"})[0] == 201  # revision 2
+            # The console follows the topic: a record quarantined now shows up without a restart.
+            late = {**json.loads(json.dumps(items.get(IDS[0]).record.to_json())), "id": "k-late"}  # type: ignore[union-attr]
+            producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+            producer.send(kafka.quarantine_topic, key=b"k-late", value=json.dumps(late).encode())
+            producer.flush()
+            producer.close()
+            deadline = time.monotonic() + 30
+            while client.json("GET", "/api/items?status=pending")[1]["counts"]["total"] < len(IDS) + 1:
+                assert time.monotonic() < deadline, "the late record never appeared"
+                time.sleep(0.2)
+            assert client.json("GET", item_path("k-late"))[1]["status"] == "pending"
     finally:
         items.close()
         log.close()
