@@ -93,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
     console = ReviewConsole(items=items, decisions=log, labels=config.taxonomy.label_names, auth=Authenticator(tokens))
     import uvicorn
 
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"cola review: listening on {args.host}, beyond this machine: tokens and cookies travel in clear "
+              "text unless a TLS proxy sits in front", file=sys.stderr)
+
     print(f"cola review: {len(items)} quarantined records, {loaded} decisions so far; open {link} "
           "(Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
