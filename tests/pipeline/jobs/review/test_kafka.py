@@ -10,11 +10,13 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from cola_moderation.connectors.kafka.admin import ensure_topics
 from cola_moderation.connectors.kafka.sink import KafkaSink
 from cola_moderation.connectors.kafka.source import KafkaSource
+from cola_moderation.pipeline.cli import main
 from cola_moderation.pipeline.jobs.review.app import ReviewConsole, build_app
 from cola_moderation.pipeline.jobs.review.auth import Authenticator
 from cola_moderation.pipeline.jobs.review.decision_log import DecisionLog, KafkaDecisions
@@ -30,7 +32,7 @@ IDS = ["k-one", "k-two", "k-<three>"]
 
 
 @pytest.fixture(scope="module")
-def kafka_setup(kafka_broker, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+def kafka_setup(kafka_broker, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     import torch
 
     torch.set_num_threads(1)
@@ -42,6 +44,8 @@ def kafka_setup(kafka_broker, tiny_model_dir: Path):  # type: ignore[no-untyped-
                          "quarantine_topic": f"q-{tag}", "dead_letter_topic": f"dead-{tag}", "group_id": f"g-{tag}",
                          "decisions_topic": f"decisions-{tag}"}
     config = parse_config(settings)
+    config_path = tmp_path_factory.mktemp("kafka-review") / "review.yaml"
+    config_path.write_text(yaml.safe_dump(settings))
     kafka = config.kafka
     ensure_topics(bootstrap, {kafka.input_topics[0]: 1, kafka.output_topic: 1, kafka.quarantine_topic: 1,
                               kafka.dead_letter_topic: 1})
@@ -64,11 +68,11 @@ def kafka_setup(kafka_broker, tiny_model_dir: Path):  # type: ignore[no-untyped-
                 break
     worker.close()
     assert seen == len(IDS)
-    return config
+    return config, config_path
 
 
-def test_kafka_quarantine_topic_to_decisions_topic(kafka_setup) -> None:  # type: ignore[no-untyped-def]
-    config = kafka_setup
+def test_kafka_quarantine_topic_to_decisions_topic(kafka_setup, capsys) -> None:  # type: ignore[no-untyped-def]
+    config, config_path = kafka_setup
     kafka = config.kafka
     items = KafkaItems(kafka, decode=config.decode)
     log = DecisionLog([KafkaDecisions(kafka)])
@@ -124,3 +128,10 @@ def test_kafka_quarantine_topic_to_decisions_topic(kafka_setup) -> None:  # type
     assert again.load() == 3
     assert {d.decision_id for d in again.history(IDS[2])} == {documents[1]["decision_id"], documents[2]["decision_id"]}
     again.close()
+
+    # cola calibrate reads the decisions topic too (newest decision per id: k-one confirmed, k-<three> allowed).
+    assert main(["calibrate", "--config", str(config_path), "--decisions", "kafka:", "--precision", "1.0"]) == 0
+    printed = capsys.readouterr()
+    assert "on 2 reviewed ids" in printed.err
+    label = documents[0]["original_label"]
+    assert f"| {label} |" in printed.out
