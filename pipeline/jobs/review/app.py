@@ -250,6 +250,10 @@ class Guard:
                 if refused:
                     await _send_json(send_secured, 403, {"error": refused})
                     return
+                length = headers.get(b"content-length", b"0")
+                if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+                    await _send_json(send_secured, 413, {"error": f"body over {MAX_BODY_BYTES} bytes"})
+                    return
             scope = {**scope, "cola.session": session}
         await self.app(scope, receive, send_secured)
 

@@ -169,6 +169,8 @@ def test_decisions_need_csrf_json_and_same_origin(console: tuple[Client, Path], 
     assert client.json("POST", path, body=b"decision=confirm", headers={
         "X-CSRF-Token": csrf, "Content-Type": "application/x-www-form-urlencoded"})[0] == 403
     assert not list((decisions_dir / "route=decisions").glob("*.parquet"))
+    assert client.json("POST", path, body={"decision": "allow", "note": "x" * 20_000},
+                       headers={"X-CSRF-Token": csrf})[0] == 413
     assert client.json("POST", path, body={"decision": "delete"}, headers={"X-CSRF-Token": csrf})[0] == 400
     assert client.json("POST", path, body={"decision": "relabel"}, headers={"X-CSRF-Token": csrf})[0] == 400
     assert client.json("POST", path, body={"decision": "relabel", "label": "<b>x</b>"},
