@@ -38,3 +38,12 @@ def test_demo_labels_the_sample_dead_letters_the_corrupt_records_and_keeps_stder
     assert len(frame) == len(pd.read_parquet(sample_parquet()))
     noisy = [line for line in result.stderr.splitlines() if NOISE.search(line)]
     assert noisy == [], result.stderr
+    # The review console's queue over the demo's output: every quarantined record, its image read back.
+    from cola_moderation.pipeline.jobs.review.items import ParquetItems
+    from cola_moderation.pipeline.runtime.config import load_config
+
+    config = load_config("reference", calibrate=False)
+    items = ParquetItems(output, parquet=config.parquet, decode=config.decode)
+    quarantined = frame[frame["route"] == "quarantine"]
+    assert len(quarantined) > 0 and [i.record.id for i in items.items()] == list(quarantined["id"])
+    assert all(items.image_png(item).startswith(b"\x89PNG") for item in items.items())
