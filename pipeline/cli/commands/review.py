@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reviewer tokens, one 'reviewer:token' (or bare token) per line")
     parser.add_argument("--reviewer", default="reviewer", help="reviewer name of bare tokens (default %(default)s)")
     parser.add_argument("--export", choices=("dsa",), default=None,
-                        help="write statements of reasons for the decisions so far to --output and exit")
+                        help="write statements of reasons (reviewed restrictions, and a dataset's automated "
+                             "blocks) to --output and exit")
     parser.add_argument("--output", type=Path, default=None, help="--export: JSON-lines file to write")
     parser.add_argument("--platform", default="cola-moderation", help="--export dsa: platform_name")
 
@@ -69,6 +70,13 @@ def run(args: argparse.Namespace) -> int:
         from cola_moderation.pipeline.jobs.review.dsa import statements
 
         written = statements(log.latest(), config.policy, platform=args.platform)
+        if not args.source.startswith(KAFKA_PREFIX):  # the uploads the policy blocked with no human involved
+            from cola_moderation.connectors.records import Route
+            from cola_moderation.pipeline.jobs.review.dsa import automated_statements
+            from cola_moderation.pipeline.jobs.review.items import read_route
+
+            written += automated_statements(read_route(args.source, Route.OUTPUT), log.decided_ids(),
+                                            platform=args.platform)
         with open(args.output, "w", encoding="utf-8") as handle:
             for document in written:
                 handle.write(json.dumps(document, ensure_ascii=False) + "\n")

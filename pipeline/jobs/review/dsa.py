@@ -2,7 +2,9 @@
 Transparency Database's submission API (https://transparency.dsa.ec.europa.eu/page/api-documentation).
 
 One statement per reviewed id whose final decision restricts the upload: the newest decision (any reviewer) is
-``adversarial``, or its final label has a ``block`` rule in the policy. ``automated_detection`` is ``Yes`` when a model
+``adversarial``, or its final label has a ``block`` rule in the policy; and one per upload the policy blocked with no
+human involved (``action`` ``block`` on the output route of a ``cola batch`` dataset, not reviewed since), with
+``automated_decision`` ``AUTOMATED_DECISION_FULLY``. ``automated_detection`` is ``Yes`` when a model
 condition sent the record to review (not only the audit sample); ``automated_decision`` maps the record's
 ``none | partial | full`` to ``AUTOMATED_DECISION_NOT_AUTOMATED | _PARTIALLY | _FULLY``. Fields a moderation
 pipeline cannot know (the account, the territorial scope, the legal ground of illegal content) are left to the
@@ -16,6 +18,7 @@ from typing import Any
 
 from cola_moderation.operators.policy import PolicyConfig
 from cola_moderation.pipeline.runtime.decisions import DecisionRecord
+from cola_moderation.pipeline.runtime.records import OutputRecord
 
 AUTOMATED_DECISION = {"none": "AUTOMATED_DECISION_NOT_AUTOMATED", "partial": "AUTOMATED_DECISION_PARTIALLY",
                       "full": "AUTOMATED_DECISION_FULLY"}
@@ -68,3 +71,32 @@ def statements(records: Iterable[DecisionRecord], policy: PolicyConfig, *, platf
         newest[record.id] = record
     chosen = sorted(newest.values(), key=lambda r: r.decided_at)
     return [statement(r, platform=platform) for r in chosen if restricts(r, policy)]
+
+
+def automated_statement(record: OutputRecord, *, platform: str) -> dict[str, Any]:
+    """The statement of reasons for an upload the policy blocked on its own."""
+    facts = (f"Blocked automatically by moderation policy {record.policy_version}: label {record.label!r} at "
+             f"{record.score:.3f} ({record.method}, model {record.model}).")
+    return {
+        "puid": record.id,
+        "platform_name": platform,
+        "decision_visibility": ["DECISION_VISIBILITY_CONTENT_REMOVED"],
+        "decision_ground": "DECISION_GROUND_INCOMPATIBLE_CONTENT",
+        "incompatible_content_ground": f"content labelled {record.label!r} under moderation policy "
+                                       f"{record.policy_version}",
+        "incompatible_content_explanation": facts,
+        "category": "STATEMENT_CATEGORY_SCOPE_OF_PLATFORM_SERVICE",
+        "content_type": ["CONTENT_TYPE_IMAGE"],
+        "decision_facts": facts,
+        "source_type": "SOURCE_VOLUNTARY",
+        "automated_detection": "Yes",
+        "automated_decision": AUTOMATED_DECISION["full"],
+        "content_date": record.processed_at.date().isoformat(),
+        "application_date": record.processed_at.date().isoformat(),
+    }
+
+
+def automated_statements(records: Iterable[OutputRecord], reviewed: set[str], *,
+                         platform: str) -> list[dict[str, Any]]:
+    """Statements for the blocked ``records`` that no reviewer decided since."""
+    return [automated_statement(r, platform=platform) for r in records if r.action == "block" and r.id not in reviewed]

@@ -68,6 +68,22 @@ def record_from_row(row: dict[str, Any], passthrough: dict[str, str]) -> OutputR
                         review_reasons=tuple(row.get("review_reasons") or ()))
 
 
+def read_route(directory: str | Path, route: Route) -> list[OutputRecord]:
+    """The output records of one route of a ``cola batch`` dataset (local path or URI), in file order."""
+    root = location(directory)
+    partition = root.child(PARTITIONS[route])
+    if not partition.is_dir():
+        return []
+    records = []
+    dataset = pads.dataset(partition.path, filesystem=root.filesystem, format="parquet")
+    for fragment in sorted(dataset.get_fragments(), key=lambda f: f.path):
+        schema = fragment.physical_schema
+        passthrough = {column: name for name, column in
+                       json.loads((schema.metadata or {}).get(b"cola.passthrough", b"{}")).items()}
+        records += [record_from_row(row, passthrough) for row in fragment.to_table().to_pylist()]
+    return records
+
+
 class ItemStore:
     """Quarantined records by id (a later record with the same id replaces an earlier one: at-least-once delivery
     may write a record twice) and their images."""
@@ -134,17 +150,10 @@ class ParquetItems(ItemStore):
         super().__init__(decode=decode)
         self.root = location(directory)
         self.parquet = parquet
-        quarantine = self.root.child(PARTITIONS[Route.QUARANTINE])
         if not self.root.is_dir():
             raise ConfigError(f"{self.root}: not a directory (cola review reads a cola batch --output dataset)")
-        if quarantine.is_dir():
-            dataset = pads.dataset(quarantine.path, filesystem=self.root.filesystem, format="parquet")
-            for fragment in sorted(dataset.get_fragments(), key=lambda f: f.path):
-                schema = fragment.physical_schema
-                passthrough = {column: name for name, column in
-                               json.loads((schema.metadata or {}).get(b"cola.passthrough", b"{}")).items()}
-                for row in fragment.to_table().to_pylist():
-                    self._add(record_from_row(row, passthrough))
+        for record in read_route(directory, Route.QUARANTINE):
+            self._add(record)
         self._files: dict[str, pq.ParquetFile] = {}
         self._groups: dict[tuple[str, int], pa.ChunkedArray] = {}
 

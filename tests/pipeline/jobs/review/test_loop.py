@@ -182,8 +182,12 @@ def test_dsa_export(review_data: ReviewData, loop_dir: Path, capsys: pytest.Capt
     rows = pads.dataset(decisions, partitioning="hive").to_table().to_pylist()
     # adversarial restricts; a final label with a block rule (car) restricts; relabel to dog does not.
     expected = {r["id"] for r in rows if r["decision"] == "adversarial" or r["final_label"] == "car"}
-    assert {s["puid"] for s in statements} == expected
-    for document in statements:
+    blocked = {i for (i,) in duckdb.sql(f"select id from read_parquet('{review_data.output_dir}/**/*.parquet', "
+                                        "hive_partitioning=true) where route = 'output' and action = 'block'"
+                                        ).fetchall()}
+    decided = [r["id"] for r in sorted(rows, key=lambda r: r["decided_at"])]
+    assert [s["puid"] for s in statements] == [*sorted(expected, key=decided.index), *blocked]
+    for document in statements[:len(expected)]:
         assert document["platform_name"] == "example" and document["content_type"] == ["CONTENT_TYPE_IMAGE"]
         assert document["automated_detection"] == "No"  # these records came to review through the audit sample
         assert document["automated_decision"] in ("AUTOMATED_DECISION_NOT_AUTOMATED", "AUTOMATED_DECISION_PARTIALLY")
