@@ -225,6 +225,10 @@ class KafkaItems(ItemStore):
         self._options = options
         self._consumer = KafkaConsumer(**options)
         partitions = self._consumer.partitions_for_topic(self.topic) or set()
+        if not partitions:
+            self._consumer.close()
+            raise ConfigError(f"Kafka topic {self.topic!r} does not exist on {options['bootstrap_servers']} (the "
+                              "quarantine topic: kafka.quarantine_topic, or kafka:TOPIC)")
         self._consumer.assign([TopicPartition(self.topic, p) for p in sorted(partitions)])
         self._consumer.seek_to_beginning()
         self._images: Any = None

@@ -16,6 +16,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from cola_moderation.connectors.kafka.admin import ensure_topics
 from cola_moderation.connectors.kafka.sink import KafkaSink
 from cola_moderation.connectors.kafka.source import KafkaSource
+from cola_moderation.operators.errors import ConfigError
 from cola_moderation.pipeline.cli import main
 from cola_moderation.pipeline.jobs.review.app import ReviewConsole, build_app
 from cola_moderation.pipeline.jobs.review.auth import Authenticator
@@ -135,3 +136,9 @@ def test_kafka_quarantine_topic_to_decisions_topic(kafka_setup, capsys) -> None:
     assert "on 2 reviewed ids" in printed.err
     label = documents[0]["original_label"]
     assert f"| {label} |" in printed.out
+
+
+def test_a_missing_quarantine_topic_is_one_error(kafka_setup) -> None:  # type: ignore[no-untyped-def]
+    config, _ = kafka_setup
+    with pytest.raises(ConfigError, match="does not exist"):
+        KafkaItems(config.kafka, decode=config.decode, topic=f"nowhere-{uuid.uuid4().hex[:6]}")
