@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from cola_moderation.connectors.filesystem import location
 from cola_moderation.operators.errors import ConfigError
 from cola_moderation.pipeline.jobs.review.decision_log import DecisionLog, KafkaDecisions, ParquetDecisions
 from cola_moderation.pipeline.runtime.config import PipelineConfig, load_config
@@ -64,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, calibrate=False)
     if args.export and args.output is None:
         raise ConfigError("--export needs --output FILE")
+    if not args.source.startswith(KAFKA_PREFIX) and not location(args.source).is_dir():
+        raise ConfigError(f"{args.source}: not a directory (cola review reads a cola batch --output dataset, or "
+                          "kafka:[TOPIC])")
     log = DecisionLog(decision_routes(args, config))
     loaded = log.load()
     if args.export == "dsa":
