@@ -16,6 +16,9 @@
   itself: :class:`~cola_moderation.connectors.kafka.transactions.TransactionalKafkaSink` commits
   :meth:`transaction_offsets` inside the batch's transaction, and :meth:`commit` only records them. After an aborted
   transaction, :meth:`rewind` seeks back to the committed offsets; batches polled before it are stale.
+* Compressed batches (gzip, snappy, lz4, zstd) are decompressed by kafka-python; one it cannot decompress stops the
+  source with :class:`~cola_moderation.connectors.kafka.codecs.UnsupportedCompressionError` (codec, topic,
+  partition, offset; nothing of that poll is committed) instead of failing on the same offset at every restart.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, UnsupportedCodecError
 from kafka.structs import OffsetAndMetadata
 
 from cola_moderation.connectors.base import Source
 from cola_moderation.connectors.config import KafkaConfig
 from cola_moderation.connectors.errors import MalformedRecordError
 from cola_moderation.connectors.json_codec import JsonInputError, loads_strict
+from cola_moderation.connectors.kafka.codecs import compression_error
 from cola_moderation.connectors.records import Batch, DeadLetter, InputRecord, KafkaPosition
 
 log = logging.getLogger(__name__)
@@ -156,7 +160,11 @@ class KafkaSource(Source):
         self._revoked_while_polling = set()
         while len(items) < cfg.max_batch_records and nbytes < cfg.max_batch_bytes:
             remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            fetched = self._consumer.poll(timeout_ms=remaining_ms, max_records=cfg.max_batch_records - len(items))
+            try:
+                fetched = self._consumer.poll(timeout_ms=remaining_ms,
+                                              max_records=cfg.max_batch_records - len(items))
+            except UnsupportedCodecError as exc:  # every poll would fail on this offset again: stop, one line
+                raise compression_error(exc, self._consumer) from None
             for tp, messages in fetched.items():
                 for message in messages:
                     items.append((tp, message_to_record(message, cfg.value_format)))
