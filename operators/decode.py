@@ -33,7 +33,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cola_moderation.operators.config import DecodeConfig
 from cola_moderation.operators.errors import DecodeError
 
-SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF"})
+"""Pillow format names accepted. HEIF (HEIC, the iPhone default) decodes through ``pillow-heif``, which applies the
+EXIF orientation itself; AVIF through Pillow's own plugin (Pillow >= 11.2 built with libavif)."""
 REDUCING_GAP = 3
 """Images at least this many times the target size (shortest side) are box-reduced right after decoding."""
 _REDUCIBLE = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "F"})
@@ -70,9 +72,27 @@ def decode_image(data: bytes, *, size: int, config: DecodeConfig | None = None,
     return to_tensor(resize_center_crop(image, size))
 
 
+_HEIF_REGISTERED = False
+
+
+def register_heif() -> None:
+    """Let Pillow open HEIF / HEIC through ``pillow-heif`` (once per process, on first use: importing it loads
+    libheif)."""
+    global _HEIF_REGISTERED
+    if not _HEIF_REGISTERED:
+        try:
+            from pillow_heif import register_heif_opener
+        except ImportError:  # pragma: no cover - a dependency; without it HEIC stays "unrecognised"
+            _HEIF_REGISTERED = True
+            return
+        register_heif_opener(thumbnails=False)
+        _HEIF_REGISTERED = True
+
+
 def open_image(data: bytes, *, size: int, config: DecodeConfig, budget: PixelBudget | None = None) -> Image.Image:
     """Validate and fully decode ``data`` into an RGB PIL image (EXIF orientation applied, not yet resized; box-reduced
     by an integer factor when at least ``REDUCING_GAP`` times ``size``)."""
+    register_heif()
     if not data:
         raise DecodeError("empty input: 0 bytes")
     if len(data) > config.max_bytes:
