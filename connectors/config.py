@@ -102,3 +102,10 @@ class ParquetConfig(Section):
     """An input file that is not readable Parquet (corrupt, truncated, another format) or lacks the image column:
     ``skip`` it with a warning naming the file and the reason (the summary lists it), or ``fail`` the job with that
     one line (exit code 2)."""
+    on_schema_conflict: Literal["cast", "skip_file", "fail"] = "cast"
+    """A passthrough column whose Arrow type differs across the input files in a way Arrow's permissive promotion
+    (int32 -> int64, int -> double, null -> any) cannot join: ``cast`` it to string where every file's type casts to
+    string, else treat it as ``skip_file``; ``skip_file``: the files whose type conflicts with the first file's are
+    not moderated, every one of their rows is a dead letter (``SchemaConflictError``, stage ``source``) and the
+    summary lists the file; ``fail`` the job with one line naming the column and files (exit code 2). The id column
+    is read as a string in every file whatever its type, and never conflicts."""

@@ -61,6 +61,68 @@ def open_parquet(file: Location) -> pq.ParquetFile:
     return pq.ParquetFile(source, buffer_size=1 << 20, pre_buffer=False)
 
 
+class SchemaConflictError(ColaError, ValueError):
+    """An input file's passthrough column has a type that cannot join the other files' (see
+    ``parquet.on_schema_conflict``); the file's rows are dead letters."""
+
+    stage = "source"
+
+
+def _promote(types: Sequence[pa.DataType]) -> pa.DataType | None:
+    """The type Arrow's permissive promotion joins ``types`` into, or None."""
+    try:
+        unified = pa.unify_schemas([pa.schema([("c", t)]) for t in types], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    return unified.field("c").type
+
+
+def _casts_to_string(type_: pa.DataType) -> bool:
+    try:
+        pa.array([None], type_).cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
+def resolve_passthrough(files: Sequence[Location], config: ParquetConfig) -> tuple[pa.Schema, dict[str, str]]:
+    """The passthrough columns of all ``files`` as one schema (id and image columns left out: the id is read as a
+    string per file), and ``{file uri: reason}`` for the files ``parquet.on_schema_conflict`` leaves out; ``fail``
+    raises :class:`~cola_moderation.operators.errors.ConfigError` naming the column and files instead."""
+    drop = {config.image_column, config.id_column}
+    columns: dict[str, list[tuple[str, pa.DataType]]] = {}
+    for file in files:
+        parquet = open_parquet(file)
+        try:
+            schema = parquet.schema_arrow
+        finally:
+            parquet.close()
+        for field in schema:
+            if field.name not in drop:
+                columns.setdefault(field.name, []).append((file.uri, field.type))
+    fields: list[pa.Field] = []
+    conflicts: dict[str, str] = {}
+    for name, typed in columns.items():
+        target = _promote([t for _, t in typed])
+        if target is None and config.on_schema_conflict == "fail":
+            listed = ", ".join(f"{uri}: {t}" for uri, t in typed[:6])
+            raise ConfigError(f"the input files' column {name!r} has incompatible types ({listed}) "
+                              f"(parquet.on_schema_conflict: fail)")
+        if target is None and config.on_schema_conflict == "cast" and all(_casts_to_string(t) for _, t in typed):
+            target = pa.string()
+        if target is None:  # skip the files that cannot join the first file's type
+            reference = typed[0][1]
+            joined = [(uri, t) for uri, t in typed if _promote([reference, t]) is not None]
+            target = _promote([t for _, t in joined]) or reference
+            for uri, type_ in typed:
+                if (uri, type_) not in joined:
+                    conflicts.setdefault(uri, f"schema conflict: column {name!r} is {type_}, the other inputs' is "
+                                              f"{target} (parquet.on_schema_conflict: {config.on_schema_conflict}); "
+                                              f"its rows are dead letters")
+        fields.append(pa.field(name, target))
+    return pa.schema(fields), conflicts
+
+
 class BadInputFileError(ColaError, ValueError):
     """An input file is not readable Parquet or lacks the image column (see ``parquet.on_bad_file``)."""
 
@@ -132,9 +194,11 @@ class ParquetSource(Source):
 
     def __init__(self, inputs: str | Path | Location | Sequence[str | Path | Location],
                  config: ParquetConfig | None = None, *, skip: Callable[[str], bool] | None = None,
-                 max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> None:
+                 max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES, conflicts: dict[str, str] | None = None) -> None:
         """``max_image_bytes``: the largest image file a path cell may name (the pipeline passes
-        ``decode.max_bytes``)."""
+        ``decode.max_bytes``). ``conflicts``: ``{file uri: reason}`` from :func:`resolve_passthrough`; every row of
+        those files is a source-stage dead letter (:class:`SchemaConflictError`)."""
+        self.conflicts = conflicts or {}
         self.config = config or ParquetConfig()
         self.max_image_bytes = max_image_bytes
         self.files = expand_inputs(inputs)
@@ -152,20 +216,9 @@ class ParquetSource(Source):
         self._batches.close()
 
     def passthrough_schema(self) -> pa.Schema:
-        """The passthrough columns of all inputs (unified; image and id columns left out)."""
-        schemas = []
-        for file in self.files:
-            parquet = open_parquet(file)
-            try:
-                schemas.append(parquet.schema_arrow)
-            finally:
-                parquet.close()
-        try:
-            schema = pa.unify_schemas(schemas, promote_options="permissive")
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise ConfigError(f"the input files' columns have incompatible types: {exc}") from exc
-        drop = {self.config.image_column, self.config.id_column}
-        return pa.schema([f for f in schema if f.name not in drop]).remove_metadata()
+        """The passthrough columns of all inputs (unified; image and id columns left out; see
+        :func:`resolve_passthrough`)."""
+        return resolve_passthrough(self.files, self.config)[0]
 
     def rows_per_batch(self, parquet: pq.ParquetFile) -> int:
         """``batch_rows``, lowered so that the largest row group's average row size times it stays near
@@ -233,7 +286,7 @@ class ParquetSource(Source):
             ids = [rid if rid is not None else f"{file.uri}:{first_row + i}" for i, rid in enumerate(given.to_pylist())]
         else:
             ids = [f"{file.uri}:{row}" for row in range(first_row, first_row + n)]
-        errors: list[MalformedRecordError | None] = [None] * n
+        errors: list[ColaError | None] = [None] * n
         if pa.types.is_string(image.type) or pa.types.is_large_string(image.type):  # paths: read the files
             roots = image_roots(Path(file.path), cfg.image_roots) if file.local else ()
             payload: list[bytes | None] = []
@@ -251,13 +304,17 @@ class ParquetSource(Source):
                     if not payloads[i].is_valid:
                         errors[i] = MalformedRecordError(f"{file.uri}:{first_row + i}: image is null")
                 payloads = pa.array([b if b is not None else b"" for b in payloads.to_pylist()], pa.large_binary())
+        conflict = self.conflicts.get(file.uri)
+        if conflict is not None:  # never moderated, never dropped: each row is a dead letter naming the conflict
+            errors = [e or SchemaConflictError(f"{file.uri}:{first_row + i}: {conflict}") for i, e in enumerate(errors)]
         fields = [None if e is None else error_fields(e, stage="source") for e in errors]
         table = pa.Table.from_arrays([
             pa.array(ids, pa.string()), payloads, pa.array([file.uri] * n, pa.string()), rows,
             pa.array([f and f["error.class"] for f in fields], pa.string()),
             pa.array([f and f["error.message"] for f in fields], pa.string()),
             pa.array([f and f["error.stage"] for f in fields], pa.string())], schema=ROW_FIELDS)
-        passthrough = [c for c in batch.schema.names if c not in (cfg.image_column, cfg.id_column)]
+        passthrough = [c for c in batch.schema.names if c not in (cfg.image_column, cfg.id_column)
+                       and conflict is None]
         return SourceTable(key, table, pa.Table.from_batches([batch.select(passthrough)]))
 
     def _to_batch(self, table: SourceTable) -> Batch:

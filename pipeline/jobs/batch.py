@@ -52,6 +52,7 @@ from cola_moderation.connectors.parquet.source import (
     SourceTable,
     expand_inputs,
     open_parquet,
+    resolve_passthrough,
     screen_input_files,
 )
 from cola_moderation.connectors.records import DeadLetter, FilePosition, InputRecord, Route, source_array
@@ -76,10 +77,12 @@ PASSTHROUGH = "passthrough:"
 
 
 def read_file(items: pa.Table, *, files: list[Location], passthrough: pa.Schema, config: ParquetConfig,
-              done: frozenset[str], max_image_bytes: int) -> Iterator[pa.Table]:
+              done: frozenset[str], max_image_bytes: int, conflicts: dict[str, str] | None = None
+              ) -> Iterator[pa.Table]:
     """Read stage: every not-yet-written batch of each input file (``items["index"]`` into ``files``) as a table."""
     for index in items.column("index").to_pylist():
-        with ParquetSource([files[index]], config, skip=done.__contains__, max_image_bytes=max_image_bytes) as source:
+        with ParquetSource([files[index]], config, skip=done.__contains__, max_image_bytes=max_image_bytes,
+                           conflicts=conflicts) as source:
             for part in _tables(source, files[index].uri, config):
                 n = len(part)
                 table = part.rows.append_column("key", pa.array([part.key] * n, pa.string()))
@@ -240,7 +243,8 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
         output = check_output_directory(output)  # one-line error before Ray starts
     if not files:  # every input was skipped: nothing to start Ray for
         return RunSummary(skipped_files=skipped_files)
-    passthrough = ParquetSource(files, config.parquet).passthrough_schema()
+    passthrough, conflicts = resolve_passthrough(files, config.parquet)  # parquet.on_schema_conflict
+    skipped_files += [(uri, reason) for uri, reason in conflicts.items()]
     sink = ParquetSink(output, OutputSerializer(), config.parquet, passthrough=passthrough)
     done = sink.completed
     geometry = load_geometry(config.model)
@@ -268,8 +272,8 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
     dataset = (
         ray.data.from_items([{"index": i} for i in range(len(files))], override_num_blocks=len(files))
         .map_batches(partial(read_file, files=files, passthrough=passthrough, config=config.parquet, done=done,
-                             max_image_bytes=config.decode.max_bytes), batch_size=1, num_cpus=READ_NUM_CPUS,
-                     batch_format="pyarrow")
+                             max_image_bytes=config.decode.max_bytes, conflicts=conflicts), batch_size=1,
+                     num_cpus=READ_NUM_CPUS, batch_format="pyarrow")
         .map_batches(partial(decode_rows, size=geometry.size, config=config.decode),
                      batch_size=config.model.batch_size, num_cpus=config.ray.decode_num_cpus, batch_format="pyarrow")
     )
