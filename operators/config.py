@@ -125,6 +125,10 @@ class DecodeConfig(Section):
     """Per decoder (one per worker): pixels (width x height, as the headers declare) allowed to be decoding at once.
     Large images wait for each other instead of multiplying the worker's peak memory; one image over the limit still
     decodes, alone."""
+    max_frames: Annotated[int, Field(ge=1, le=64)] = 8
+    """Frames scored per animated GIF / WebP / APNG / AVIF or multi-page TIFF: the first, the longest-displayed, the
+    last and evenly spaced ones (all when fewer). The policy takes the strictest frame. 1 = the first frame only.
+    An animation whose frames x width x height exceed ``max_pixels`` is refused."""
 
 
 class ViewsConfig(Section):

@@ -24,7 +24,6 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 import torch
@@ -32,6 +31,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cola_moderation.operators.config import DecodeConfig
 from cola_moderation.operators.errors import DecodeError
+from cola_moderation.operators.frames import ANIMATED_FORMATS, sample_frames, webp_durations
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF"})
 """Pillow format names accepted. HEIF (HEIC, the iPhone default) decodes through ``pillow-heif``, which applies the
@@ -91,7 +91,16 @@ def register_heif() -> None:
 
 def open_image(data: bytes, *, size: int, config: DecodeConfig, budget: PixelBudget | None = None) -> Image.Image:
     """Validate and fully decode ``data`` into an RGB PIL image (EXIF orientation applied, not yet resized; box-reduced
-    by an integer factor when at least ``REDUCING_GAP`` times ``size``)."""
+    by an integer factor when at least ``REDUCING_GAP`` times ``size``). Animated images: the first frame (see
+    :func:`decode_frames` for the sampled frames)."""
+    image = _open_checked(data, size=size, config=config)
+    width, height = image.size
+    with budget.hold(width * height) if budget is not None else nullcontext():
+        return _finish(image, size)
+
+
+def _open_checked(data: bytes, *, size: int, config: DecodeConfig) -> Image.Image:
+    """``data`` opened (header read, no pixels yet) and checked against the byte, format and pixel limits."""
     register_heif()
     if not data:
         raise DecodeError("empty input: 0 bytes")
@@ -117,14 +126,73 @@ def open_image(data: bytes, *, size: int, config: DecodeConfig, budget: PixelBud
     if config.draft and image.format in ("JPEG", "MPO"):
         # The JPEG decoder can scale by 1/2, 1/4 or 1/8 for free; it keeps both sides >= the requested size.
         image.draft(None, (size, size))
+    return image
+
+
+def _finish(image: Image.Image, size: int) -> Image.Image:
+    """The current frame of ``image`` decoded, box-reduced, upright (EXIF orientation) and RGB."""
+    try:
+        image.load()
+        reduced = reduce_early(image, size)
+        oriented: Image.Image = ImageOps.exif_transpose(reduced) or reduced
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError) as exc:
+        raise _corrupt(image.format, exc) from None
+    return to_rgb(oriented)
+
+
+@dataclass(frozen=True)
+class Frames:
+    """The sampled frames of one input at the model's size: ``arrays`` (uint8 ``[3, size, size]`` each), their
+    ``indices`` in the file (ascending) and the file's frame ``count`` (1 for a still image)."""
+
+    arrays: list[np.ndarray]
+    indices: tuple[int, ...]
+    count: int
+
+
+def decode_frames(data: bytes, *, size: int, config: DecodeConfig, budget: PixelBudget | None = None) -> Frames:
+    """Decode ``data`` at ``size`` x ``size``: one frame for a still image; for an animated or multi-page one the
+    frames :func:`~cola_moderation.operators.frames.sample_frames` picks (``decode.max_frames``). Every frame up to
+    the last sampled one is decoded (GIF and APNG frames build on the previous ones), so ``frames x width x height``
+    must stay within ``decode.max_pixels``; a larger animation is refused rather than judged by part of it."""
+    image = _open_checked(data, size=size, config=config)
+    width, height = image.size
+    count = int(getattr(image, "n_frames", 1) or 1) if image.format in ANIMATED_FORMATS else 1
     with budget.hold(width * height) if budget is not None else nullcontext():
+        if count == 1 or config.max_frames == 1:
+            return Frames([to_array(resize_center_crop(_finish(image, size), size))], (0,), count)
+        if count * width * height > config.max_pixels:
+            raise DecodeError(f"too many pixels in the animation: {count} frames of {width}x{height} = "
+                              f"{count * width * height} > decode.max_pixels={config.max_pixels}")
+        return _sample(image, data, size=size, count=count, max_frames=config.max_frames)
+
+
+def _sample(image: Image.Image, data: bytes, *, size: int, count: int, max_frames: int) -> Frames:
+    """One pass over the frames in order: durations read as the frames go by; the fixed picks (first, last, evenly
+    spaced) and the longest-displayed frame so far are kept at the model's size."""
+    durations: list[float | None] = [None] * count
+    if image.format == "WEBP":
+        durations = [*(webp_durations(data) or [])][:count] + [None] * count
+    fixed = set(sample_frames(count, [None] * count, max_frames))
+    kept: dict[int, np.ndarray] = {}
+    longest: tuple[float, int] | None = None
+    for index in range(count):
         try:
-            image.load()
-            reduced = reduce_early(image, size)
-            oriented: Image.Image = ImageOps.exif_transpose(reduced) or reduced
-        except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError) as exc:
-            raise _corrupt(image.format, exc) from None
-        return to_rgb(oriented)
+            image.seek(index)
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise _corrupt(f"{image.format} frame {index}", exc) from None
+        raw = durations[index] if image.format == "WEBP" else image.info.get("duration")
+        duration = float(raw) if isinstance(raw, (int, float)) else None
+        durations[index] = duration
+        is_longest = duration is not None and (longest is None or duration > longest[0])
+        if index in fixed or is_longest:
+            kept[index] = to_array(resize_center_crop(_finish(image, size), size))
+        if is_longest and duration is not None:
+            if longest is not None and longest[1] not in fixed:
+                kept.pop(longest[1], None)
+            longest = (duration, index)
+    chosen = sample_frames(count, durations, max_frames)
+    return Frames([kept[i] for i in chosen], chosen, count)
 
 
 def reduce_early(image: Image.Image, size: int) -> Image.Image:
@@ -223,6 +291,11 @@ class DecodedBatch:
     """Position in the input sequence of each row of ``pixels``."""
     errors: dict[int, DecodeError] = field(default_factory=dict)
     """Input position -> why it failed."""
+    frames: tuple[int, ...] = ()
+    """Frame index in its file of each row of ``pixels`` (empty: every row is a still image's only frame). An
+    animated input has one row per sampled frame, adjacent, its position repeated in ``indices``."""
+    frame_counts: dict[int, int] = field(default_factory=dict)
+    """Input position -> frames in the file, for inputs with more than one."""
 
 
 class ImageDecoder:
@@ -238,27 +311,38 @@ class ImageDecoder:
         workers = self.config.workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers > 1 else None
 
-    def _decode_one(self, data: bytes, uint8: bool = False) -> torch.Tensor | DecodeError:
+    def _decode_one(self, data: bytes) -> Frames | DecodeError:
         try:
-            image = resize_center_crop(open_image(data, size=self.size, config=self.config, budget=self.budget),
-                                       self.size)
-            return torch.from_numpy(to_array(image)) if uint8 else to_tensor(image)
+            return decode_frames(data, size=self.size, config=self.config, budget=self.budget)
         except DecodeError as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - a codec bug must not take the batch down; it is reported per input
             return DecodeError(f"decoder failed: {type(exc).__name__}: {exc}")
 
     def decode(self, items: Sequence[bytes], *, uint8: bool = False) -> DecodedBatch:
-        """Decode ``items``; ``uint8=True`` keeps the pixels as bytes (``[0, 255]``) instead of floats."""
-        one = partial(self._decode_one, uint8=uint8)
-        results = list(self._pool.map(one, items)) if self._pool else [one(b) for b in items]
-        tensors = {i: r for i, r in enumerate(results) if isinstance(r, torch.Tensor)}
+        """Decode ``items``; ``uint8=True`` keeps the pixels as bytes (``[0, 255]``) instead of floats. Animated
+        inputs give one row per sampled frame (:attr:`DecodedBatch.frames`)."""
+        results = list(self._pool.map(self._decode_one, items)) if self._pool else [self._decode_one(b) for b in items]
         errors = {i: r for i, r in enumerate(results) if isinstance(r, DecodeError)}
-        if tensors:
-            pixels = torch.stack(list(tensors.values()))
+        arrays: list[np.ndarray] = []
+        indices: list[int] = []
+        frames: list[int] = []
+        counts: dict[int, int] = {}
+        for position, result in enumerate(results):
+            if isinstance(result, Frames):
+                arrays.extend(result.arrays)
+                indices.extend([position] * len(result.arrays))
+                frames.extend(result.indices)
+                if result.count > 1:
+                    counts[position] = result.count
+        if arrays:
+            pixels = torch.from_numpy(np.stack(arrays))
+            if not uint8:
+                pixels = pixels.float().div_(255.0)
         else:
             pixels = torch.empty((0, 3, self.size, self.size), dtype=torch.uint8 if uint8 else torch.float32)
-        return DecodedBatch(pixels=pixels, indices=tuple(tensors), errors=errors)
+        return DecodedBatch(pixels=pixels, indices=tuple(indices), errors=errors,
+                            frames=tuple(frames) if counts else (), frame_counts=counts)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -48,6 +48,13 @@ class Moderation:
     """``adversarial_score >= detector.threshold``."""
     cola_applied: bool = False
     """Whether COLA produced the label (always for ``cola``, for escalated images under ``cascade``)."""
+    frame: int = 0
+    """Index in its file of the frame this verdict is about (animated / multi-page images)."""
+    frame_count: int = 1
+    """Frames in the input's file (1 for a still image)."""
+    frames: tuple[Moderation, ...] = ()
+    """Animated inputs: the verdict of every sampled frame, in frame order (this one is the first of them); the
+    policy picks the deciding frame (:meth:`~cola_moderation.operators.policy.Policy.decide_frames`)."""
 
     def topk_records(self) -> list[dict[str, object]]:
         return [{"label": label, "score": score} for label, score in self.topk]
@@ -202,8 +209,18 @@ class Moderator:
         results: list[Moderation | DecodeError] = [*[DecodeError("not decoded")] * count]
         for index, error in decoded.errors.items():
             results[index] = error
-        for index, verdict in zip(decoded.indices, self.classify_pixels(decoded.pixels), strict=True):
-            results[index] = verdict
+        verdicts = self.classify_pixels(decoded.pixels)  # every sampled frame of every input in the same batches
+        if not decoded.frame_counts:
+            for index, verdict in zip(decoded.indices, verdicts, strict=True):
+                results[index] = verdict
+            return results
+        by_input: dict[int, list[Moderation]] = {}
+        frames = decoded.frames or (0,) * len(decoded.indices)
+        for index, frame, verdict in zip(decoded.indices, frames, verdicts, strict=True):
+            total = decoded.frame_counts.get(index, 1)
+            by_input.setdefault(index, []).append(replace(verdict, frame=frame, frame_count=total))
+        for index, sampled in by_input.items():
+            results[index] = replace(sampled[0], frames=tuple(sampled)) if len(sampled) > 1 else sampled[0]
         return results
 
     def close(self) -> None:

@@ -16,9 +16,9 @@ conditions asked for review: ``band:<label>:[low,high)``, ``rule:<label>>=<t>``,
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol, TypeVar
 
 from pydantic import Field, model_validator
 
@@ -88,6 +88,22 @@ def audit_sampled(record_id: str, *, share: float, salt: str) -> bool:
     return share > 0 and audit_fraction(record_id, salt) < share
 
 
+class Verdict(Protocol):
+    """What the policy reads of a verdict (:class:`~cola_moderation.operators.moderator.Moderation`)."""
+
+    @property
+    def topk(self) -> tuple[tuple[str, float], ...]: ...
+
+    @property
+    def suspected_adversarial(self) -> bool: ...
+
+    @property
+    def frames(self) -> Sequence[Verdict]: ...
+
+
+V = TypeVar("V", bound=Verdict)
+
+
 class Policy:
     """Applies a :class:`PolicyConfig` to verdicts."""
 
@@ -131,3 +147,16 @@ class Policy:
             escalate("review", "audit_sample")
         return Decision(action=action, quarantine=action in self.config.quarantine_actions, reasons=tuple(reasons),
                         review_reasons=tuple(review_reasons))
+
+    def decide_frames(self, verdict: V, *, record_id: str | None = None) -> tuple[V, Decision]:
+        """The deciding frame of ``verdict`` and its decision: for an animated input (``verdict.frames``) the frame
+        with the strictest action (the first of equals), so one frame that triggers a rule moderates the whole
+        input; a still image is its own deciding frame."""
+        frames: Sequence[V] = verdict.frames or (verdict,)  # type: ignore[assignment]
+        first = frames[0]
+        best = (first, self.decide(first.topk, suspected_adversarial=first.suspected_adversarial, record_id=record_id))
+        for frame in frames[1:]:
+            decision = self.decide(frame.topk, suspected_adversarial=frame.suspected_adversarial, record_id=record_id)
+            if SEVERITY[decision.action] > SEVERITY[best[1].action]:
+                best = (frame, decision)
+        return best

@@ -13,7 +13,8 @@ Stages (a streaming Ray Data pipeline; every batch between stages is an Arrow ta
   ``batch_total``, and the passthrough columns (prefix :data:`PASSTHROUGH`) with their input Arrow types, cast to one
   schema across the input files.
 * decode: :class:`~cola_moderation.operators.decode.ImageDecoder` in CPU tasks (``ray.decode_num_cpus`` each) adds
-  ``pixels`` (uint8 ``[3, size, size]`` tensors) and ``decode_error``; the image bytes of a row that decoded are
+  ``pixels`` (uint8 ``[3, size, size]`` tensors), ``decode_error``, and for animated inputs the sampled ``frames``,
+  ``frame_count`` and ``extra_frames`` (the frames after the first, as bytes); the image bytes of a row that decoded are
   dropped here (kept only for dead letters).
 * model: :class:`~cola_moderation.pipeline.runtime.worker.ModerationWorker` in an actor pool
   (``ray.actor_pool_min..max`` actors, each reserving ``ray.worker_num_cpus`` / ``ray.worker_num_gpus`` /
@@ -105,8 +106,19 @@ def decode_rows(batch: pa.Table, *, size: int, config: DecodeConfig) -> pa.Table
     with ImageDecoder(size=size, config=config.model_copy(update={"workers": 1})) as decoder:
         decoded = decoder.decode([payload[i].as_py() for i in pending], uint8=True)
     pixels = np.zeros((n, 3, size, size), dtype=np.uint8)
-    if decoded.indices:
-        pixels[[pending[i] for i in decoded.indices]] = decoded.pixels.numpy()
+    frames: list[list[int] | None] = [None] * n  # animated rows: the sampled frame indices
+    extra: list[bytes | None] = [None] * n  # animated rows: the frames after the first, uint8 [k - 1, 3, S, S]
+    counts: list[int | None] = [None] * n
+    rows_of: dict[int, list[int]] = {}
+    for row, index in enumerate(decoded.indices):
+        rows_of.setdefault(index, []).append(row)
+    arrays = decoded.pixels.numpy()
+    for index, rows in rows_of.items():
+        pixels[pending[index]] = arrays[rows[0]]
+        if index in decoded.frame_counts:
+            frames[pending[index]] = [decoded.frames[row] for row in rows]
+            extra[pending[index]] = np.ascontiguousarray(arrays[rows[1:]]).tobytes()
+            counts[pending[index]] = decoded.frame_counts[index]
     errors: list[str | None] = [None] * n
     for index, error in decoded.errors.items():
         errors[pending[index]] = str(error)
@@ -114,8 +126,39 @@ def decode_rows(batch: pa.Table, *, size: int, config: DecodeConfig) -> pa.Table
     keep = pa.array([i not in decoded_rows for i in range(n)], pa.bool_())
     batch = batch.set_column(batch.schema.get_field_index("payload"), "payload",
                              pc.if_else(keep, payload, pa.scalar(None, pa.large_binary())))
-    return batch.append_column("decode_error", pa.array(errors, pa.string())).append_column(
-        "pixels", ArrowTensorArray.from_numpy(pixels))
+    return (batch.append_column("decode_error", pa.array(errors, pa.string()))
+            .append_column("pixels", ArrowTensorArray.from_numpy(pixels))
+            .append_column("frames", pa.array(frames, pa.list_(pa.int32())))
+            .append_column("frame_count", pa.array(counts, pa.int32()))
+            .append_column("extra_frames", pa.array(extra, pa.large_binary())))
+
+
+def decoded_batch(batch: pa.Table, live: list[int], decoded_rows: list[int], errors: dict[int, DecodeError]
+                  ) -> DecodedBatch:
+    """The :class:`DecodedBatch` of the decode stage's columns: rows ``live[k]`` for ``k`` in ``decoded_rows``
+    (animated rows give one pixel row per sampled frame)."""
+    pixels = batch.column("pixels").combine_chunks().to_numpy()  # uint8 [n, 3, size, size]
+    frames = batch.column("frames").to_pylist()
+    if not any(frames[live[k]] for k in decoded_rows):  # still images only: one row each
+        return DecodedBatch(pixels=torch.from_numpy(np.ascontiguousarray(pixels[[live[k] for k in decoded_rows]])),
+                            indices=tuple(decoded_rows), errors=errors)
+    counts, extra = batch.column("frame_count").to_pylist(), batch.column("extra_frames").to_pylist()
+    arrays: list[np.ndarray] = []
+    indices: list[int] = []
+    frame_of: list[int] = []
+    frame_counts: dict[int, int] = {}
+    for k in decoded_rows:
+        row = live[k]
+        sampled = frames[row] or [0]
+        arrays.append(pixels[row][None])
+        if len(sampled) > 1:
+            arrays.append(np.frombuffer(extra[row], np.uint8).reshape(len(sampled) - 1, *pixels.shape[1:]))
+        if frames[row]:
+            frame_counts[k] = counts[row]
+        indices.extend([k] * len(sampled))
+        frame_of.extend(sampled)
+    return DecodedBatch(pixels=torch.from_numpy(np.concatenate(arrays)), indices=tuple(indices), errors=errors,
+                        frames=tuple(frame_of), frame_counts=frame_counts)
 
 
 class ModelStage:
@@ -133,12 +176,9 @@ class ModelStage:
         live = [i for i in range(n) if cols["error_class"][i] is None]
         records = [InputRecord(cols["id"][i], b"", {}, FilePosition(cols["file"][i], cols["row"][i])) for i in live]
         decoded_rows = [k for k, i in enumerate(live) if cols["decode_error"][i] is None]
-        pixels = batch.column("pixels").combine_chunks().to_numpy()  # uint8 [n, 3, size, size]
-        decoded = DecodedBatch(
-            pixels=torch.from_numpy(np.ascontiguousarray(pixels[[live[k] for k in decoded_rows]])),
-            indices=tuple(decoded_rows),
-            errors={k: DecodeError(cols["decode_error"][i]) for k, i in enumerate(live)
-                    if cols["decode_error"][i] is not None})
+        decoded = decoded_batch(batch, live, decoded_rows, {k: DecodeError(cols["decode_error"][i])
+                                                            for k, i in enumerate(live)
+                                                            if cols["decode_error"][i] is not None})
         outcomes = self.worker.process_decoded(records, decoded, received_at=received_at).outcomes
         routes = [Route.DEAD_LETTER.value] * n
         error_class, error_message, error_stage = cols["error_class"], cols["error_message"], cols["error_stage"]

@@ -42,7 +42,7 @@ def build_policy(config: ConfigLike = "reference") -> Policy:
 def decide(policy: Policy, verdict: Moderation, record_id: str | None = None) -> Decision:
     """The policy's decision (action, quarantine, reasons, review reasons) for one verdict; ``record_id`` takes part
     in the policy's audit sample."""
-    return policy.decide(verdict.topk, suspected_adversarial=verdict.suspected_adversarial, record_id=record_id)
+    return policy.decide_frames(verdict, record_id=record_id)[1]  # animated: the strictest frame
 
 
 class ModerateBatch:
@@ -80,7 +80,7 @@ class ModerateBatch:
         columns: dict[str, list[Any]] = {name: [] for name in self.COLUMNS}
         for verdict in verdicts:
             if isinstance(verdict, Moderation):
-                decision = decide(self.policy, verdict)
+                verdict, decision = self.policy.decide_frames(verdict)  # animated: the strictest frame
                 row: dict[str, Any] = {
                     "label": verdict.label, "score": verdict.score, "action": decision.action,
                     "quarantine": decision.quarantine, "adversarial_score": verdict.adversarial_score,

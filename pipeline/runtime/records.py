@@ -4,12 +4,14 @@ columns (Parquet) defined here once.
 Fields (see docs/records.md; JSON Schema: ``cola_moderation/pipeline/runtime/schemas/output-record.schema.json``):
 ``schema_version, id, label, score, topk[{label, score}], action, adversarial_score, suspected_adversarial, method,
 model, policy_version, source{topic, partition, offset | file, row | request}, processed_at (ISO 8601 UTC in JSON,
-timestamp[us, UTC] in Arrow), latency_ms, metadata{...passthrough...}, review_reasons[...]``.
+timestamp[us, UTC] in Arrow), latency_ms, metadata{...passthrough...}, review_reasons[...], frame, frame_count``.
 
 Version history: 1 - first release; 2 - Parquet output is one hive-partitioned dataset (``route=...``, dead-letter
 columns in the same schema, passthrough clashes renamed ``metadata_<name>``), Kafka messages carry ``content-type``
 and ``cola.schema-version`` headers. The JSON fields did not change. 3 - ``review_reasons`` (the policy conditions that
-asked for review: label bands and rules, adversarial, audit sample), the last record column in Arrow.
+asked for review: label bands and rules, adversarial, audit sample), and ``frame``, ``frame_count`` (the deciding frame
+of an animated input; 0 and 1 for a still image; optional in JSON, readers default them), the last record columns in
+Arrow.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ ARROW_SCHEMA = pa.schema([
     ("suspected_adversarial", pa.bool_()), ("method", pa.string()), ("model", pa.string()),
     ("policy_version", pa.string()), ("source", SOURCE_TYPE), ("processed_at", pa.timestamp("us", tz="UTC")),
     ("latency_ms", pa.float64()), ("review_reasons", pa.list_(pa.string())),
+    ("frame", pa.int32()), ("frame_count", pa.int32()),
 ])
 """The record's own columns, in order; passthrough metadata follows them as top-level columns."""
 
@@ -79,6 +82,10 @@ class OutputRecord:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     review_reasons: tuple[str, ...] = ()
+    frame: int = 0
+    """Index of the deciding frame in an animated / multi-page input (0 for a still image)."""
+    frame_count: int = 1
+    """Frames in the input's file (1 for a still image)."""
 
     @classmethod
     def from_verdict(cls, record: InputRecord, verdict: Moderation, decision: Decision, *, model: str,
@@ -92,7 +99,8 @@ class OutputRecord:
                    policy_version=policy_version, source=record.source,
                    processed_at=datetime.fromtimestamp(now, UTC),
                    latency_ms=round(max(0.0, now - received_at) * 1000.0, 3), metadata=record.metadata,
-                   review_reasons=decision.review_reasons)
+                   review_reasons=decision.review_reasons,
+                   frame=verdict.frame, frame_count=verdict.frame_count)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form (a dict of JSON types; :func:`dumps` encodes it)."""
@@ -104,6 +112,7 @@ class OutputRecord:
             "source": self.source.as_dict(),
             "processed_at": self.processed_at.astimezone(UTC).isoformat(timespec="milliseconds"),
             "latency_ms": self.latency_ms, "metadata": dict(self.metadata), "review_reasons": list(self.review_reasons),
+            "frame": self.frame, "frame_count": self.frame_count,
         }
 
     @classmethod
@@ -116,7 +125,8 @@ class OutputRecord:
                    source=position_from_dict(data["source"]),
                    processed_at=datetime.fromisoformat(data["processed_at"]), latency_ms=data["latency_ms"],
                    metadata=data.get("metadata") or {}, schema_version=data["schema_version"],
-                   review_reasons=tuple(data.get("review_reasons") or ()))
+                   review_reasons=tuple(data.get("review_reasons") or ()),
+                   frame=data.get("frame", 0), frame_count=data.get("frame_count", 1))
 
 
 def position_from_dict(data: Mapping[str, Any]) -> SourcePosition:
@@ -175,6 +185,8 @@ def to_columns(records: list[OutputRecord]) -> dict[str, pa.Array]:
         "processed_at": column("processed_at", [r.processed_at for r in records]),
         "latency_ms": column("latency_ms", [r.latency_ms for r in records]),
         "review_reasons": column("review_reasons", [list(r.review_reasons) for r in records]),
+        "frame": column("frame", [r.frame for r in records]),
+        "frame_count": column("frame_count", [r.frame_count for r in records]),
     }
 
 

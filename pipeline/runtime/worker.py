@@ -90,8 +90,7 @@ class ModerationWorker:
             if isinstance(verdict, DecodeError):
                 result.outcomes.append(DeadLetter.from_exception(record, verdict))
                 continue
-            decision = self.policy.decide(verdict.topk, suspected_adversarial=verdict.suspected_adversarial,
-                                          record_id=record.id)
+            verdict, decision = self.policy.decide_frames(verdict, record_id=record.id)  # animated: strictest frame
             output = OutputRecord.from_verdict(record, verdict, decision, model=self.model_name,
                                                policy_version=self.policy.version, received_at=received_at, now=now)
             result.outcomes.append(Routed(Route.QUARANTINE if decision.quarantine else Route.OUTPUT, output))

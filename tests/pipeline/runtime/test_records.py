@@ -32,7 +32,9 @@ def test_json_schema_matches_the_record_definition() -> None:
     schema = json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     keys = set(record().to_json())
-    assert set(schema["required"]) == keys == set(schema["properties"])
+    assert keys == set(schema["properties"])
+    # added in version 2 for animated inputs: optional, so records written before them still validate
+    assert set(schema["required"]) == keys - {"frame", "frame_count"}
     assert schema["properties"]["schema_version"]["const"] == SCHEMA_VERSION
     assert set(ARROW_SCHEMA.names) == keys - {"metadata"}  # Arrow: metadata becomes top-level columns
 
