@@ -180,7 +180,9 @@ def deployment_options(config: PipelineConfig) -> dict[str, Any]:
     if s.initial_replicas is not None:
         autoscaling["initial_replicas"] = s.initial_replicas
     return {"name": DEPLOYMENT_NAME, "autoscaling_config": autoscaling, "max_ongoing_requests": s.max_ongoing_requests,
-            "ray_actor_options": worker_options(config.ray)}
+            "ray_actor_options": worker_options(config.ray),
+            "graceful_shutdown_wait_loop_s": s.graceful_shutdown_wait_loop_s,
+            "graceful_shutdown_timeout_s": s.graceful_shutdown_timeout_s}
 
 
 def build_app(config: PipelineConfig) -> Application:

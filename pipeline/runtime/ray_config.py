@@ -71,6 +71,11 @@ class ServeConfig(Section):
     max_slow_bodies: Annotated[int, Field(ge=1)] = 4
     """Per replica: bodies allowed to arrive slowly at once; keep it well below ``max_ongoing_requests`` so that
     clients trickling their bodies cannot take every request slot of a replica."""
+    graceful_shutdown_wait_loop_s: Annotated[float, Field(gt=0)] = 2.0
+    """A replica being stopped (downscale, redeploy, shutdown) gets no new requests and checks this often whether
+    its requests in flight have finished."""
+    graceful_shutdown_timeout_s: Annotated[float, Field(gt=0)] = 20.0
+    """... and is stopped once they have, or after this long at the latest (see docs/hardening.md)."""
 
     @property
     def starting_replicas(self) -> int:
