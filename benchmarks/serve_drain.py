@@ -57,6 +57,8 @@ class Load:
     def _run(self) -> None:
         with httpx.Client(timeout=60) as client:
             while not self._stop.is_set():
+                sent = time.monotonic()
+                when = "" if self.stopped_at is None or sent < self.stopped_at else " (sent after the stop)"
                 try:
                     response = client.post(self.url, content=PNG, headers={"content-type": "image/png"})
                 except httpx.ConnectError:
@@ -64,9 +66,9 @@ class Load:
                     time.sleep(0.05)
                     continue
                 except httpx.HTTPError as exc:  # sent, but the connection ended before a response
-                    self._count(f"lost ({type(exc).__name__})")
+                    self._count(f"lost ({type(exc).__name__}){when}")
                     continue
-                self._count(f"HTTP {response.status_code}")
+                self._count(f"HTTP {response.status_code}{when}")
 
     def stop(self) -> collections.Counter[str]:
         self._stop.set()
@@ -77,9 +79,9 @@ class Load:
 
 def report(name: str, counts: collections.Counter[str], seconds: float) -> None:
     errors_5xx = sum(n for kind, n in counts.items() if kind.startswith("HTTP 5"))
-    lost = sum(n for kind, n in counts.items() if kind.startswith("lost"))
-    print(f"{name}: {dict(sorted(counts.items()))}; 5xx {errors_5xx}; lost responses {lost}; {seconds:.1f} s",
-          flush=True)
+    lost = sum(n for kind, n in counts.items() if kind.startswith("lost") and "after the stop" not in kind)
+    print(f"{name}: {dict(sorted(counts.items()))}; 5xx {errors_5xx}; lost responses (sent before the stop) {lost}; "
+          f"{seconds:.1f} s", flush=True)
 
 
 def config_data(port: int, replicas: int) -> dict[str, Any]:
@@ -135,6 +137,7 @@ def shutdown(clients: int, seconds: float) -> None:
             load = Load(f"http://127.0.0.1:{port}/v1/moderate", clients).start()
             time.sleep(seconds)
             print(f"shutdown: SIGTERM at {time.monotonic() - started:.1f} s", flush=True)
+            load.stopped_at = time.monotonic()
             server.send_signal(signal.SIGTERM)
             rc = server.wait(timeout=120)
             time.sleep(1.0)

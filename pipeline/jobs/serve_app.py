@@ -259,6 +259,9 @@ def shutdown_moderation(*, private_cluster: bool) -> None:
     if not ray.is_initialized():
         return
     if private_cluster:
+        # the application first, while the HTTP proxy still runs: its replicas finish the requests in flight
+        # (serve.graceful_shutdown_*); serve.shutdown alone stops proxies and replicas together and cuts them
+        serve.delete(APP_NAME)
         serve.shutdown()
         ray.shutdown()
     else:

@@ -252,7 +252,37 @@ def malformed_requests() -> list[tuple[str, bytes]]:
         cases.append((f"request-line-{i}", line + b"\r\nHost: x\r\nConnection: close\r\n\r\n"))
     cases.append(("truncated-body", request_bytes("POST", "/v1/moderate", [(b"Content-Type", b"image/png")],
                                                   image[:100], content_length=len(image))))
+    for name, body in hostile_images().items():  # animated and phone formats: 4xx or 200, never 5xx
+        post(f"image-{name}", body, b"image/octet-stream")
     return cases
+
+
+def hostile_images() -> dict[str, bytes]:
+    """Animated and phone-format inputs: many frames, frames cut mid-file, truncated and header-only HEIC / AVIF,
+    and files declaring far more pixels than they hold."""
+    from cola_moderation.operators.decode import register_heif
+
+    register_heif()
+
+    def save(image: Image.Image, fmt: str, **kwargs: Any) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, fmt, **kwargs)
+        return buffer.getvalue()
+
+    frames = [Image.new("RGB", (8, 8), (i % 256, 0, 0)) for i in range(3000)]
+    many = save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=10)
+    two = save(frames[0], "GIF", save_all=True, append_images=[Image.new("RGB", (8, 8), (0, 0, 255))],
+               duration=[20, 4000])
+    big = Image.new("RGB", (3000, 3000), (1, 2, 3))
+    images = {"gif-3000-frames": many, "gif-cut-in-frame-2": two[: len(two) - 12],
+              "webp-animated-cut": save(frames[0], "WEBP", save_all=True, append_images=frames[1:20])[:-40],
+              "apng-cut": save(frames[0], "PNG", save_all=True, append_images=frames[1:5])[:-30]}
+    for fmt in ("HEIF", "AVIF"):
+        photo = save(Image.effect_noise((64, 64), 50).convert("RGB"), fmt)
+        images[f"{fmt.lower()}-half"] = photo[: len(photo) // 2]
+        images[f"{fmt.lower()}-header"] = photo[:40]
+        images[f"{fmt.lower()}-9mp-bomb"] = save(big, fmt)
+    return images
 
 
 def test_http_fuzz_no_5xx_and_good_requests_still_answered(base_url: str, config: PipelineConfig) -> None:
