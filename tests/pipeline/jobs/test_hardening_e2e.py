@@ -158,3 +158,30 @@ def test_post_v1_moderate() -> None:
     finally:
         shutdown_moderation(private_cluster=True)
     check(records)
+
+
+@pytest.mark.slow
+def test_cola_stream_without_a_codec_library_exits_2_with_one_line(kafka_broker: Any, tiny_model_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """python-snappy made unimportable for every process of the job (a ``snappy`` module that raises ImportError,
+    first on PYTHONPATH, as for an install without it): one line naming codec, topic and partition, exit code 2."""
+    from tests.connectors.kafka.test_codecs import produce_compressed
+    from tests.connectors.kafka_util import topics_config
+
+    bootstrap = kafka_broker.bootstrap_servers
+    topics = topics_config(bootstrap)
+    produce_compressed(bootstrap, topics.input_topics[0], "snappy", 5)
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "snappy.py").write_text('raise ImportError("python-snappy is not installed")\n')
+    config = tmp_path / "stream.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"path": str(tiny_model_dir), "device": "cpu"}, "taxonomy": {"labels": ["cat", "dog"]},
+        "method": "clip", "detector": {"enabled": False}, "kafka": topics.model_dump(mode="json"),
+        "ray": {"worker_num_cpus": 0.5, "num_cpus": 2}, "serve": {"min_replicas": 1, "max_replicas": 1}}))
+    done = subprocess.run([sys.executable, "-m", "cola_moderation.pipeline.cli", "stream", "--config", str(config),
+                           "--idle-timeout", "20"], capture_output=True, text=True, timeout=400, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path / 'blocked'}:{ROOT}"})
+    assert done.returncode == 2, done.stderr[-3000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("cola stream: cannot decompress snappy-compressed records of topic "
+                           f"'{topics.input_topics[0]}' partition 0 at offset 0"), line
