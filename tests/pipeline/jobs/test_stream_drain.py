@@ -23,7 +23,7 @@ from PIL import Image
 from tests.connectors.kafka_util import produce, read_topic, topics_config
 
 ROOT = Path(__file__).resolve().parents[3]
-COUNT = 240
+COUNT = 600
 
 
 def png(seed: int) -> bytes:
