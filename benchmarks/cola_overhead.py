@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from _common import interleaved, vit_b32_dir
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.registry import load_backbone
 from cola_moderation.operators.config import (
     ColaConfig,
     DetectorConfig,
@@ -55,7 +55,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    backbone = ClipBackbone.load(ModelConfig(path=str(vit_b32_dir()), device="cpu"))
+    backbone = load_backbone(ModelConfig(path=str(vit_b32_dir()), device="cpu"))
     size = backbone.geometry.size
     pixels = torch.rand(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     config = ColaConfig(views=ViewsConfig(count=args.views), projection=ProjectionConfig(rank=args.rank))

@@ -21,7 +21,7 @@ import _common  # noqa: F401  (sets the offline environment)
 import torch
 import torch.nn.functional as F
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.registry import load_backbone
 from cola_moderation.operators.moderator import Moderator
 from cola_moderation.pipeline.cli.demo import DEFAULT_CONFIG
 from cola_moderation.pipeline.research.attacks import pgd_linf
@@ -43,7 +43,7 @@ def main() -> None:
     config = load_config(args.config)
     if not config.detector.noise_probe:
         raise SystemExit(f"{args.config}: detector.noise_probe is off; this benchmark attacks the noise probe")
-    backbone = ClipBackbone.load(config.model.model_copy(update={"device": "cpu"}))
+    backbone = load_backbone(config.model.model_copy(update={"device": "cpu"}))
     moderator = Moderator(backbone, taxonomy=config.taxonomy, method=config.method, cola=config.cola,
                           detector=config.detector)
     data = load_fashion_mnist("test")

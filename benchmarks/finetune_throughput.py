@@ -18,7 +18,7 @@ import time
 import torch
 from _common import vit_b32_dir
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.registry import load_backbone
 from cola_moderation.operators.config import ModelConfig, TaxonomyConfig
 from cola_moderation.operators.defences.text_bank import TextBank
 from cola_moderation.operators.defences.zeroshot import ZeroShotClassifier
@@ -28,9 +28,10 @@ LABELS = ("t_shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", 
 
 
 def images_per_second(path: str, method: str, batch: int, args: argparse.Namespace) -> tuple[float, int]:
-    backbone = ClipBackbone.load(ModelConfig(path=path, device=args.device))
+    backbone = load_backbone(ModelConfig(path=path, device=args.device))
     taxonomy = TaxonomyConfig(labels=LABELS, templates=("a photo of a {}.",))
-    classifier = ZeroShotClassifier(TextBank.build(backbone, taxonomy), logit_scale=backbone.logit_scale)
+    classifier = ZeroShotClassifier(TextBank.build(backbone, taxonomy), logit_scale=backbone.logit_scale,
+                                    logit_bias=backbone.logit_bias)
     recipe = FinetuneRecipe(method=method, eps=8 / 255, steps=args.steps, epochs=1,  # type: ignore[arg-type]
                             batch_size=batch)
     finetuner = Finetuner(backbone, classifier, recipe)

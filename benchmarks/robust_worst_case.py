@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torchattacks
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.registry import load_backbone
 from cola_moderation.operators.defences.text_bank import TextBank
 from cola_moderation.operators.defences.zeroshot import ZeroShotClassifier
 from cola_moderation.pipeline.research.attacks import clip_cross_entropy, clip_cw_margin, pgd_linf
@@ -76,8 +76,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     config = load_config(args.config)
     model_config = config.model if args.model is None else config.model.model_copy(update={"path": args.model})
-    backbone = ClipBackbone.load(model_config)
-    classifier = ZeroShotClassifier(TextBank.build(backbone, config.taxonomy), logit_scale=backbone.logit_scale)
+    backbone = load_backbone(model_config)
+    classifier = ZeroShotClassifier(TextBank.build(backbone, config.taxonomy), logit_scale=backbone.logit_scale,
+                                    logit_bias=backbone.logit_bias)
     model = ZeroShotLogits(backbone, classifier).eval()
     pixels, labels = load_images(args.split, args.start, args.images, config.taxonomy.label_names)
     n = len(labels)

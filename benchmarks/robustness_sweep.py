@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import yaml
 from _common import interleaved
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.registry import load_backbone
 from cola_moderation.operators.config import ColaConfig, DetectorConfig
 from cola_moderation.operators.defences.cola.scorer import ColaScorer
 from cola_moderation.operators.defences.text_bank import TextBank
@@ -87,7 +87,7 @@ def main() -> None:
     model_config = config.model if args.model_path is None else config.model.model_copy(
         update={"path": args.model_path})
     cola_config = override(config.cola, args.assignments)
-    backbone = ClipBackbone.load(model_config)
+    backbone = load_backbone(model_config)
     size = backbone.geometry.size
     bank = TextBank.build(backbone, config.taxonomy)
     order = torch.tensor([config.taxonomy.label_names.index(name.replace("-", "_")) for name in CLASS_NAMES])

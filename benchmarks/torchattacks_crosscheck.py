@@ -19,7 +19,7 @@ import time
 import torch
 import torchattacks
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.registry import load_backbone
 from cola_moderation.pipeline.research.attacks import apgd_linf, clip_cross_entropy, pgd_linf, round_to_8bit
 from cola_moderation.pipeline.research.evaluation.datasets import load_fashion_mnist_eval
 from cola_moderation.pipeline.research.evaluation.harness import Harness, eps_label, parse_eps
@@ -41,7 +41,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_config(args.config)
-    backbone = ClipBackbone.load(config.model)
+    backbone = load_backbone(config.model)
     harness = Harness(backbone, taxonomy=config.taxonomy, cola=config.cola, detector=config.detector)
     data = load_fashion_mnist_eval(label_names=config.taxonomy.label_names, size=backbone.geometry.size,
                                    limit=args.images)

@@ -21,7 +21,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.base import Backbone
+from cola_moderation.operators.backbones.registry import load_backbone
 from cola_moderation.operators.config import ColaConfig, DecodeConfig, DetectorConfig, ModelConfig, TaxonomyConfig
 from cola_moderation.operators.decode import DecodedBatch, ImageDecoder
 from cola_moderation.operators.defences.cola.scorer import ColaScorer, view_shift_of
@@ -88,7 +89,7 @@ class Prescreen:
 class Moderator:
     """Decode + classify batches of encoded images with the configured method, and score them for manipulation."""
 
-    def __init__(self, backbone: ClipBackbone, *, taxonomy: TaxonomyConfig, decode: DecodeConfig | None = None,
+    def __init__(self, backbone: Backbone, *, taxonomy: TaxonomyConfig, decode: DecodeConfig | None = None,
                  method: str = "clip", cola: ColaConfig | None = None, detector: DetectorConfig | None = None,
                  bank: TextBank | None = None) -> None:
         """``bank``: precomputed class text embeddings for ``taxonomy`` (default: encode the taxonomy's texts)."""
@@ -99,7 +100,7 @@ class Moderator:
         self.bank = bank if bank is not None else TextBank.build(backbone, taxonomy)
         if self.bank.labels != taxonomy.label_names:
             raise ConfigError("Moderator: the text bank's labels differ from taxonomy.labels")
-        self.zero_shot = ZeroShotClassifier(self.bank, logit_scale=backbone.logit_scale)
+        self.zero_shot = ZeroShotClassifier(self.bank, logit_scale=backbone.logit_scale, logit_bias=backbone.logit_bias)
         self.cola = ColaScorer(self.bank, cola or ColaConfig(), logit_scale=backbone.logit_scale)
         self.detector = AdversarialDetector(detector)
         self.decoder = ImageDecoder(size=backbone.geometry.size, config=decode)
@@ -109,7 +110,7 @@ class Moderator:
     def from_config(cls, *, model: ModelConfig, taxonomy: TaxonomyConfig, decode: DecodeConfig | None = None,
                     method: str = "clip", cola: ColaConfig | None = None,
                     detector: DetectorConfig | None = None) -> Moderator:
-        moderator = cls(ClipBackbone.load(model), taxonomy=taxonomy, decode=decode, method=method, cola=cola,
+        moderator = cls(load_backbone(model), taxonomy=taxonomy, decode=decode, method=method, cola=cola,
                         detector=detector)
         moderator.batch_size = model.batch_size
         return moderator

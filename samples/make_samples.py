@@ -71,12 +71,12 @@ def rgb_png_bytes(pixels: torch.Tensor) -> bytes:
 def attacked_copies(images: torch.Tensor, labels: list[str]) -> list[bytes]:
     """PGD copies of ``[n, 28, 28]`` uint8 images, crafted with the ``cola eval`` harness on plain CLIP of the
     bundled reference model (configs/reference.yaml), deterministic (seed 0)."""
-    from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+    from cola_moderation.operators.backbones.registry import load_backbone
     from cola_moderation.pipeline.research.evaluation.harness import AttackSpec, Harness
     from cola_moderation.pipeline.runtime.config import load_config
 
     config = load_config(HERE.parent / "configs" / "reference.yaml")
-    backbone = ClipBackbone.load(config.model.model_copy(update={"device": "cpu"}))
+    backbone = load_backbone(config.model.model_copy(update={"device": "cpu"}))
     harness = Harness(backbone, taxonomy=config.taxonomy, cola=config.cola, detector=config.detector)
     names = config.taxonomy.label_names
     pixels = images.unsqueeze(1).expand(-1, 3, -1, -1).float().div(255.0)

@@ -25,10 +25,10 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_backbone(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
-    from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+    from cola_moderation.operators.backbones.registry import load_backbone
     from cola_moderation.operators.config import ModelConfig
 
-    return ClipBackbone.load(ModelConfig(path=str(tiny_model_dir), device="cpu"))
+    return load_backbone(ModelConfig(path=str(tiny_model_dir), device="cpu"))
 
 
 class ExternalBroker:

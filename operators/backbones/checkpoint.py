@@ -1,23 +1,23 @@
-"""Build and save CLIP checkpoints in the standard ``transformers`` layout.
+"""Build, train and save CLIP checkpoints in the standard ``transformers`` layout.
 
 Used for the offline test model (tiny, random weights), the ViT-B/32-shaped benchmark model and the reference
-model. Everything written here loads back through
-:meth:`cola_moderation.operators.backbones.transformers_clip.ClipBackbone.load`, the same path a hub
-checkpoint takes.
+model (:class:`TrainableClip`: what reference training needs of a CLIP, without touching transformers outside this
+package). Everything written here loads back through
+:func:`cola_moderation.operators.backbones.registry.load_backbone`, the same path a hub checkpoint takes.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from cola_moderation.operators.backbones.base import CLIP_MEAN, CLIP_STD, ImageGeometry, PixelNormalize
 from cola_moderation.operators.backbones.clip_vocab import clip_tokenizer
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -82,3 +82,48 @@ def save_checkpoint(model: Any, directory: Path, *, image_size: int, mean: tuple
     to_save = model if dtype is None else model.to(dtype)
     to_save.save_pretrained(directory, safe_serialization=True)
     return directory
+
+
+class TrainableClip(torch.nn.Module):
+    """A fresh ``CLIPModel`` of ``shape`` (seeded), trained from scratch through the few calls training needs:
+    unit-norm image and text features, the logit scale, the token embedding (for a sparse optimiser), an in-memory
+    :class:`~cola_moderation.operators.backbones.base.Backbone` of a copy, and saving."""
+
+    def __init__(self, shape: ClipShape, *, seed: int = 0) -> None:
+        super().__init__()
+        self.shape = shape
+        self.model = new_clip_model(shape, seed=seed)
+        self.normalize = PixelNormalize(ImageGeometry(size=shape.image_size))
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, S, S]`` pixels in [0, 1] -> ``[B, d]`` unit-norm features (with gradients)."""
+        vision = self.model.vision_model(pixel_values=self.normalize(pixels))
+        return F.normalize(self.model.visual_projection(vision.pooler_output), dim=-1)
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids and mask ``[T, L]`` -> ``[T, d]`` unit-norm features (with gradients)."""
+        text = self.model.text_model(input_ids=input_ids, attention_mask=attention_mask)
+        return F.normalize(self.model.text_projection(text.pooler_output), dim=-1)
+
+    @property
+    def log_logit_scale(self) -> torch.nn.Parameter:
+        """The learnable ``log`` of the logit scale."""
+        return self.model.logit_scale
+
+    @property
+    def token_embedding(self) -> torch.nn.Embedding:
+        return self.model.text_model.embeddings.token_embedding
+
+    def backbone(self, *, device: str = "cpu") -> Any:
+        """A :class:`~cola_moderation.operators.backbones.transformers_clip.ClipBackbone` of a copy (evaluation
+        during or right after training; not saveable)."""
+        from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+
+        return ClipBackbone(copy.deepcopy(self.model), clip_tokenizer(max_length=self.shape.context_length),
+                            ImageGeometry(size=self.shape.image_size), name="in-memory", device=torch.device(device),
+                            dtype=torch.float32)
+
+    def save(self, directory: Path, *, dtype: torch.dtype | None = torch.float16) -> Path:
+        """Write a copy (cast to ``dtype``) with the tokenizer and processor files."""
+        return save_checkpoint(copy.deepcopy(self.model).cpu(), directory, image_size=self.shape.image_size,
+                               dtype=dtype)

@@ -1,159 +1,109 @@
-"""CLIP backbone: load a ``transformers`` CLIPModel and encode image batches and texts to unit vectors.
+"""The ``transformers`` CLIP family: ``CLIPModel`` checkpoints (``config.json`` with ``model_type: clip``).
 
 Loading accepts a hub id (``openai/clip-vit-base-patch32``), a local directory written by ``save_pretrained``, or
 ``builtin:reference`` (the reference model bundled with this package). Weights are read from safetensors only and
-no remote code is ever executed. Device and dtype come from config; ``auto`` is resolved once and logged.
+no remote code is ever executed. open_clip checkpoints run on the same architecture (:mod:`.openclip`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
-from contextlib import nullcontext
-from dataclasses import dataclass
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from cola_moderation import resources
+from cola_moderation.operators.backbones.base import (
+    Backbone,
+    ImageGeometry,
+    ImageTower,
+    resolve_device,
+    resolve_dtype,
+)
+from cola_moderation.operators.backbones.sources import ModelSource
 from cola_moderation.operators.config import ModelConfig
-from cola_moderation.operators.errors import DeviceError, ModelLoadError
+from cola_moderation.operators.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-REFERENCE_MODEL_DIR = resources.assets_dir() / "reference-clip"
-BUILTIN_PREFIX = resources.BUILTIN_PREFIX
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                   "spiece.model", "added_tokens.json")
+"""Tokenizer files a checkpoint may have; fine-tuned checkpoints get the base's copies byte for byte."""
+PROCESSOR_FILE = "preprocessor_config.json"
+COPIED_FILES = (*TOKENIZER_FILES, PROCESSOR_FILE, "config.json")
+"""Files a fine-tuned checkpoint copies from its base byte for byte (those the base has)."""
+IMAGE_TOWER_PREFIXES = ("vision_model.", "visual_projection.")
+"""``CLIPModel`` weights of the image tower (what fine-tuning changes); everything else is written back unchanged."""
 
 
-def resolve_model_path(path: str) -> str:
-    """Map ``builtin:NAME`` to the bundled model's directory (:mod:`cola_moderation.resources`); other values pass
-    through unchanged."""
-    if path.startswith(BUILTIN_PREFIX):
-        return str(resources.builtin_model_dir(path))
-    return path
-
-
-def resolve_device(requested: str) -> torch.device:
-    """Turn ``auto|cpu|cuda|cuda:N`` into a device, failing clearly when CUDA is asked for but absent."""
-    if requested == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        log.info("model.device=auto resolved to %s", device)
-        return device
-    device = torch.device(requested)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(f"model.device={requested!r} but CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(f"model.device={requested!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "fp16" and device.type == "cpu":
-        raise DeviceError("model.dtype=fp16 is not supported on CPU; use fp32 or bf16")
-    return DTYPES[name]
-
-
-@dataclass(frozen=True)
-class ImageGeometry:
-    """What the checkpoint's image processor expects: square input size and normalisation constants."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    @classmethod
-    def from_processor_config(cls, config: dict[str, Any]) -> ImageGeometry:
-        crop = config.get("crop_size") or config.get("size") or {}
-        if isinstance(crop, dict):
-            size = crop.get("height") or crop.get("shortest_edge")
-        else:
-            size = crop
-        if not isinstance(size, int):
-            raise ModelLoadError(f"preprocessor_config.json has no usable crop_size/size: {crop!r}")
-        mean_r, mean_g, mean_b = (float(v) for v in config.get("image_mean", (0.48145466, 0.4578275, 0.40821073)))
-        std_r, std_g, std_b = (float(v) for v in config.get("image_std", (0.26862954, 0.26130258, 0.27577711)))
-        mean, std = (mean_r, mean_g, mean_b), (std_r, std_g, std_b)
-        return cls(size=size, mean=mean, std=std)
-
-
-def _load_error(config: ModelConfig, exc: BaseException) -> ModelLoadError:
+def _load_error(config: ModelConfig, exc: BaseException, *, needs: str) -> ModelLoadError:
     return ModelLoadError(
-        f"cannot load CLIP model {config.path!r}: {' '.join(str(exc).split())}. A hub id needs network access or a "
-        "populated Hugging Face cache (set HF_HUB_OFFLINE=1 to use the cache only); a directory must hold "
-        "model.safetensors, config.json, the tokenizer files and preprocessor_config.json"
+        f"cannot load model {config.path!r}: {' '.join(str(exc).split())}. A hub id needs network access or a "
+        f"populated Hugging Face cache (set HF_HUB_OFFLINE=1 to use the cache only); a directory must hold {needs}"
     )
 
 
-def load_geometry(config: ModelConfig) -> ImageGeometry:
-    """Read only the checkpoint's ``preprocessor_config.json`` (no weights): what decoders must produce."""
-    from transformers.utils import cached_file
-
-    path = resolve_model_path(config.path)
-    hub_kwargs: dict[str, Any] = {"revision": config.revision} if config.revision else {}
+def processor_geometry(source: ModelSource) -> ImageGeometry:
+    """Read only ``preprocessor_config.json`` (no weights): what decoders must produce."""
+    found = source.file(PROCESSOR_FILE)
+    if found is None:
+        raise source.missing(PROCESSOR_FILE)
     try:
-        processor_file = cached_file(path, "preprocessor_config.json", **hub_kwargs)
-        if processor_file is None:
-            raise OSError(f"{path} has no preprocessor_config.json")
-        return ImageGeometry.from_processor_config(json.loads(Path(processor_file).read_text()))
+        return ImageGeometry.from_processor_config(json.loads(found.read_text()))
     except (OSError, ValueError) as exc:
-        raise _load_error(config, exc) from exc
+        raise ModelLoadError(f"cannot read {found}: {exc}") from exc
 
 
-class ClipBackbone:
-    """A loaded CLIP model with its tokenizer and image geometry, on one device.
+class ClipImageEncoder(torch.nn.Module):
+    """``CLIPModel``'s image side: normalised pixels -> projected (unnormalised) features."""
 
-    ``encode_images`` takes pixels in [0, 1] (``[B, 3, size, size]``) and normalises them itself, so attacks and
-    augmentations operate in pixel space.
-    """
+    def __init__(self, vision_model: torch.nn.Module, visual_projection: torch.nn.Module) -> None:
+        super().__init__()
+        self.vision_model = vision_model
+        self.visual_projection = visual_projection
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
+
+
+class ClipBackbone(Backbone):
+    """A ``transformers`` ``CLIPModel`` with its tokenizer. ``model`` is this family's own object: code outside the
+    backbone modules goes through the :class:`Backbone` interface instead."""
+
+    family: ClassVar[str] = "clip"
 
     def __init__(self, model: Any, tokenizer: Any, geometry: ImageGeometry, *, name: str, device: torch.device,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, source: ModelSource | None = None, logit_bias: float | None = None) -> None:
         self.model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.tokenizer = tokenizer
-        self.geometry = geometry
-        self.name = name
-        self.device = device
-        self.dtype = dtype
-        self._mean = torch.tensor(geometry.mean, device=device, dtype=dtype).view(1, 3, 1, 1)
-        self._std = torch.tensor(geometry.std, device=device, dtype=dtype).view(1, 3, 1, 1)
-        self.logit_scale = float(model.logit_scale.exp().item())
-        self.embed_dim = int(model.config.projection_dim)
+        self.source = source
+        super().__init__(ImageTower(ClipImageEncoder(self.model.vision_model, self.model.visual_projection), geometry),
+                         name=name, geometry=geometry, device=device, dtype=dtype,
+                         embed_dim=int(model.config.projection_dim),
+                         logit_scale=float(model.logit_scale.float().exp().item()), logit_bias=logit_bias)
 
     @classmethod
-    def load(cls, config: ModelConfig) -> ClipBackbone:
+    def load(cls, config: ModelConfig, source: ModelSource | None = None) -> ClipBackbone:
         from transformers import CLIPModel, CLIPTokenizer
 
-        path = resolve_model_path(config.path)
+        source = source or ModelSource.resolve(config.path, config.revision)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
-        hub_kwargs: dict[str, Any] = {"revision": config.revision} if config.revision else {}
-        geometry = load_geometry(config)
+        geometry = processor_geometry(source)
+        hub_kwargs: dict[str, Any] = {"revision": source.revision} if source.revision else {}
         try:
-            tokenizer = CLIPTokenizer.from_pretrained(path, **hub_kwargs)
-            model = CLIPModel.from_pretrained(path, use_safetensors=True, dtype=dtype, **hub_kwargs)
+            tokenizer = CLIPTokenizer.from_pretrained(source.location, **hub_kwargs)
+            model = CLIPModel.from_pretrained(source.location, use_safetensors=True, dtype=dtype, **hub_kwargs)
         except (OSError, ValueError) as exc:
-            raise _load_error(config, exc) from exc
+            raise _load_error(config, exc, needs="model.safetensors, config.json, the tokenizer files and "
+                                                 "preprocessor_config.json") from exc
         log.info("loaded %s on %s as %s (image size %d)", config.path, device, config.dtype, geometry.size)
-        return cls(model, tokenizer, geometry, name=config.path, device=device, dtype=dtype)
-
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        return (pixels.to(device=self.device, dtype=self.dtype) - self._mean) / self._std
-
-    def encode_images(self, pixels: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
-        """``[B, 3, size, size]`` pixels in [0, 1] -> ``[B, d]`` unit-norm float32 embeddings.
-
-        With ``grad=True`` the computation is recorded so gradients reach ``pixels`` (used by attacks).
-        """
-        with nullcontext() if grad else torch.inference_mode():
-            outputs = self.model.vision_model(pixel_values=self.normalize(pixels))
-            features = self.model.visual_projection(outputs.pooler_output).float()
-            return torch.nn.functional.normalize(features, dim=-1)
+        return cls(model, tokenizer, geometry, name=config.path, device=device, dtype=dtype, source=source)
 
     def encode_texts(self, texts: list[str], *, batch_size: int = 256) -> torch.Tensor:
-        """Texts -> ``[T, d]`` unit-norm float32 embeddings."""
         chunks = []
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
@@ -162,3 +112,42 @@ class ClipBackbone:
                 outputs = self.model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
                 chunks.append(self.model.text_projection(outputs.pooler_output).float())
         return torch.nn.functional.normalize(torch.cat(chunks), dim=-1)
+
+    def model_with_image_tower(self, tower: ImageTower, dtype: torch.dtype) -> Any:
+        """A CPU copy of the whole model in ``dtype`` whose image side holds ``tower``'s weights."""
+        model = copy.deepcopy(self.model).to("cpu")
+        encoder = ClipImageEncoder(model.vision_model, model.visual_projection)
+        encoder.load_state_dict({k: v.detach().cpu() for k, v in tower.encoder.state_dict().items()})
+        return model.to(dtype)
+
+    def save_with_image_tower(self, tower: ImageTower, output: Path) -> None:
+        source = self._saved_source()
+        output.mkdir(parents=True, exist_ok=True)
+        self.model_with_image_tower(tower, stored_dtype(source.file("model.safetensors"))).save_pretrained(
+            output, safe_serialization=True)
+        copy_files(source, output, COPIED_FILES)
+
+    def _saved_source(self) -> ModelSource:
+        if self.source is None:
+            raise ModelLoadError(f"{self.name}: an in-memory model has no base checkpoint to save beside")
+        return self.source
+
+
+def stored_dtype(weights: Path | None) -> torch.dtype:
+    """The dtype a safetensors file stores its (first) tensor in; float32 when unknown."""
+    if weights is None or weights.suffix != ".safetensors":
+        return torch.float32
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        keys = list(handle.keys())
+        stored = str(handle.get_slice(keys[0]).get_dtype()) if keys else "F32"
+    return {"F16": torch.float16, "BF16": torch.bfloat16}.get(stored, torch.float32)
+
+
+def copy_files(source: ModelSource, output: Path, names: tuple[str, ...]) -> None:
+    """Copy those of ``names`` that the checkpoint has into ``output``, byte for byte."""
+    for name in names:
+        found = source.file(name)
+        if found is not None:
+            shutil.copyfile(found, output / name)

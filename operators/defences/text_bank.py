@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.base import Backbone
 from cola_moderation.operators.config import TaxonomyConfig
 
 
@@ -31,7 +31,7 @@ class TextBank:
     mask: torch.Tensor
 
     @classmethod
-    def build(cls, backbone: ClipBackbone, taxonomy: TaxonomyConfig) -> TextBank:
+    def build(cls, backbone: Backbone, taxonomy: TaxonomyConfig) -> TextBank:
         per_class = class_texts(taxonomy)
         flat = [text for texts in per_class for text in texts]
         encoded = backbone.encode_texts(flat)

@@ -15,7 +15,8 @@ class Scores:
 
     labels: tuple[str, ...]
     probs: torch.Tensor
-    """``[B, K]``, rows sum to 1."""
+    """``[B, K]``: a softmax over the classes (rows sum to 1), or independent per-class sigmoids for backbones
+    trained with a sigmoid loss (SigLIP: ``logit_bias`` set)."""
 
     def top_k(self, k: int) -> list[list[tuple[str, float]]]:
         k = min(k, len(self.labels))
@@ -36,17 +37,24 @@ class Scores:
 
 
 class ZeroShotClassifier:
-    """Scores image embeddings against the class-mean text embeddings, scaled by the model's logit scale."""
+    """Scores image embeddings against the class-mean text embeddings, scaled by the model's logit scale.
 
-    def __init__(self, bank: TextBank, *, logit_scale: float) -> None:
+    With ``logit_bias`` (SigLIP) each class's score is ``sigmoid(logit_scale * cos + logit_bias)``, as the model was
+    trained; without it a softmax over the classes (CLIP). The top-1 class is the same either way."""
+
+    def __init__(self, bank: TextBank, *, logit_scale: float, logit_bias: float | None = None) -> None:
         self.bank = bank
         self.labels = bank.labels
         self.weights = bank.class_means()  # [K, d]
         self.logit_scale = logit_scale
+        self.logit_bias = logit_bias
 
     def logits(self, image_features: torch.Tensor) -> torch.Tensor:
-        """``[B, d]`` unit-norm image embeddings -> ``[B, K]`` logits."""
-        return self.logit_scale * image_features @ self.weights.T
+        """``[B, d]`` unit-norm image embeddings -> ``[B, K]`` logits (``logit_bias`` included when set)."""
+        logits = self.logit_scale * image_features @ self.weights.T
+        return logits if self.logit_bias is None else logits + self.logit_bias
 
     def scores(self, image_features: torch.Tensor) -> Scores:
-        return Scores(labels=self.labels, probs=self.logits(image_features).softmax(dim=-1))
+        logits = self.logits(image_features)
+        probs = logits.softmax(dim=-1) if self.logit_bias is None else logits.sigmoid()
+        return Scores(labels=self.labels, probs=probs)

@@ -85,13 +85,12 @@ def load_calibration(path: Path) -> DetectorCalibration:
 
 def model_directory(model: ModelConfig) -> Path | None:
     """The local directory holding the model's weights (``builtin:`` names resolved), or ``None`` for hub ids."""
-    from cola_moderation.operators.backbones.transformers_clip import resolve_model_path
+    from cola_moderation.operators.backbones.sources import ModelSource
 
     try:
-        path = Path(resolve_model_path(model.path))
+        return ModelSource.resolve(model.path, model.revision).directory
     except ModelLoadError:  # a missing builtin model fails later, where the model is loaded, with its own message
         return None
-    return path if path.is_dir() else None
 
 
 def calibration_path(model: ModelConfig, detector: DetectorConfig) -> Path | None:

@@ -57,7 +57,7 @@ from cola_moderation.connectors.parquet.source import (
     screen_input_files,
 )
 from cola_moderation.connectors.records import DeadLetter, FilePosition, InputRecord, Route, source_array
-from cola_moderation.operators.backbones.transformers_clip import load_geometry
+from cola_moderation.operators.backbones.registry import load_geometry
 from cola_moderation.operators.config import DecodeConfig
 from cola_moderation.operators.decode import DecodedBatch, ImageDecoder
 from cola_moderation.operators.errors import DecodeError

@@ -109,6 +109,6 @@ def _answers_metadata(address: str, timeout_s: float) -> bool:
 def check_model(config: ModelConfig) -> None:
     """Raise :class:`~cola_moderation.operators.errors.ModelLoadError` unless the model's preprocessing config can be
     read (a missing directory or an unknown hub id fails here, before Ray starts)."""
-    from cola_moderation.operators.backbones.transformers_clip import load_geometry
+    from cola_moderation.operators.backbones.registry import load_geometry
 
     load_geometry(config)

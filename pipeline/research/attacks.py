@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.base import Backbone
 from cola_moderation.operators.defences.cola.scorer import ColaScorer
 from cola_moderation.operators.defences.cola.views import sample_view_params
 from cola_moderation.operators.defences.zeroshot import ZeroShotClassifier
@@ -52,7 +52,7 @@ def pgd_linf(loss: LossFn, pixels: torch.Tensor, labels: torch.Tensor, *, eps: f
     return adversarial.detach()
 
 
-def clip_cross_entropy(backbone: ClipBackbone, classifier: ZeroShotClassifier) -> LossFn:
+def clip_cross_entropy(backbone: Backbone, classifier: ZeroShotClassifier) -> LossFn:
     """Cross-entropy of plain zero-shot CLIP (gray-box attack on CLIP, transferred to COLA)."""
 
     def loss(pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -62,7 +62,7 @@ def clip_cross_entropy(backbone: ClipBackbone, classifier: ZeroShotClassifier) -
     return loss
 
 
-def cola_cross_entropy(backbone: ClipBackbone, scorer: ColaScorer, *, eot_seed: int | None = None) -> LossFn:
+def cola_cross_entropy(backbone: Backbone, scorer: ColaScorer, *, eot_seed: int | None = None) -> LossFn:
     """Cross-entropy of COLA's confidence softmax(-d / temperature) (adaptive attack through the whole COLA path).
 
     ``eot_seed=None`` attacks the deployed, fixed views; an integer draws fresh views from a generator with that
@@ -79,7 +79,7 @@ def cola_cross_entropy(backbone: ClipBackbone, scorer: ColaScorer, *, eot_seed: 
     return loss
 
 
-def clip_cw_margin(backbone: ClipBackbone, classifier: ZeroShotClassifier, *, kappa: float | None = None) -> LossFn:
+def clip_cw_margin(backbone: Backbone, classifier: ZeroShotClassifier, *, kappa: float | None = None) -> LossFn:
     """Carlini-Wagner margin of plain zero-shot CLIP for L-inf PGD ("CW" in robustness tables): the best wrong
     logit minus the true logit, per example. ``kappa``: stop pushing once the margin exceeds it (``None``: never).
 

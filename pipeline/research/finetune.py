@@ -6,23 +6,23 @@
 * **FARE** (Schlarmann et al., ICML 2024): minimise ``||f(x_adv) - f0(x)||^2`` where ``f0`` is the frozen original
   image encoder (projected, unnormalised embedding) and ``x_adv`` maximises that distance in the eps ball. No labels.
 
-Only ``vision_model`` and ``visual_projection`` train; the text tower, the logit scale and the tokenizer files are
-written back unchanged (same dtype, same bytes), so every taxonomy and prompt keeps working. The output directory is
-a standard ``transformers`` CLIP checkpoint (safetensors) for ``model.path``, with a model card (``README.md``).
+Only the backbone's image tower (:meth:`Backbone.trainable_image_tower`) trains; the text tower, the logit scale and
+the tokenizer files are written back unchanged (same dtype, same bytes), so every taxonomy and prompt keeps working.
+The output directory is a checkpoint of the base model's own family (transformers CLIP, open_clip or SigLIP;
+:meth:`Backbone.save_with_image_tower`) for ``model.path``, with a model card (``README.md``).
 
 A validation slice is cut from the training images (seeded) before training; after every epoch it is scored clean
 and under the training attack (PGD with the training eps and steps on the zero-shot cross-entropy when the data has
 labels; FARE's embedding-distance attack when it has none) and the best epoch is the one written out. Checkpoints
-(image tower + optimiser + history) go to ``OUTPUT/checkpoints/epoch-K.pt``; a resumed run continues after the last.
+(image tower + optimiser + history) go to ``OUTPUT/checkpoints/epoch-K.pt``; a resumed run continues after the last
+(read with ``torch.load(weights_only=True)``: tensors and plain values only, never pickled code).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
 import platform
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -33,21 +33,17 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.base import Backbone
+from cola_moderation.operators.backbones.sources import load_torch_file
 from cola_moderation.operators.defences.zeroshot import ZeroShotClassifier
 from cola_moderation.operators.errors import ConfigError
 from cola_moderation.pipeline.research.attacks import pgd_linf
 from cola_moderation.pipeline.research.fashion_mnist import CLASS_NAMES, DEFAULT_ROOT, DatasetError, load_fashion_mnist
+from cola_moderation.pipeline.research.training import cosine_lr_factor, random_shift_flip
 
 log = logging.getLogger(__name__)
 
 Method = Literal["tecoa", "fare"]
-TRAINED_PREFIXES = ("vision_model.", "visual_projection.")
-"""Parameter name prefixes that fine-tuning updates; everything else is frozen and written back unchanged."""
-COPIED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                "special_tokens_map.json", "preprocessor_config.json")
-"""Files copied byte for byte from the base checkpoint (those it has): the architecture is unchanged, and the
-tokenizer and image processor must stay the base model's."""
 CHECKPOINTS = "checkpoints"
 
 
@@ -210,37 +206,6 @@ def split_validation(data: TrainingImages, fraction: float, *, seed: int) -> tup
     return data.take(order[count:].sort().values), data.take(order[:count].sort().values)
 
 
-def augment(pixels: torch.Tensor, generator: torch.Generator, *, pad: int = 2) -> torch.Tensor:
-    """``[B, 3, S, S]`` float pixels: random shift up to ``pad`` px (zero fill) and a left-right flip half the time."""
-    batch, _, height, width = pixels.shape
-    padded = F.pad(pixels, (pad, pad, pad, pad))
-    dy = torch.randint(2 * pad + 1, (batch,), generator=generator)
-    dx = torch.randint(2 * pad + 1, (batch,), generator=generator)
-    rows = (dy.view(-1, 1) + torch.arange(height).view(1, -1)).view(batch, 1, height, 1)
-    cols = (dx.view(-1, 1) + torch.arange(width).view(1, -1)).view(batch, 1, 1, width)
-    shifted = padded[torch.arange(batch).view(-1, 1, 1, 1), torch.arange(3).view(1, 3, 1, 1), rows, cols]
-    flip = torch.rand(batch, generator=generator) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), shifted.flip(-1), shifted)
-
-
-class ImageTower(torch.nn.Module):
-    """CLIP's image encoder as one module: pixels in [0, 1] -> projected, unnormalised embeddings ``[B, d]``."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def __init__(self, model: Any, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.vision_model = model.vision_model
-        self.visual_projection = model.visual_projection
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        outputs = self.vision_model(pixel_values=(pixels - self.mean) / self.std)
-        return self.visual_projection(outputs.pooler_output).float()
-
-
 @dataclass
 class EpochRecord:
     epoch: int
@@ -269,16 +234,14 @@ class FinetuneResult:
 class Finetuner:
     """Holds the model being tuned, the frozen reference tower (FARE) and the frozen zero-shot weights (TeCoA)."""
 
-    def __init__(self, backbone: ClipBackbone, classifier: ZeroShotClassifier | None, recipe: FinetuneRecipe) -> None:
+    def __init__(self, backbone: Backbone, classifier: ZeroShotClassifier | None, recipe: FinetuneRecipe) -> None:
         self.recipe = recipe
         self.device = backbone.device
-        self.model = backbone.model.float()
-        geometry = backbone.geometry
-        self.tower = ImageTower(self.model, geometry.mean, geometry.std).to(self.device)
+        self.tower = backbone.trainable_image_tower().to(self.device)
         self.reference = copy.deepcopy(self.tower).eval().requires_grad_(False)
         self.classifier = classifier
         self.logit_scale = backbone.logit_scale
-        self.trained = [p for n, p in self.model.named_parameters() if n.startswith(TRAINED_PREFIXES)]
+        self.trained = [p for p in self.tower.parameters() if p.requires_grad]
         decay = [p for n, p in self.tower.named_parameters() if p.ndim >= 2 and "embedding" not in n]
         no_decay = [p for n, p in self.tower.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
@@ -320,11 +283,7 @@ class Finetuner:
             self.tower.requires_grad_(True)
 
     def lr_at(self, step: int, total: int) -> float:
-        warmup = self.recipe.warmup_steps
-        if step < warmup:
-            return self.recipe.lr * (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return self.recipe.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return self.recipe.lr * cosine_lr_factor(step, warmup=self.recipe.warmup_steps, total=total)
 
     def train_step(self, pixels: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator,
                    total_steps: int) -> float:
@@ -393,7 +352,7 @@ def _batches(data: TrainingImages, recipe: FinetuneRecipe, epoch: int,
         index = order[start : start + recipe.batch_size]
         pixels = data.pixels[index].float().div(255.0)
         if recipe.augment:
-            pixels = augment(pixels, generator)
+            pixels = random_shift_flip(pixels, generator)
         labels = None if data.labels is None else data.labels[index].to(device)
         yield pixels.to(device), labels, generator
 
@@ -406,7 +365,7 @@ def finetune(finetuner: Finetuner, train: TrainingImages, validation: TrainingIm
              resume: bool, stop_after_epoch: int | None = None, progress: bool = True,
              log_line: Callable[[str], None] = log.warning) -> FinetuneResult:
     """Run the remaining epochs of ``finetuner.recipe``; checkpoint after each; leave the BEST epoch's image tower in
-    ``finetuner.model``. ``resume`` continues after the last checkpoint in ``checkpoints`` (same recipe required).
+    ``finetuner.tower``. ``resume`` continues after the last checkpoint in ``checkpoints`` (same recipe required).
     ``stop_after_epoch`` ends this run after that epoch (the learning-rate schedule still spans ``recipe.epochs``;
     a later ``resume`` finishes it), for jobs cut into time slots."""
     from tqdm.auto import tqdm
@@ -418,7 +377,7 @@ def finetune(finetuner: Finetuner, train: TrainingImages, validation: TrainingIm
     if resume:
         last = latest_checkpoint(checkpoints)
         if last is not None:
-            state = torch.load(last, map_location=finetuner.device, weights_only=False)
+            state = load_torch_file(last, what="fine-tuning checkpoint")
             if state["recipe"] != asdict(recipe):
                 raise ConfigError(f"--resume: {last} was written by a different recipe {state['recipe']}; "
                                   "rerun with the same options or a new --output")
@@ -463,7 +422,7 @@ def finetune(finetuner: Finetuner, train: TrainingImages, validation: TrainingIm
         raise ConfigError(f"--stop-after-epoch {stop_after_epoch}: no epoch was run or found in {checkpoints}")
     best = max(history, key=lambda r: (r.score(), r.epoch))
     if best.epoch != history[-1].epoch:
-        state = torch.load(checkpoints / f"epoch-{best.epoch}.pt", map_location=finetuner.device, weights_only=False)
+        state = load_torch_file(checkpoints / f"epoch-{best.epoch}.pt", what="fine-tuning checkpoint")
         finetuner.tower.load_state_dict(state["tower"])
     rate = per_epoch * recipe.batch_size * len(history) / seconds if seconds else 0.0  # validation time included
     return FinetuneResult(history=history, best=best, seconds=seconds, images_per_second=rate,
@@ -477,45 +436,6 @@ def percent(value: float | None) -> str:
 def latest_checkpoint(directory: Path) -> Path | None:
     found = sorted(directory.glob("epoch-*.pt"), key=lambda p: int(p.stem.split("-")[1])) if directory.is_dir() else []
     return found[-1] if found else None
-
-
-def base_files(path: str) -> dict[str, Path]:
-    """The base checkpoint's files that are copied verbatim (local directory or Hugging Face cache)."""
-    from transformers.utils import cached_file
-
-    found: dict[str, Path] = {}
-    for name in (*COPIED_FILES, "model.safetensors"):
-        local = Path(path) / name
-        if local.is_file():
-            found[name] = local
-            continue
-        if Path(path).is_dir():
-            continue
-        try:
-            resolved = cached_file(path, name, _raise_exceptions_for_missing_entries=False)
-        except OSError:
-            resolved = None
-        if resolved is not None:
-            found[name] = Path(resolved)
-    return found
-
-
-def save_finetuned(model: Any, base_path: str, output: Path) -> None:
-    """Write ``model`` as a CLIP directory in the base checkpoint's dtype, copying its tokenizer/processor files."""
-    from safetensors import safe_open
-
-    files = base_files(base_path)
-    stored = "F32"
-    if "model.safetensors" in files:
-        with safe_open(str(files["model.safetensors"]), framework="pt") as handle:
-            keys = list(handle.keys())
-            stored = str(handle.get_slice(keys[0]).get_dtype()) if keys else "F32"
-    dtype = {"F16": torch.float16, "BF16": torch.bfloat16}.get(stored, torch.float32)
-    output.mkdir(parents=True, exist_ok=True)
-    copy.deepcopy(model).to("cpu", dtype=dtype).save_pretrained(output, safe_serialization=True)
-    for name, source in files.items():
-        if name != "model.safetensors":
-            shutil.copyfile(source, output / name)
 
 
 def hardware() -> str:

@@ -1,21 +1,21 @@
 """The recipe behind the bundled reference model: a small CLIP trained contrastively on Fashion-MNIST.
 
-A standard ``transformers`` CLIPModel (ViT image tower at 28 px / patch 4, a small text tower with OpenAI's CLIP
-BPE tokenizer) learns to pair Fashion-MNIST training images with varied captions ("a photo of a sneaker.",
-"a catalogue image of a running shoe.", short descriptions...). The loss is a class-aware contrastive loss: every
-caption of an image's class in the batch is a positive, in both directions (image -> texts, text -> images).
-Captions get random vocabulary tokens inserted now and then, so the text tower learns to ignore words it has not
-seen; together with many templates this lets it generalise to the held-out evaluation templates of
-``configs/reference.yaml`` (which :func:`check_held_out` keeps disjoint from :data:`TRAIN_TEMPLATES`).
+A standard CLIP (:class:`~cola_moderation.operators.backbones.checkpoint.TrainableClip`: ViT image tower at 28 px /
+patch 4, a small text tower with OpenAI's CLIP BPE tokenizer) learns to pair Fashion-MNIST training images with
+varied captions ("a photo of a sneaker.", "a catalogue image of a running shoe.", short descriptions...). The loss is
+a class-aware contrastive loss: every caption of an image's class in the batch is a positive, in both directions
+(image -> texts, text -> images). Captions get random vocabulary tokens inserted now and then, so the text tower
+learns to ignore words it has not seen; together with many templates this lets it generalise to the held-out
+evaluation templates of ``configs/reference.yaml`` (which
+:func:`check_held_out` keeps disjoint from :data:`TRAIN_TEMPLATES`).
 
 Evaluation goes through the product path: the saved checkpoint is loaded by
-:meth:`cola_moderation.operators.backbones.transformers_clip.ClipBackbone.load` and scored by
+:func:`cola_moderation.operators.backbones.registry.load_backbone` and scored by
 :class:`cola_moderation.operators.defences.zeroshot.ZeroShotClassifier`.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -25,22 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from cola_moderation.operators.backbones.checkpoint import (
-    CLIP_MEAN,
-    CLIP_STD,
-    ClipShape,
-    new_clip_model,
-    save_checkpoint,
-)
+from cola_moderation.operators.backbones.base import Backbone, resolve_device
+from cola_moderation.operators.backbones.checkpoint import ClipShape, TrainableClip
 from cola_moderation.operators.backbones.clip_vocab import clip_tokenizer
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone, ImageGeometry
 from cola_moderation.operators.config import TaxonomyConfig
 from cola_moderation.operators.defences.text_bank import TextBank
 from cola_moderation.operators.defences.zeroshot import ZeroShotClassifier
 from cola_moderation.operators.errors import ConfigError
 from cola_moderation.pipeline.research.fashion_mnist import CLASS_NAMES, FashionMnist
+from cola_moderation.pipeline.research.training import cosine_lr_factor, random_shift_flip
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +116,7 @@ class TrainingRecipe:
 class TrainingResult:
     """The trained model (fp32, train mode off) and what happened on the way."""
 
-    model: Any
+    model: TrainableClip
     losses: list[float] = field(default_factory=list)
     """Loss of every optimisation step, in order."""
     seconds: float = 0.0
@@ -189,16 +183,8 @@ class CaptionSampler:
 def augment(images: torch.Tensor, generator: torch.Generator, *, pad: int = 2) -> torch.Tensor:
     """``[B, 28, 28]`` uint8 -> ``[B, 3, 28, 28]`` float pixels in [0, 1], randomly shifted by up to ``pad``
     pixels (zero fill, like the black background) and mirrored left-right with probability 1/2."""
-    batch, height, width = images.shape
-    padded = F.pad(images.float().div(255.0), (pad, pad, pad, pad))
-    dy = torch.randint(2 * pad + 1, (batch,), generator=generator)
-    dx = torch.randint(2 * pad + 1, (batch,), generator=generator)
-    rows = (dy.view(-1, 1) + torch.arange(height).view(1, -1)).view(batch, height, 1)
-    cols = (dx.view(-1, 1) + torch.arange(width).view(1, -1)).view(batch, 1, width)
-    shifted = padded[torch.arange(batch).view(-1, 1, 1), rows, cols]
-    flip = torch.rand(batch, generator=generator) < 0.5
-    shifted = torch.where(flip.view(-1, 1, 1), shifted.flip(-1), shifted)
-    return shifted.unsqueeze(1).expand(-1, 3, -1, -1)
+    shifted = random_shift_flip(images.float().div(255.0).unsqueeze(1), generator, pad=pad)
+    return shifted.expand(-1, 3, -1, -1)
 
 
 def class_aware_loss(image_features: torch.Tensor, text_features: torch.Tensor, image_labels: torch.Tensor,
@@ -218,16 +204,10 @@ def class_aware_loss(image_features: torch.Tensor, text_features: torch.Tensor, 
     return (image_loss + text_loss) / 2
 
 
-def _normalize(pixels: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(CLIP_MEAN, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=pixels.device).view(1, 3, 1, 1)
-    return (pixels - mean) / std
-
-
-def _optimizers(model: Any, recipe: TrainingRecipe) -> list[torch.optim.Optimizer]:
+def _optimizers(model: TrainableClip, recipe: TrainingRecipe) -> list[torch.optim.Optimizer]:
     """AdamW for the dense parameters; SparseAdam for the 49,408-row token embedding, whose gradient touches only
     the few hundred tokens of the captions (a dense AdamW step over it cost a quarter of each step on CPU)."""
-    token_embedding = model.text_model.embeddings.token_embedding
+    token_embedding = model.token_embedding
     token_embedding.sparse = True
     dense = [(n, p) for n, p in model.named_parameters() if p is not token_embedding.weight]
     decay = [p for n, p in dense if p.ndim >= 2 and "embedding" not in n]
@@ -235,13 +215,6 @@ def _optimizers(model: Any, recipe: TrainingRecipe) -> list[torch.optim.Optimize
     groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6),
             torch.optim.SparseAdam([token_embedding.weight], lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)]
-
-
-def _lr_factor(step: int, *, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def train_reference(recipe: TrainingRecipe, data: FashionMnist, *, progress: bool = True,
@@ -252,14 +225,12 @@ def train_reference(recipe: TrainingRecipe, data: FashionMnist, *, progress: boo
     ``on_epoch_end(epoch, model)`` runs after each epoch (1-based) and must not modify the model."""
     from tqdm.auto import tqdm
 
-    from cola_moderation.operators.backbones.transformers_clip import resolve_device
-
     device = resolve_device(recipe.device)
     previous_threads = torch.get_num_threads()
     if recipe.threads is not None:
         torch.set_num_threads(recipe.threads)
     generator = torch.Generator().manual_seed(recipe.seed)
-    model = new_clip_model(recipe.shape, seed=recipe.seed).to(device).train()
+    model = TrainableClip(recipe.shape, seed=recipe.seed).to(device).train()
     texts, text_labels = caption_pool()
     sampler = CaptionSampler(texts, text_labels, max_length=recipe.shape.context_length,
                              insert_prob=recipe.insert_prob)
@@ -277,19 +248,17 @@ def train_reference(recipe: TrainingRecipe, data: FashionMnist, *, progress: boo
         order = torch.randperm(len(labels), generator=generator)
         for step_in_epoch in range(steps_per_epoch):
             step = epoch * steps_per_epoch + step_in_epoch
-            factor = _lr_factor(step, warmup=min(recipe.warmup_steps, total // 5 or 1), total=total)
+            factor = cosine_lr_factor(step, warmup=min(recipe.warmup_steps, total // 5 or 1), total=total)
             for optimizer in optimizers:
                 for group in optimizer.param_groups:
                     group["lr"] = recipe.lr * factor
             batch = order[step_in_epoch * recipe.batch_size : (step_in_epoch + 1) * recipe.batch_size]
-            pixels = _normalize(augment(images[batch], generator).to(device))
+            pixels = augment(images[batch], generator).to(device)
             input_ids, attention_mask, caption_labels = sampler.sample(recipe.captions_per_class, generator)
-            vision = model.vision_model(pixel_values=pixels)
-            image_features = F.normalize(model.visual_projection(vision.pooler_output), dim=-1)
-            text = model.text_model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
-            text_features = F.normalize(model.text_projection(text.pooler_output), dim=-1)
+            image_features = model.image_features(pixels)
+            text_features = model.text_features(input_ids.to(device), attention_mask.to(device))
             loss = class_aware_loss(image_features, text_features, labels[batch].to(device),
-                                    caption_labels.to(device), model.logit_scale.exp())
+                                    caption_labels.to(device), model.log_logit_scale.exp())
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -297,7 +266,7 @@ def train_reference(recipe: TrainingRecipe, data: FashionMnist, *, progress: boo
             for optimizer in optimizers:
                 optimizer.step()
             with torch.no_grad():
-                model.logit_scale.clamp_(0.0, math.log(100.0))
+                model.log_logit_scale.clamp_(0.0, math.log(100.0))
             result.losses.append(float(loss.item()))
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{result.losses[-1]:.3f}")
@@ -308,16 +277,15 @@ def train_reference(recipe: TrainingRecipe, data: FashionMnist, *, progress: boo
     bar.close()
     result.seconds = time.perf_counter() - started
     result.steps = total
-    model.text_model.embeddings.token_embedding.sparse = False
+    model.token_embedding.sparse = False
     model.eval()
     torch.set_num_threads(previous_threads)
     return result
 
 
-def save_reference(model: Any, directory: Path) -> Path:
-    """Write ``model`` (a copy, cast to fp16) with tokenizer and processor files, loadable by ClipBackbone.load."""
-    return save_checkpoint(copy.deepcopy(model).cpu(), directory, image_size=model.config.vision_config.image_size,
-                           dtype=torch.float16)
+def save_reference(model: TrainableClip, directory: Path) -> Path:
+    """Write ``model`` (a copy, cast to fp16) with tokenizer and processor files, loadable by ``load_backbone``."""
+    return model.save(directory, dtype=torch.float16)
 
 
 @dataclass(frozen=True)
@@ -338,12 +306,13 @@ def class_order(taxonomy: TaxonomyConfig) -> torch.Tensor:
     return torch.tensor([names.index(name) for name in CLASS_NAMES])
 
 
-def evaluate_zero_shot(backbone: ClipBackbone, taxonomy: TaxonomyConfig, data: FashionMnist, *,
+def evaluate_zero_shot(backbone: Backbone, taxonomy: TaxonomyConfig, data: FashionMnist, *,
                        batch_size: int = 500) -> ZeroShotReport:
     """Classify every image of ``data`` with ``backbone`` + :class:`ZeroShotClassifier` over ``taxonomy`` (text
     embeddings averaged over its templates and synonyms) and compare with the true labels."""
     order = class_order(taxonomy)
-    classifier = ZeroShotClassifier(TextBank.build(backbone, taxonomy), logit_scale=backbone.logit_scale)
+    classifier = ZeroShotClassifier(TextBank.build(backbone, taxonomy), logit_scale=backbone.logit_scale,
+                                    logit_bias=backbone.logit_bias)
     predicted = []
     for start in range(0, len(data), batch_size):
         pixels = data.pixels(slice(start, start + batch_size))
@@ -355,9 +324,6 @@ def evaluate_zero_shot(backbone: ClipBackbone, taxonomy: TaxonomyConfig, data: F
     return ZeroShotReport(accuracy=float(correct.float().mean()), per_class=per_class, count=len(data))
 
 
-def in_memory_backbone(model: Any, *, device: str = "cpu") -> ClipBackbone:
-    """Wrap a copy of a training model as a :class:`ClipBackbone` (for evaluation during or right after training)."""
-    size = model.config.vision_config.image_size
-    tokenizer = clip_tokenizer(max_length=model.config.text_config.max_position_embeddings)
-    return ClipBackbone(copy.deepcopy(model), tokenizer, ImageGeometry(size=size, mean=CLIP_MEAN, std=CLIP_STD),
-                        name="in-memory", device=torch.device(device), dtype=torch.float32)
+def in_memory_backbone(model: TrainableClip, *, device: str = "cpu") -> Backbone:
+    """Wrap a copy of a training model as a :class:`Backbone` (for evaluation during or right after training)."""
+    return model.backbone(device=device)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.base import Backbone
 from cola_moderation.operators.config import ColaConfig, DetectorConfig, TaxonomyConfig
 from cola_moderation.operators.errors import ConfigError, DecodeError
 from cola_moderation.operators.moderator import Moderation, Moderator
@@ -23,7 +23,7 @@ def _png(seed: int) -> bytes:
 
 
 @pytest.mark.parametrize("method", ["clip", "cola", "cascade"])
-def test_every_method_returns_one_verdict_per_input(tiny_backbone: ClipBackbone, method: str) -> None:
+def test_every_method_returns_one_verdict_per_input(tiny_backbone: Backbone, method: str) -> None:
     moderator = Moderator(tiny_backbone, taxonomy=TAXONOMY, method=method)
     results = moderator.moderate([_png(0), b"not an image", _png(1)])
     assert isinstance(results[1], DecodeError)
@@ -36,7 +36,7 @@ def test_every_method_returns_one_verdict_per_input(tiny_backbone: ClipBackbone,
     moderator.close()
 
 
-def test_cascade_escalates_only_unsure_or_flagged_images(tiny_backbone: ClipBackbone) -> None:
+def test_cascade_escalates_only_unsure_or_flagged_images(tiny_backbone: Backbone) -> None:
     pixels = torch.rand(8, 3, tiny_backbone.geometry.size, tiny_backbone.geometry.size,
                         generator=torch.Generator().manual_seed(0))
     never = Moderator(tiny_backbone, taxonomy=TAXONOMY, method="cascade", cola=ColaConfig(cascade_margin=0.0),
@@ -59,7 +59,7 @@ def test_cascade_escalates_only_unsure_or_flagged_images(tiny_backbone: ClipBack
     assert mixed.cola_applied.tolist() == (margins < middle).tolist()
 
 
-def test_suspected_follows_the_threshold(tiny_backbone: ClipBackbone) -> None:
+def test_suspected_follows_the_threshold(tiny_backbone: Backbone) -> None:
     pixels = torch.rand(4, 3, tiny_backbone.geometry.size, tiny_backbone.geometry.size)
     everything = Moderator(tiny_backbone, taxonomy=TAXONOMY, method="cola", detector=DetectorConfig(threshold=0.0))
     assert bool(everything.verdict(pixels).suspected.all())
@@ -69,12 +69,12 @@ def test_suspected_follows_the_threshold(tiny_backbone: ClipBackbone) -> None:
     assert bool(((verdict.adversarial_scores >= 0) & (verdict.adversarial_scores < 1)).all())
 
 
-def test_unknown_method_is_a_config_error(tiny_backbone: ClipBackbone) -> None:
+def test_unknown_method_is_a_config_error(tiny_backbone: Backbone) -> None:
     with pytest.raises(ConfigError, match="method: must be one of clip, cola, cascade, got 'robust'"):
         Moderator(tiny_backbone, taxonomy=TAXONOMY, method="robust")
 
 
-def test_probe_view_feeds_the_detector_and_is_reused(tiny_backbone: ClipBackbone) -> None:
+def test_probe_view_feeds_the_detector_and_is_reused(tiny_backbone: Backbone) -> None:
     pixels = torch.rand(6, 3, tiny_backbone.geometry.size, tiny_backbone.geometry.size,
                         generator=torch.Generator().manual_seed(1))
     with_probe = Moderator(tiny_backbone, taxonomy=TAXONOMY, method="cascade", cola=ColaConfig(cascade_margin=1.0),
@@ -92,7 +92,7 @@ def test_probe_view_feeds_the_detector_and_is_reused(tiny_backbone: ClipBackbone
 
 
 @pytest.mark.parametrize("method", ["clip", "cascade", "cola"])
-def test_noise_probe_feeds_the_detector_whatever_the_batch(tiny_backbone: ClipBackbone, method: str) -> None:
+def test_noise_probe_feeds_the_detector_whatever_the_batch(tiny_backbone: Backbone, method: str) -> None:
     pixels = torch.rand(5, 3, tiny_backbone.geometry.size, tiny_backbone.geometry.size,
                         generator=torch.Generator().manual_seed(2))
     probed = Moderator(tiny_backbone, taxonomy=TAXONOMY, method=method, detector=DetectorConfig(noise_probe=True))

@@ -9,7 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cola_moderation.operators.backbones.transformers_clip import REFERENCE_MODEL_DIR, resolve_model_path
+from cola_moderation import resources
+from cola_moderation.operators.backbones.sources import ModelSource
 from cola_moderation.operators.errors import DecodeError
 from cola_moderation.operators.moderator import Moderation, Moderator
 from cola_moderation.pipeline.runtime.config import load_config
@@ -30,7 +31,8 @@ def moderator() -> Iterator[Moderator]:
 
 
 def test_bundled_model_is_small_fp16_safetensors() -> None:
-    assert resolve_model_path("builtin:reference") == str(REFERENCE_MODEL_DIR)
+    REFERENCE_MODEL_DIR = resources.assets_dir() / "reference-clip"
+    assert ModelSource.resolve("builtin:reference").directory == REFERENCE_MODEL_DIR
     weights = REFERENCE_MODEL_DIR / "model.safetensors"
     assert weights.stat().st_size <= 25 * 1024 * 1024
     assert (REFERENCE_MODEL_DIR / "README.md").is_file()

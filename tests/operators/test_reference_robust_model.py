@@ -12,12 +12,12 @@ import torch
 from safetensors import safe_open
 
 from cola_moderation import resources
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.registry import load_backbone
+from cola_moderation.operators.backbones.transformers_clip import IMAGE_TOWER_PREFIXES as TRAINED_PREFIXES
 from cola_moderation.operators.decode import ImageDecoder
 from cola_moderation.operators.defences.text_bank import TextBank
 from cola_moderation.operators.defences.zeroshot import ZeroShotClassifier
 from cola_moderation.pipeline.research.attacks import clip_cross_entropy, pgd_linf
-from cola_moderation.pipeline.research.finetune import TRAINED_PREFIXES
 from cola_moderation.pipeline.runtime.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,7 +54,7 @@ def sample() -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
 
 def _accuracy(config_name: str, pixels: torch.Tensor, labels: torch.Tensor, eps: float) -> float:
     config = load_config(REPO / "configs" / config_name)
-    backbone = ClipBackbone.load(config.model.model_copy(update={"device": "cpu"}))
+    backbone = load_backbone(config.model.model_copy(update={"device": "cpu"}))
     classifier = ZeroShotClassifier(TextBank.build(backbone, config.taxonomy), logit_scale=backbone.logit_scale)
     attacked = pgd_linf(clip_cross_entropy(backbone, classifier), pixels, labels, eps=eps, steps=10,
                         generator=torch.Generator().manual_seed(0))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.base import Backbone
 from cola_moderation.operators.config import ColaConfig
 from cola_moderation.operators.defences.cola.subspace import TextSubspace
 from cola_moderation.operators.defences.cola.transport import solve_entropic
@@ -105,7 +105,7 @@ class ColaScorer:
         """``[B, 3, S, S]`` -> ``[B, N, 3, S, S]``: the configured seeded views (or ``params``, e.g. fresh for EOT)."""
         return make_views(pixels, params or self.view_params)
 
-    def score_pixels(self, backbone: ClipBackbone, pixels: torch.Tensor, *, grad: bool = False,
+    def score_pixels(self, backbone: Backbone, pixels: torch.Tensor, *, grad: bool = False,
                      params: ViewParams | None = None, known: torch.Tensor | None = None) -> ColaScores:
         """Encode the views of ``[B, 3, S, S]`` pixels in [0, 1] and score them.
 
@@ -123,7 +123,7 @@ class ColaScorer:
         features = torch.cat(parts, dim=1)
         return self.score_embeddings(features, grad=grad)
 
-    def encode_view(self, backbone: ClipBackbone, pixels: torch.Tensor, index: int) -> torch.Tensor:
+    def encode_view(self, backbone: Backbone, pixels: torch.Tensor, index: int) -> torch.Tensor:
         """``[B, d]``: the embedding of view ``index`` alone (the detector's probe uses view 1)."""
         return backbone.encode_images(self.views(pixels)[:, index])
 

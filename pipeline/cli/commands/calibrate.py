@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.registry import load_backbone
 from cola_moderation.operators.defences.registry import METHODS
 from cola_moderation.operators.detector.calibration import (
     CALIBRATION_FILE,
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         if directory is None:
             raise ConfigError(f"model {config.model.path} has no local directory: pass --output")
         output = directory / CALIBRATION_FILE
-    backbone = ClipBackbone.load(config.model)
+    backbone = load_backbone(config.model)
     dataset = load_dataset(args.dataset, label_names=config.taxonomy.label_names, size=backbone.geometry.size,
                            limit=args.limit, decode=config.decode, offset=args.offset, label_column=args.label_column)
     moderator = Moderator(backbone, taxonomy=config.taxonomy, method=method, cola=config.cola,

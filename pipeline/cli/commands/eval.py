@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.base import Backbone
+from cola_moderation.operators.backbones.registry import load_backbone
 from cola_moderation.operators.config import DetectorConfig
 from cola_moderation.operators.detector.score import seed_is_secret
 from cola_moderation.operators.moderator import Moderator
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_config(args.config)
-    backbone = ClipBackbone.load(config.model)
+    backbone = load_backbone(config.model)
     labels = config.taxonomy.label_names
     dataset = load_dataset(args.dataset, label_names=labels, size=backbone.geometry.size, limit=args.limit,
                            decode=config.decode, offset=args.offset, label_column=args.label_column)
@@ -139,7 +140,7 @@ def data_usage(config: PipelineConfig, dataset: EvalDataset) -> dict[str, object
             "detector_calibration": calibration or "none: the config's detector constants (see its comments)"}
 
 
-def run_suite(args: argparse.Namespace, config: PipelineConfig, backbone: ClipBackbone, dataset: EvalDataset,
+def run_suite(args: argparse.Namespace, config: PipelineConfig, backbone: Backbone, dataset: EvalDataset,
               config_section: dict[str, object], model_section: dict[str, object],
               progress: Callable[[str], None]) -> int:
     spec = SuiteSpec(name=args.attack, eps=tuple(parse_eps(args.eps)), apgd_steps=args.apgd_steps,

@@ -3,9 +3,10 @@
     cola finetune --config configs/finetune-fashion-mnist.yaml --dataset fashion-mnist --method tecoa \\
         --eps 8/255 --steps 5 --epochs 3 --output robust-clip
 
-Writes a CLIP checkpoint directory for ``model.path`` (safetensors, tokenizer and text tower unchanged) with a model
-card, keeps per-epoch checkpoints in ``OUTPUT/checkpoints`` (``--resume`` continues after the last one) and prints
-one JSON line: the selected epoch and its validation figures.
+Writes a checkpoint directory of the base model's family (transformers CLIP, open_clip or SigLIP) for ``model.path``
+(safetensors, tokenizer and text tower unchanged) with a model card, keeps per-epoch checkpoints in
+``OUTPUT/checkpoints`` (``--resume`` continues after the last one) and prints one JSON line: the selected epoch and
+its validation figures.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone, load_geometry, resolve_model_path
+from cola_moderation.operators.backbones.registry import load_backbone, load_geometry
 from cola_moderation.operators.defences.text_bank import TextBank
 from cola_moderation.operators.defences.zeroshot import ZeroShotClassifier
 from cola_moderation.pipeline.research.evaluation.harness import parse_eps
@@ -34,7 +35,6 @@ from cola_moderation.pipeline.research.finetune import (
     hardware,
     load_training_images,
     percent,
-    save_finetuned,
     split_validation,
 )
 from cola_moderation.pipeline.runtime.config import load_config
@@ -92,22 +92,24 @@ def run(args: argparse.Namespace) -> int:
     if recipe.limit is not None:
         data = data.take(torch.arange(min(recipe.limit, len(data))))
     train, validation = split_validation(data, recipe.validation_split, seed=recipe.seed)
-    backbone = ClipBackbone.load(model_config)
+    backbone = load_backbone(model_config)
     classifier = None
     if recipe.method == "tecoa" or data.labels is not None:
-        classifier = ZeroShotClassifier(TextBank.build(backbone, config.taxonomy), logit_scale=backbone.logit_scale)
+        classifier = ZeroShotClassifier(TextBank.build(backbone, config.taxonomy), logit_scale=backbone.logit_scale,
+                                        logit_bias=backbone.logit_bias)
     finetuner = Finetuner(backbone, classifier, recipe)
     log.warning("%s fine-tuning of %s on %d images (%d held out for validation) on %s", recipe.method,
                 config.model.path, len(train), len(validation), backbone.device)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     result = finetune(finetuner, train, validation, checkpoints=args.output / CHECKPOINTS, resume=args.resume,
                       stop_after_epoch=args.stop_after_epoch, progress=not args.no_progress)
-    save_finetuned(finetuner.model, resolve_model_path(config.model.path), args.output)
+    backbone.save_with_image_tower(finetuner.tower, args.output)
     command = "cola " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if Path(sys.argv[0]).name in (
         "cola", "cli.py") else None
     (args.output / "README.md").write_text(model_card(
         recipe=recipe, result=result, base=config.model.path, config_path=str(args.config), data_name=data.name,
-        labelled=data.labels is not None, device=str(backbone.device), started=started, command=command))
+        labelled=data.labels is not None, device=str(backbone.device), started=started, command=command,
+        family=backbone.family))
     best = result.best
     summary = {"output": str(args.output), "method": recipe.method, "eps": round(recipe.eps, 6),
                "steps": recipe.steps, "epochs": recipe.epochs,
@@ -127,7 +129,7 @@ def _round(value: float | None) -> float | None:
 
 
 def model_card(*, recipe: FinetuneRecipe, result: FinetuneResult, base: str, config_path: str, data_name: str,
-               labelled: bool, device: str, started: str, command: str | None) -> str:
+               labelled: bool, device: str, started: str, command: str | None, family: str = "clip") -> str:
     best = result.best
     attack = (f"PGD-{recipe.steps} on the zero-shot cross-entropy" if labelled else
               f"PGD-{recipe.steps} on FARE's embedding distance")
@@ -140,9 +142,9 @@ def model_card(*, recipe: FinetuneRecipe, result: FinetuneResult, base: str, con
                      f"{r.adversarial_distance:.4f} | {r.seconds:.0f} |" for r in result.history)
     return f"""# Adversarially fine-tuned CLIP ({recipe.method.upper()})
 
-Written by `cola finetune` (cola-moderation). A standard `transformers` CLIP directory: load it with
-`model.path: <this directory>`. Only the image tower (`vision_model`, `visual_projection`) was trained; the text
-tower, logit scale, tokenizer and image processor files are the base model's, unchanged.
+Written by `cola finetune` (cola-moderation). A checkpoint of the base model's own format ({family}): load it with
+`model.path: <this directory>`. Only the image tower was trained; the text tower, logit scale, tokenizer and image
+preprocessing files are the base model's, unchanged.
 
 ## Recipe
 - Base model: `{base}`

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.registry import load_backbone
 from cola_moderation.operators.config import ModelConfig
 from cola_moderation.pipeline.research.fashion_mnist import DEFAULT_ROOT, load_fashion_mnist
 from cola_moderation.pipeline.research.reference_training import (
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     result = train_reference(recipe, train, progress=not args.no_progress, on_epoch_end=after_epoch)
     save_reference(result.model, output)
     started = time.perf_counter()
-    backbone = ClipBackbone.load(ModelConfig(path=str(output.resolve()), device=args.device))
+    backbone = load_backbone(ModelConfig(path=str(output.resolve()), device=args.device))
     report = evaluate_zero_shot(backbone, taxonomy, test)
     summary = {"output": str(output), "accuracy": round(report.accuracy, 4), "test_images": report.count,
                "per_class": {k: round(v, 4) for k, v in report.per_class.items()},

@@ -25,7 +25,7 @@ from fractions import Fraction
 
 import torch
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.base import Backbone
 from cola_moderation.operators.config import ColaConfig, DetectorConfig, TaxonomyConfig
 from cola_moderation.operators.defences.cola.scorer import ColaScorer
 from cola_moderation.operators.defences.registry import DEFENCES, METHODS
@@ -146,7 +146,7 @@ class EvalResult:
 class Harness:
     """Builds the deployed moderators and the ablation scorers once for one model and config."""
 
-    def __init__(self, backbone: ClipBackbone, *, taxonomy: TaxonomyConfig, cola: ColaConfig,
+    def __init__(self, backbone: Backbone, *, taxonomy: TaxonomyConfig, cola: ColaConfig,
                  detector: DetectorConfig, bank: TextBank | None = None) -> None:
         self.backbone = backbone
         self.bank = bank if bank is not None else TextBank.build(backbone, taxonomy)

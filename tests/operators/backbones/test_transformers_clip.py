@@ -5,12 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cola_moderation.operators.backbones.transformers_clip import (
-    ClipBackbone,
-    resolve_device,
-    resolve_dtype,
-    resolve_model_path,
-)
+from cola_moderation.operators.backbones.base import resolve_device, resolve_dtype
+from cola_moderation.operators.backbones.registry import load_backbone
+from cola_moderation.operators.backbones.sources import ModelSource
+from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
 from cola_moderation.operators.config import ModelConfig
 from cola_moderation.operators.errors import DeviceError, ModelLoadError
 
@@ -66,8 +64,8 @@ def test_bf16_on_cpu(tiny_model_dir: Path) -> None:
 
 
 def test_missing_directory_is_a_model_load_error(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="cannot load CLIP model"):
-        ClipBackbone.load(ModelConfig(path=str(tmp_path / "nope")))
+    with pytest.raises(ModelLoadError, match="not a directory, a hub id"):
+        load_backbone(ModelConfig(path=str(tmp_path / "nope")))
 
 
 def test_pickle_weights_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -80,15 +78,15 @@ def test_pickle_weights_are_refused(tiny_model_dir: Path, tmp_path: Path) -> Non
     shutil.copytree(tiny_model_dir, target)
     torch.save(load_file(target / "model.safetensors"), target / "pytorch_model.bin")
     (target / "model.safetensors").unlink()
-    with pytest.raises(ModelLoadError, match="cannot load CLIP model"):
-        ClipBackbone.load(ModelConfig(path=str(target)))
+    with pytest.raises(ModelLoadError, match="cannot load model"):
+        load_backbone(ModelConfig(path=str(target)))
 
 
 def test_hub_id_offline_without_cache_fails_clearly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(ModelLoadError, match="(?s)openai/clip-vit-base-patch32.*HF_HUB_OFFLINE"):
-        ClipBackbone.load(ModelConfig(path="openai/clip-vit-base-patch32"))
+        load_backbone(ModelConfig(path="openai/clip-vit-base-patch32"))
 
 
 def test_device_and_dtype_resolution() -> None:
@@ -103,5 +101,8 @@ def test_device_and_dtype_resolution() -> None:
 
 def test_unknown_builtin_model() -> None:
     with pytest.raises(ModelLoadError, match="unknown builtin model"):
-        resolve_model_path("builtin:nope")
-    assert resolve_model_path("openai/clip-vit-base-patch32") == "openai/clip-vit-base-patch32"
+        ModelSource.resolve("builtin:nope")
+    hub = ModelSource.resolve("openai/clip-vit-base-patch32")
+    assert (hub.repo_id, hub.directory) == ("openai/clip-vit-base-patch32", None)
+    assert ModelSource.resolve("hf-hub:chs20/fare2-clip", "abc").repo_id == "chs20/fare2-clip"
+    assert ModelSource.resolve("hf-hub:chs20/fare2-clip", "abc").revision == "abc"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.base import Backbone
 from cola_moderation.operators.config import LabelConfig, TaxonomyConfig
 from cola_moderation.operators.defences.text_bank import TextBank, class_texts
 from cola_moderation.operators.defences.zeroshot import ZeroShotClassifier
@@ -22,7 +22,7 @@ def test_class_texts_expand_templates_synonyms_and_descriptions() -> None:
     assert texts[2] == ["a photo of a sports car.", "a drawing of a sports car.", "a fast red car on a race track."]
 
 
-def test_text_bank_is_padded_and_masked(tiny_backbone: ClipBackbone) -> None:
+def test_text_bank_is_padded_and_masked(tiny_backbone: Backbone) -> None:
     bank = TextBank.build(tiny_backbone, TAXONOMY)
     assert bank.embeddings.shape == (3, 4, tiny_backbone.embed_dim)
     assert bank.mask.sum(dim=1).tolist() == [4, 2, 3]
@@ -30,7 +30,7 @@ def test_text_bank_is_padded_and_masked(tiny_backbone: ClipBackbone) -> None:
     assert bank.flat().shape == (9, tiny_backbone.embed_dim)
 
 
-def test_probabilities_equal_a_hand_written_clip_forward(tiny_backbone: ClipBackbone) -> None:
+def test_probabilities_equal_a_hand_written_clip_forward(tiny_backbone: Backbone) -> None:
     """Single template, no synonyms: our probabilities are CLIPModel's own logits_per_image softmax."""
     taxonomy = TaxonomyConfig(labels=("cat", "dog", "car", "tree"), templates=("a photo of a {}.",))
     classifier = ZeroShotClassifier(TextBank.build(tiny_backbone, taxonomy), logit_scale=tiny_backbone.logit_scale)
@@ -47,14 +47,14 @@ def test_probabilities_equal_a_hand_written_clip_forward(tiny_backbone: ClipBack
     torch.testing.assert_close(probs, out.logits_per_image.softmax(dim=-1), atol=1e-5, rtol=0)
 
 
-def test_templates_are_averaged_then_renormalised(tiny_backbone: ClipBackbone) -> None:
+def test_templates_are_averaged_then_renormalised(tiny_backbone: Backbone) -> None:
     bank = TextBank.build(tiny_backbone, TAXONOMY)
     expected = torch.nn.functional.normalize(
         tiny_backbone.encode_texts(class_texts(TAXONOMY)[1]).mean(dim=0), dim=-1)
     torch.testing.assert_close(bank.class_means()[1], expected)
 
 
-def test_top_k_and_margin(tiny_backbone: ClipBackbone) -> None:
+def test_top_k_and_margin(tiny_backbone: Backbone) -> None:
     classifier = ZeroShotClassifier(TextBank.build(tiny_backbone, TAXONOMY), logit_scale=100.0)
     scores = classifier.scores(tiny_backbone.encode_images(torch.rand(2, 3, 32, 32)))
     torch.testing.assert_close(scores.probs.sum(dim=-1), torch.ones(2))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.base import Backbone
 from cola_moderation.operators.config import ColaConfig, DetectorConfig, TaxonomyConfig, ViewsConfig
 from cola_moderation.operators.detector.calibration import (
     CALIBRATION_FILE,
@@ -31,7 +31,7 @@ def _images(count: int, seed: int, size: int) -> torch.Tensor:
                                                          align_corners=False))
 
 
-def test_calibration_hits_the_requested_fpr_on_held_out_clean_images(tiny_backbone: ClipBackbone) -> None:
+def test_calibration_hits_the_requested_fpr_on_held_out_clean_images(tiny_backbone: Backbone) -> None:
     size = tiny_backbone.geometry.size
     moderator = Moderator(tiny_backbone, taxonomy=TAXONOMY, method="cascade", detector=DETECTOR,
                           cola=ColaConfig(views=ViewsConfig(count=3)))

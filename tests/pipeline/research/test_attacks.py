@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.base import Backbone
 from cola_moderation.operators.config import ColaConfig, TaxonomyConfig
 from cola_moderation.operators.defences.cola.scorer import ColaScorer
 from cola_moderation.operators.defences.text_bank import TextBank
@@ -21,7 +21,7 @@ from cola_moderation.pipeline.research.attacks import (
 TAXONOMY = TaxonomyConfig(labels=["cat", "dog", "car", "tree"], templates=("a photo of a {}.", "a sketch of a {}."))
 
 
-def _setup(backbone: ClipBackbone) -> tuple[ZeroShotClassifier, ColaScorer, torch.Tensor, torch.Tensor]:
+def _setup(backbone: Backbone) -> tuple[ZeroShotClassifier, ColaScorer, torch.Tensor, torch.Tensor]:
     bank = TextBank.build(backbone, TAXONOMY)
     classifier = ZeroShotClassifier(bank, logit_scale=backbone.logit_scale)
     pixels = torch.rand(8, 3, backbone.geometry.size, backbone.geometry.size,
@@ -30,7 +30,7 @@ def _setup(backbone: ClipBackbone) -> tuple[ZeroShotClassifier, ColaScorer, torc
     return classifier, ColaScorer(bank, ColaConfig(), logit_scale=backbone.logit_scale), pixels, labels
 
 
-def test_pgd_stays_in_the_ball_and_the_box(tiny_backbone: ClipBackbone) -> None:
+def test_pgd_stays_in_the_ball_and_the_box(tiny_backbone: Backbone) -> None:
     classifier, _, pixels, labels = _setup(tiny_backbone)
     eps = 8 / 255
     adversarial = pgd_linf(clip_cross_entropy(tiny_backbone, classifier), pixels, labels, eps=eps, steps=5,
@@ -40,7 +40,7 @@ def test_pgd_stays_in_the_ball_and_the_box(tiny_backbone: ClipBackbone) -> None:
     assert float(adversarial.min()) >= 0 and float(adversarial.max()) <= 1
 
 
-def test_pgd_raises_the_loss_far_more_than_random_noise(tiny_backbone: ClipBackbone) -> None:
+def test_pgd_raises_the_loss_far_more_than_random_noise(tiny_backbone: Backbone) -> None:
     classifier, _, pixels, labels = _setup(tiny_backbone)
     loss = clip_cross_entropy(tiny_backbone, classifier)
     eps = 16 / 255
@@ -55,7 +55,7 @@ def test_pgd_raises_the_loss_far_more_than_random_noise(tiny_backbone: ClipBackb
 
 
 @pytest.mark.parametrize("eot_seed", [None, 5])
-def test_adaptive_attack_through_cola_raises_cola_loss(tiny_backbone: ClipBackbone, eot_seed: int | None) -> None:
+def test_adaptive_attack_through_cola_raises_cola_loss(tiny_backbone: Backbone, eot_seed: int | None) -> None:
     _, scorer, pixels, labels = _setup(tiny_backbone)
     loss = cola_cross_entropy(tiny_backbone, scorer, eot_seed=eot_seed)
     fixed = cola_cross_entropy(tiny_backbone, scorer)
@@ -65,7 +65,7 @@ def test_adaptive_attack_through_cola_raises_cola_loss(tiny_backbone: ClipBackbo
         assert float(fixed(adversarial, labels[:4]).mean()) > float(fixed(pixels[:4], labels[:4]).mean())
 
 
-def test_zero_eps_is_the_identity(tiny_backbone: ClipBackbone) -> None:
+def test_zero_eps_is_the_identity(tiny_backbone: Backbone) -> None:
     classifier, _, pixels, labels = _setup(tiny_backbone)
     out = pgd_linf(clip_cross_entropy(tiny_backbone, classifier), pixels, labels, eps=0.0)
     torch.testing.assert_close(out, pixels, atol=0, rtol=0)
@@ -73,7 +73,7 @@ def test_zero_eps_is_the_identity(tiny_backbone: ClipBackbone) -> None:
         pgd_linf(clip_cross_entropy(tiny_backbone, classifier), pixels, labels, eps=-1.0)
 
 
-def test_apgd_lowers_accuracy_at_least_as_much_as_pgd10(tiny_backbone: ClipBackbone) -> None:
+def test_apgd_lowers_accuracy_at_least_as_much_as_pgd10(tiny_backbone: Backbone) -> None:
     _, scorer, _, _ = _setup(tiny_backbone)
     pixels = round_to_8bit(torch.rand(32, 3, tiny_backbone.geometry.size, tiny_backbone.geometry.size,
                                       generator=torch.Generator().manual_seed(7)))
@@ -105,7 +105,7 @@ def test_dlr_loss_is_scale_invariant_and_positive_when_wrong() -> None:
 
 
 def test_attack_on_the_deployed_views_lowers_cola_at_least_as_much_as_random_view_eot(
-        tiny_backbone: ClipBackbone) -> None:
+        tiny_backbone: Backbone) -> None:
     _, scorer, _, _ = _setup(tiny_backbone)
     pixels = torch.rand(32, 3, tiny_backbone.geometry.size, tiny_backbone.geometry.size,
                         generator=torch.Generator().manual_seed(9))

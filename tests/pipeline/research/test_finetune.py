@@ -14,10 +14,11 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.registry import load_backbone
+from cola_moderation.operators.backbones.transformers_clip import COPIED_FILES
+from cola_moderation.operators.backbones.transformers_clip import IMAGE_TOWER_PREFIXES as TRAINED_PREFIXES
 from cola_moderation.operators.config import ModelConfig
 from cola_moderation.pipeline.cli import main
-from cola_moderation.pipeline.research.finetune import COPIED_FILES, TRAINED_PREFIXES
 
 
 def _png(seed: int, bright: bool) -> bytes:
@@ -90,9 +91,9 @@ def test_tecoa_trains_only_the_image_tower(setup: dict[str, Path], tmp_path: Pat
 
     card = (output / "README.md").read_text()
     assert "TECOA" in card and "8.00/255" in card and "Base model" in card and "Selected: epoch" in card
-    backbone = ClipBackbone.load(ModelConfig(path=str(output), device="cpu"))
+    backbone = load_backbone(ModelConfig(path=str(output), device="cpu"))
     texts = ["a bright picture.", "a dark picture."]
-    original = ClipBackbone.load(ModelConfig(path=str(setup["model"]), device="cpu"))
+    original = load_backbone(ModelConfig(path=str(setup["model"]), device="cpu"))
     torch.testing.assert_close(backbone.encode_texts(texts), original.encode_texts(texts), rtol=0, atol=0)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cola_moderation.operators.backbones.checkpoint import TINY
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.registry import load_backbone
 from cola_moderation.operators.config import ModelConfig, TaxonomyConfig
 from cola_moderation.operators.errors import ConfigError
 from cola_moderation.pipeline.research.fashion_mnist import CLASS_NAMES, DEFAULT_ROOT, FashionMnist, load_fashion_mnist
@@ -110,7 +110,7 @@ def test_smoke_training_run_learns_and_saves_a_loadable_model(tmp_path: Path) ->
 
     directory = save_reference(result.model, tmp_path / "model")
     assert json.loads((directory / "config.json").read_text())["dtype"] == "float16"
-    backbone = ClipBackbone.load(ModelConfig(path=str(directory), device="cpu"))
+    backbone = load_backbone(ModelConfig(path=str(directory), device="cpu"))
     assert backbone.geometry.size == 28
     test = load_fashion_mnist("test")
     subset = FashionMnist(images=test.images[:200], labels=test.labels[:200])

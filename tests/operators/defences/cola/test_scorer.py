@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.base import Backbone
+from cola_moderation.operators.backbones.registry import load_backbone
 from cola_moderation.operators.config import ColaConfig, ProjectionConfig, TaxonomyConfig, TransportConfig, ViewsConfig
 from cola_moderation.operators.defences.cola.scorer import ColaScorer, replaced_logit_entropy
 from cola_moderation.operators.defences.text_bank import TextBank
@@ -18,7 +19,7 @@ ALL_OFF = ColaConfig(views=ViewsConfig(enabled=False), projection=ProjectionConf
 
 
 @pytest.fixture(scope="module")
-def bank(tiny_backbone: ClipBackbone) -> TextBank:
+def bank(tiny_backbone: Backbone) -> TextBank:
     return TextBank.build(tiny_backbone, TAXONOMY)
 
 
@@ -26,7 +27,7 @@ def _pixels(batch: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def test_everything_off_reproduces_plain_clip(tiny_backbone: ClipBackbone, bank: TextBank) -> None:
+def test_everything_off_reproduces_plain_clip(tiny_backbone: Backbone, bank: TextBank) -> None:
     pixels = _pixels(16, tiny_backbone.geometry.size)
     features = tiny_backbone.encode_images(pixels)
     clip = ZeroShotClassifier(bank, logit_scale=tiny_backbone.logit_scale).scores(features)
@@ -35,7 +36,7 @@ def test_everything_off_reproduces_plain_clip(tiny_backbone: ClipBackbone, bank:
     torch.testing.assert_close(cola.scores.probs, clip.probs, atol=1e-5, rtol=0)
 
 
-def test_full_cola_shapes_and_batch_independence(tiny_backbone: ClipBackbone, bank: TextBank) -> None:
+def test_full_cola_shapes_and_batch_independence(tiny_backbone: Backbone, bank: TextBank) -> None:
     scorer = ColaScorer(bank, ColaConfig(), logit_scale=tiny_backbone.logit_scale)
     pixels = _pixels(6, tiny_backbone.geometry.size, seed=1)
     scores = scorer.score_pixels(tiny_backbone, pixels)
@@ -49,7 +50,7 @@ def test_full_cola_shapes_and_batch_independence(tiny_backbone: ClipBackbone, ba
     torch.testing.assert_close(single.distances, scores.distances[3:4], atol=1e-5, rtol=0)
 
 
-def test_reusing_the_original_embedding_gives_the_same_scores(tiny_backbone: ClipBackbone, bank: TextBank) -> None:
+def test_reusing_the_original_embedding_gives_the_same_scores(tiny_backbone: Backbone, bank: TextBank) -> None:
     scorer = ColaScorer(bank, ColaConfig(), logit_scale=tiny_backbone.logit_scale)
     pixels = _pixels(4, tiny_backbone.geometry.size, seed=2)
     full = scorer.score_pixels(tiny_backbone, pixels)
@@ -65,7 +66,7 @@ def test_reusing_the_original_embedding_gives_the_same_scores(tiny_backbone: Cli
     assert bool((full.view_shift > 0).all())
 
 
-def test_each_stage_changes_the_distances(tiny_backbone: ClipBackbone, bank: TextBank) -> None:
+def test_each_stage_changes_the_distances(tiny_backbone: Backbone, bank: TextBank) -> None:
     pixels = _pixels(4, tiny_backbone.geometry.size, seed=3)
     base = ColaScorer(bank, ALL_OFF, logit_scale=tiny_backbone.logit_scale).score_pixels(tiny_backbone, pixels)
     for stage in ("views", "projection", "transport"):
@@ -78,7 +79,7 @@ def test_each_stage_changes_the_distances(tiny_backbone: ClipBackbone, bank: Tex
 
 
 @pytest.mark.parametrize("gradient", ["envelope", "autodiff"])
-def test_gradients_flow_from_distances_to_pixels(tiny_backbone: ClipBackbone, bank: TextBank, gradient: str) -> None:
+def test_gradients_flow_from_distances_to_pixels(tiny_backbone: Backbone, bank: TextBank, gradient: str) -> None:
     config = ColaConfig(transport=TransportConfig(gradient=gradient))
     scorer = ColaScorer(bank, config, logit_scale=tiny_backbone.logit_scale)
     pixels = _pixels(2, tiny_backbone.geometry.size, seed=4).requires_grad_(True)
@@ -88,13 +89,13 @@ def test_gradients_flow_from_distances_to_pixels(tiny_backbone: ClipBackbone, ba
     assert pixels.grad is not None and float(pixels.grad.abs().sum()) > 0
 
 
-def test_no_graph_without_grad(tiny_backbone: ClipBackbone, bank: TextBank) -> None:
+def test_no_graph_without_grad(tiny_backbone: Backbone, bank: TextBank) -> None:
     scorer = ColaScorer(bank, ColaConfig(), logit_scale=tiny_backbone.logit_scale)
     scores = scorer.score_pixels(tiny_backbone, _pixels(2, tiny_backbone.geometry.size).requires_grad_(True))
     assert not scores.distances.requires_grad
 
 
-def test_text_weights_ignore_padding(tiny_backbone: ClipBackbone, bank: TextBank) -> None:
+def test_text_weights_ignore_padding(tiny_backbone: Backbone, bank: TextBank) -> None:
     scorer = ColaScorer(bank, ColaConfig(), logit_scale=tiny_backbone.logit_scale)
     assert bank.mask.sum(1).tolist() == [3, 3, 5, 3]
     features = tiny_backbone.encode_images(_pixels(3, tiny_backbone.geometry.size, seed=5)).unsqueeze(1)
@@ -122,10 +123,10 @@ def test_replaced_logit_entropy_matches_brute_force() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cola_on_cuda_matches_cpu(tiny_model_dir, bank: TextBank, tiny_backbone: ClipBackbone) -> None:  # type: ignore[no-untyped-def]
+def test_cola_on_cuda_matches_cpu(tiny_model_dir, bank: TextBank, tiny_backbone: Backbone) -> None:  # type: ignore[no-untyped-def]
     from cola_moderation.operators.config import ModelConfig
 
-    cuda = ClipBackbone.load(ModelConfig(path=str(tiny_model_dir), device="cuda"))
+    cuda = load_backbone(ModelConfig(path=str(tiny_model_dir), device="cuda"))
     cuda_bank = TextBank.build(cuda, TAXONOMY)
     pixels = _pixels(4, cuda.geometry.size, seed=6)
     cpu_scores = ColaScorer(bank, logit_scale=tiny_backbone.logit_scale).score_pixels(tiny_backbone, pixels)

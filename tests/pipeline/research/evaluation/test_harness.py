@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.registry import load_backbone
 from cola_moderation.operators.config import ColaConfig
 from cola_moderation.operators.errors import ConfigError
 from cola_moderation.pipeline.research.evaluation.datasets import EvalDataset, load_parquet
@@ -33,7 +33,7 @@ def config() -> PipelineConfig:
 
 @pytest.fixture(scope="module")
 def harness(config: PipelineConfig) -> Harness:
-    backbone = ClipBackbone.load(config.model.model_copy(update={"device": "cpu"}))
+    backbone = load_backbone(config.model.model_copy(update={"device": "cpu"}))
     return Harness(backbone, taxonomy=config.taxonomy, cola=config.cola, detector=config.detector)
 
 
