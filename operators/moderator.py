@@ -168,7 +168,7 @@ class Moderator:
     def verdict(self, pixels: torch.Tensor, *, method: str | None = None) -> BatchVerdict:
         """Score one batch of ``[B, 3, S, S]`` pixels in [0, 1] with ``method`` (default: the configured one)."""
         screen = self.prescreen(pixels, method=method)
-        clip = Scores(labels=self.bank.labels, probs=screen.logits.softmax(dim=-1))
+        clip = self.zero_shot.scores_of_logits(screen.logits)
         residual, noise, known = screen.residual, screen.noise_shift, screen.known
         adversarial = self.detector.score(residual, clip.probs, probe_shift=screen.probe_shift, noise_shift=noise)
         escalate = self.gate(screen, clip, adversarial, method=method)

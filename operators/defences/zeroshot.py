@@ -55,6 +55,9 @@ class ZeroShotClassifier:
         return logits if self.logit_bias is None else logits + self.logit_bias
 
     def scores(self, image_features: torch.Tensor) -> Scores:
-        logits = self.logits(image_features)
+        return self.scores_of_logits(self.logits(image_features))
+
+    def scores_of_logits(self, logits: torch.Tensor) -> Scores:
+        """``[B, K]`` logits from :meth:`logits` -> class probabilities (softmax, or sigmoid with a logit bias)."""
         probs = logits.softmax(dim=-1) if self.logit_bias is None else logits.sigmoid()
         return Scores(labels=self.labels, probs=probs)

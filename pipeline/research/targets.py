@@ -18,7 +18,8 @@ def screen_logits(moderator: Moderator, pixels: torch.Tensor, *,
     ``pixels``. The detector logit is the cascade's final score for every image it does not send to COLA; a
     detector-aware attack descends it. ``detector``: whose probe noise to use (an attacker's guess)."""
     screen = moderator.prescreen(pixels, grad=True, detector=detector)
-    logit = moderator.detector.logit(screen.residual, screen.logits.softmax(dim=-1), probe_shift=screen.probe_shift,
+    probs = moderator.zero_shot.scores_of_logits(screen.logits).probs
+    logit = moderator.detector.logit(screen.residual, probs, probe_shift=screen.probe_shift,
                                      noise_shift=screen.noise_shift)
     return screen.logits, logit
 
