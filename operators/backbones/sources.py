@@ -50,14 +50,15 @@ class ModelSource:
         if path.startswith(HF_HUB_PREFIX):
             repo_id = path.removeprefix(HF_HUB_PREFIX)
             if repo_id.count("/") != 1:
-                raise ModelLoadError(f"model.path={path!r}: expected hf-hub:ORG/NAME")
+                raise ModelLoadError(f"cannot load model {path!r}: expected hf-hub:ORG/NAME")
             return cls(path, None, repo_id, revision)
         local = Path(path).expanduser()
         if local.is_dir():
             return cls(path, local, None)
         if path.count("/") == 1 and not path.startswith((".", "/", "~")):
             return cls(path, None, path, revision)
-        raise ModelLoadError(f"model.path={path!r}: not a directory, a hub id (ORG/NAME) or hf-hub:ORG/NAME")
+        raise ModelLoadError(f"cannot load model {path!r}: model.path is not a directory, a hub id (ORG/NAME) or "
+                             "hf-hub:ORG/NAME")
 
     @property
     def location(self) -> str:

@@ -102,10 +102,7 @@ def run(args: argparse.Namespace) -> int:
     config_section: dict[str, object] = {
         "path": str(args.config), "method": config.method, "cola": config.cola.model_dump(mode="json"),
         "detector": detector_section(config.detector)}
-    model_section: dict[str, object] = {
-        "path": config.model.path, "device": str(backbone.device), "dtype": config.model.dtype,
-        "image_size": backbone.geometry.size, "embed_dim": backbone.embed_dim,
-        "logit_scale": round(backbone.logit_scale, 4)}
+    model_section: dict[str, object] = {**backbone.describe(), "dtype": config.model.dtype}
     progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     if args.attack in SUITE_NAMES:
         return run_suite(args, config, backbone, dataset, config_section, model_section, progress)

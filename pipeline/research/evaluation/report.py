@@ -5,7 +5,7 @@ Schema ``cola-eval/1`` (all accuracies and rates are fractions in [0, 1]; eps ke
     schema         "cola-eval/1"
     command        the argv of the run (or null)
     config         {path, method, cola: {...}, detector: {...}}   the config sections the run used
-    model          {path, device, dtype, image_size, embed_dim, logit_scale}
+    model          {path, family, device, dtype, image_size, embed_dim, logit_scale[, logit_bias]}
     dataset        {name, images, image_size, per_class: {label: n}, skipped: {reason: n}}
     attack         {name, threat_model ("gray-box" | "adaptive" | null), target ("clip" | "cola" | null),
                     loss, norm "linf", eps: [float], eps_labels: [str], steps, step_size (null: 2.5 eps / steps),

@@ -64,7 +64,7 @@ def test_bf16_on_cpu(tiny_model_dir: Path) -> None:
 
 
 def test_missing_directory_is_a_model_load_error(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="not a directory, a hub id"):
+    with pytest.raises(ModelLoadError, match="cannot load model .*not a directory, a hub id"):
         load_backbone(ModelConfig(path=str(tmp_path / "nope")))
 
 

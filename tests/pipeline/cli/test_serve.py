@@ -79,7 +79,7 @@ def test_cola_serve_answers_then_stops_cleanly_on_sigterm(tiny_model_dir: Path, 
 
 @pytest.mark.parametrize(("case", "expected"), [
     ("gpu", "ray.worker_num_gpus=1"),  # refused up front, before anything is scheduled
-    ("model", "cannot load CLIP model"),  # checked before Ray starts (pipeline/jobs/preflight.py)
+    ("model", "cannot load model"),  # checked before Ray starts (pipeline/jobs/preflight.py)
 ])
 def test_cola_serve_start_failures_exit_2_naming_the_cause(tiny_model_dir: Path, tmp_path: Path, case: str,
                                                           expected: str) -> None:

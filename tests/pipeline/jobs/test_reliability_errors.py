@@ -58,7 +58,7 @@ def test_operator_mistakes_are_one_line_exit_2(tiny_model_dir: Path, tmp_path: P
         "non-UTF-8 config": (["batch", "--config", str(latin1), "--input", str(data), "--output",
                               str(tmp_path / "out")], "is not UTF-8 text (byte 0xe9"),
         "missing model": (["serve", "--config", str(missing_model), "--port", str(free_port())],
-                          "cannot load CLIP model"),
+                          "cannot load model"),
     }
     with ThreadPoolExecutor(len(cases)) as pool:
         results = dict(zip(cases, pool.map(lambda case: cola(*case[0]), cases.values()), strict=True))
