@@ -140,3 +140,91 @@ def test_unusable_datasets_fail_in_one_line(setup: dict[str, Path], tmp_path: Pa
     err = capsys.readouterr().err.strip()
     assert err.startswith("cola finetune: ") and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def _setup_for(model_dir: Path, tmp_path: Path) -> dict[str, Path]:
+    config = tmp_path / f"{model_dir.name}.yaml"
+    config.write_text(f"model:\n  path: {model_dir}\n  device: cpu\n"
+                      "taxonomy:\n  labels: [bright, dark]\n  templates: ['a {{}} picture.']\n")
+    return {"config": config, "model": model_dir,
+            "labelled": _parquet(tmp_path / "labelled.parquet", 24, labels=["bright", "dark"]),
+            "unlabelled": _parquet(tmp_path / "unlabelled.parquet", 24, labels=None)}
+
+
+def _all_tensors(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open is not a dict
+
+
+@pytest.mark.parametrize("pickled_base", [False, True])
+def test_fare_on_open_clip_writes_open_clip_format_with_the_text_tower_unchanged(tmp_path: Path, pickled_base: bool,
+                                                                                capsys: pytest.CaptureFixture[str]
+                                                                                ) -> None:
+    from cola_moderation.operators.backbones import open_clip_format as fmt
+    from cola_moderation.operators.backbones.checkpoint import OPEN_CLIP_TINY, save_open_clip_checkpoint
+    from cola_moderation.operators.backbones.sources import load_state_dict
+
+    base_dir = save_open_clip_checkpoint(tmp_path / "base", OPEN_CLIP_TINY, seed=4, pickle=pickled_base)
+    setup = _setup_for(base_dir, tmp_path)
+    output = tmp_path / "fare-open-clip"
+    assert _finetune(setup, output, method="fare", dataset="unlabelled") == 0
+    assert _summary(capsys)["method"] == "fare"
+    assert (output / fmt.CONFIG_NAME).read_bytes() == (base_dir / fmt.CONFIG_NAME).read_bytes()
+    base = load_state_dict(next(p for p in base_dir.iterdir() if p.name.startswith("open_clip_")
+                                and p.suffix in (".bin", ".safetensors")))
+    tuned = _all_tensors(output / fmt.SAFETENSORS_NAME)
+    assert tuned.keys() == base.keys()
+    for key in base:
+        assert tuned[key].dtype == base[key].dtype, key
+        if not key.startswith("visual."):  # text tower, logit scale: bit for bit
+            assert tuned[key].numpy().tobytes() == base[key].numpy().tobytes(), key
+    assert any(not torch.equal(tuned[k], base[k]) for k in base if k.startswith("visual."))
+    loaded = load_backbone(ModelConfig(path=str(output), device="cpu"))
+    original = load_backbone(ModelConfig(path=str(base_dir), device="cpu"))
+    assert loaded.family == "open_clip"
+    texts = ["a bright picture.", "a dark picture."]
+    torch.testing.assert_close(loaded.encode_texts(texts), original.encode_texts(texts), rtol=0, atol=0)
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(loaded.encode_images(pixels), original.encode_images(pixels))
+    assert "open_clip" in (output / "README.md").read_text()
+
+
+def test_tecoa_on_siglip_writes_siglip_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cola_moderation.operators.backbones.checkpoint import SIGLIP_TINY, save_siglip_checkpoint
+
+    base_dir = save_siglip_checkpoint(tmp_path / "siglip", SIGLIP_TINY, seed=2)
+    setup = _setup_for(base_dir, tmp_path)
+    output = tmp_path / "tecoa-siglip"
+    assert _finetune(setup, output) == 0
+    assert _summary(capsys)["method"] == "tecoa"
+    base, tuned = _all_tensors(base_dir / "model.safetensors"), _all_tensors(output / "model.safetensors")
+    assert base.keys() == tuned.keys()
+    for key in base:
+        if not key.startswith("vision_model."):
+            assert tuned[key].numpy().tobytes() == base[key].numpy().tobytes(), key
+    assert any(not torch.equal(tuned[k], base[k]) for k in base if k.startswith("vision_model."))
+    for name in ("spiece.model", "tokenizer_config.json", "preprocessor_config.json"):
+        assert (output / name).read_bytes() == (base_dir / name).read_bytes(), name
+    loaded = load_backbone(ModelConfig(path=str(output), device="cpu"))
+    assert loaded.family == "siglip" and loaded.logit_bias == pytest.approx(-1.0)
+
+
+class _WritesAFile:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
+
+
+def test_resume_refuses_a_crafted_checkpoint_without_running_it(setup: dict[str, Path], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "run"
+    assert _finetune(setup, output, "--stop-after-epoch", "1") == 0
+    capsys.readouterr()
+    marker = tmp_path / "pwned"
+    torch.save({"tower": _WritesAFile(marker), "recipe": {}}, output / "checkpoints" / "epoch-1.pt")
+    assert _finetune(setup, output, "--resume") == 2
+    err = capsys.readouterr().err.strip()
+    assert "refusing to load fine-tuning checkpoint" in err and len(err.splitlines()) == 1, err
+    assert not marker.exists()
