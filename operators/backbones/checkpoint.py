@@ -220,11 +220,13 @@ def save_siglip_checkpoint(directory: Path, shape: SiglipShape, *, seed: int = 0
                        "image_size": shape.image_size, "patch_size": shape.patch_size},
     )
     torch.manual_seed(seed)
-    model = SiglipModel(config)
+    model: Any = SiglipModel(config)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(logit_scale))
         model.logit_bias.fill_(logit_bias)
-    (model if dtype is None else model.to(dtype)).save_pretrained(directory, safe_serialization=True)
+    if dtype is not None:
+        model.to(dtype=dtype)
+    model.save_pretrained(directory, safe_serialization=True)
     (directory / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "SiglipImageProcessor", "do_resize": True, "resample": 3, "do_rescale": True,
         "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],

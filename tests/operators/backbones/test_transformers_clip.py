@@ -9,7 +9,9 @@ from cola_moderation.operators.backbones.base import resolve_device, resolve_dty
 from cola_moderation.operators.backbones.registry import load_backbone
 from cola_moderation.operators.backbones.sources import ModelSource
 from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
-from cola_moderation.operators.config import ModelConfig
+from cola_moderation.operators.config import ModelConfig, TaxonomyConfig
+from cola_moderation.operators.defences.text_bank import TextBank
+from cola_moderation.operators.defences.zeroshot import ZeroShotClassifier
 from cola_moderation.operators.errors import DeviceError, ModelLoadError
 
 
@@ -106,3 +108,20 @@ def test_unknown_builtin_model() -> None:
     assert (hub.repo_id, hub.directory) == ("openai/clip-vit-base-patch32", None)
     assert ModelSource.resolve("hf-hub:chs20/fare2-clip", "abc").repo_id == "chs20/fare2-clip"
     assert ModelSource.resolve("hf-hub:chs20/fare2-clip", "abc").revision == "abc"
+
+
+def test_probabilities_equal_a_hand_written_clip_forward(tiny_backbone: ClipBackbone) -> None:
+    """Single template, no synonyms: our probabilities are CLIPModel's own logits_per_image softmax."""
+    taxonomy = TaxonomyConfig(labels=("cat", "dog", "car", "tree"), templates=("a photo of a {}.",))
+    classifier = ZeroShotClassifier(TextBank.build(tiny_backbone, taxonomy), logit_scale=tiny_backbone.logit_scale)
+    pixels = torch.rand(5, 3, 32, 32)
+    probs = classifier.scores(tiny_backbone.encode_images(pixels)).probs
+
+    model, geometry = tiny_backbone.model, tiny_backbone.geometry
+    tokens = tiny_backbone.tokenizer([f"a photo of a {label}." for label in ("cat", "dog", "car", "tree")],
+                                     padding=True, return_tensors="pt")
+    mean, std = torch.tensor(geometry.mean).view(1, 3, 1, 1), torch.tensor(geometry.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        out = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
+                    pixel_values=(pixels - mean) / std)
+    torch.testing.assert_close(probs, out.logits_per_image.softmax(dim=-1), atol=1e-5, rtol=0)

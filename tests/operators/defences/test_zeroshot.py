@@ -30,21 +30,16 @@ def test_text_bank_is_padded_and_masked(tiny_backbone: Backbone) -> None:
     assert bank.flat().shape == (9, tiny_backbone.embed_dim)
 
 
-def test_probabilities_equal_a_hand_written_clip_forward(tiny_backbone: Backbone) -> None:
-    """Single template, no synonyms: our probabilities are CLIPModel's own logits_per_image softmax."""
+def test_a_logit_bias_gives_independent_sigmoid_scores_with_the_same_top_1(tiny_backbone: Backbone) -> None:
     taxonomy = TaxonomyConfig(labels=("cat", "dog", "car", "tree"), templates=("a photo of a {}.",))
-    classifier = ZeroShotClassifier(TextBank.build(tiny_backbone, taxonomy), logit_scale=tiny_backbone.logit_scale)
-    pixels = torch.rand(5, 3, 32, 32)
-    probs = classifier.scores(tiny_backbone.encode_images(pixels)).probs
-
-    model, geometry = tiny_backbone.model, tiny_backbone.geometry
-    tokens = tiny_backbone.tokenizer([f"a photo of a {label}." for label in ("cat", "dog", "car", "tree")],
-                                     padding=True, return_tensors="pt")
-    mean, std = torch.tensor(geometry.mean).view(1, 3, 1, 1), torch.tensor(geometry.std).view(1, 3, 1, 1)
-    with torch.no_grad():
-        out = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                    pixel_values=(pixels - mean) / std)
-    torch.testing.assert_close(probs, out.logits_per_image.softmax(dim=-1), atol=1e-5, rtol=0)
+    bank = TextBank.build(tiny_backbone, taxonomy)
+    features = tiny_backbone.encode_images(torch.rand(5, 3, 32, 32))
+    softmax = ZeroShotClassifier(bank, logit_scale=10.0).scores(features)
+    sigmoid = ZeroShotClassifier(bank, logit_scale=10.0, logit_bias=-2.0).scores(features)
+    expected = (10.0 * features @ bank.class_means().T - 2.0).sigmoid()
+    torch.testing.assert_close(sigmoid.probs, expected, rtol=0, atol=1e-6)
+    assert torch.equal(sigmoid.predicted, softmax.predicted)
+    torch.testing.assert_close(softmax.probs.sum(-1), torch.ones(5))
 
 
 def test_templates_are_averaged_then_renormalised(tiny_backbone: Backbone) -> None:
