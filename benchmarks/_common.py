@@ -45,6 +45,31 @@ def vit_b32_dir() -> Path:
     return directory
 
 
+def open_clip_vit_b32_dir() -> Path:
+    """open_clip's ViT-B-32 (open_clip_config.json + safetensors) with random weights."""
+    from cola_moderation.operators.backbones.checkpoint import OPEN_CLIP_VIT_B_32, save_open_clip_checkpoint
+
+    directory = Path(tempfile.gettempdir()) / "cola-bench-open-clip-vit-b32"
+    if not (directory / "open_clip_model.safetensors").exists():
+        save_open_clip_checkpoint(directory, OPEN_CLIP_VIT_B_32)
+    return directory
+
+
+def siglip_vit_b32_dir() -> Path:
+    """A SigLIP with a ViT-B/32-shaped image tower (224 px, patch 32, width 768, 12 layers) and random weights."""
+    from cola_moderation.operators.backbones.checkpoint import SIGLIP_VIT_B_32, save_siglip_checkpoint
+
+    directory = Path(tempfile.gettempdir()) / "cola-bench-siglip-vit-b32"
+    if not (directory / "model.safetensors").exists():
+        save_siglip_checkpoint(directory, SIGLIP_VIT_B_32)
+    return directory
+
+
+def family_dirs() -> dict[str, Path]:
+    """One ViT-B/32-shaped random-weight checkpoint per backbone family."""
+    return {"clip": vit_b32_dir(), "open_clip": open_clip_vit_b32_dir(), "siglip": siglip_vit_b32_dir()}
+
+
 def interleaved(runs: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1) -> dict[str, float]:
     """Run each callable ``repeats`` times, interleaved so machine noise hits all alike; median seconds each."""
     for _ in range(warmup):

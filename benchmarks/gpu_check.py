@@ -11,8 +11,10 @@ one line each; exit status 1 when a parity check fails:
    the clean rows flagged at the configured threshold, and the clean rows' median log noise shift (the detector's
    noise probe is calibrated for fp32: a median far from fp32's means recalibrating ``detector.noise_shift_*``);
 3. throughput on the device (CUDA-synchronised, best of repeated timed loops): plain CLIP, the reference config's
-   cascade (noise probe) and COLA on every image, reference model, batch ``--batch``; and the image encoder of a
-   ViT-B/32-shaped model with random weights at fp32 / fp16 (``--skip-vit`` leaves it out).
+   cascade (noise probe) and COLA on every image, reference model, batch ``--batch``;
+4. every backbone family (transformers CLIP, open_clip, SigLIP), each as a ViT-B/32-shaped model with random weights
+   (``--skip-vit`` leaves them out): image and text embeddings on the device against the CPU's (fp32), fp16 / bf16
+   against fp32 on the device (cosine of the embeddings), and the image encoder's throughput at fp32 / fp16 / bf16.
 
 Needs the ``operators`` dependencies only (no Ray, no Kafka). The lent H200 machine's image has Python 3.12, torch
 and transformers but not pydantic, POT or open-clip-torch (the CLIP vocabulary, for the ViT-B/32 model); they travel
@@ -22,7 +24,7 @@ as wheels (36 MB; the tree is ~20 MB, the limit 64 MiB). Here, in the repo root:
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d .whl pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
-        typing-inspection==0.4.5 pot==0.9.7.post1 open-clip-torch==3.3.0
+        typing-inspection==0.4.5 pot==0.9.7.post1 open-clip-torch==3.3.0 sentencepiece==0.2.1
 
 then one device run with ``carry: [".whl"]`` and the command::
 
@@ -47,7 +49,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+from cola_moderation.operators.backbones.base import Backbone
+from cola_moderation.operators.backbones.registry import load_backbone
 from cola_moderation.operators.config import ModelConfig
 from cola_moderation.operators.defences.zeroshot import Scores
 from cola_moderation.operators.moderator import BatchVerdict, Moderator
@@ -68,7 +71,7 @@ def sample_pixels(moderator: Moderator) -> tuple[torch.Tensor, torch.Tensor]:
 
 def build(config: PipelineConfig, *, device: str, dtype: str = "fp32", method: str | None = None) -> Moderator:
     model = config.model.model_copy(update={"device": device, "dtype": dtype})
-    return Moderator(ClipBackbone.load(model), taxonomy=config.taxonomy, method=method or config.method,
+    return Moderator(load_backbone(model), taxonomy=config.taxonomy, method=method or config.method,
                      cola=config.cola, detector=config.detector)
 
 
@@ -152,8 +155,7 @@ def rate(function: Callable[[], Any], count: int, device: torch.device, seconds:
     return best
 
 
-def check_throughput(config: PipelineConfig, device: str, pixels: torch.Tensor, batch: int, seconds: float,
-                     vit: bool) -> None:
+def check_throughput(config: PipelineConfig, device: str, pixels: torch.Tensor, batch: int, seconds: float) -> None:
     x = pixels[torch.arange(batch) % len(pixels)]
     for method in ("clip", "cascade", "cola"):
         moderator = build(config, device=device, method=method)
@@ -164,29 +166,82 @@ def check_throughput(config: PipelineConfig, device: str, pixels: torch.Tensor, 
         with torch.inference_mode():
             value = rate(run, batch, moderator.backbone.device, seconds)
         print(f"throughput reference {method:8s} {value:10.0f} img/s (batch {batch}, {device})")
-    if not vit:
-        return
+
+
+def family_checkpoints(directory: Path, *, tiny: bool = False) -> dict[str, Path]:
+    """A ViT-B/32-shaped (``tiny``: a few-layer) random-weight checkpoint per backbone family, under ``directory``."""
+    from cola_moderation.operators.backbones.checkpoint import (
+        OPEN_CLIP_TINY,
+        OPEN_CLIP_VIT_B_32,
+        SIGLIP_TINY,
+        SIGLIP_VIT_B_32,
+        TINY,
+        VIT_B_32,
+        new_clip_model,
+        save_checkpoint,
+        save_open_clip_checkpoint,
+        save_siglip_checkpoint,
+    )
+
+    clip = TINY if tiny else VIT_B_32
+    return {
+        "clip": save_checkpoint(new_clip_model(clip), directory / "clip", image_size=clip.image_size),
+        "open_clip": save_open_clip_checkpoint(directory / "open_clip", OPEN_CLIP_TINY if tiny else OPEN_CLIP_VIT_B_32),
+        "siglip": save_siglip_checkpoint(directory / "siglip", SIGLIP_TINY if tiny else SIGLIP_VIT_B_32),
+    }
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.float().cpu(), b.float().cpu(), dim=-1).min())
+
+
+def check_families(device: str, batch: int, seconds: float, *, tiny: bool = False) -> bool:
+    """Per family: device vs CPU parity (fp32), fp16 / bf16 vs fp32 on the device, image-encoder throughput."""
     import tempfile
 
-    from cola_moderation.operators.backbones.checkpoint import VIT_B_32, new_clip_model, save_checkpoint
-
+    ok = True
+    texts = ["a photo of a cat.", "a photo of a dog.", "nudity", "a weapon on a table."]
     with tempfile.TemporaryDirectory() as directory:
-        path = save_checkpoint(new_clip_model(VIT_B_32), Path(directory), image_size=VIT_B_32.image_size)
-        for dtype in ("fp32", *DTYPES):
-            try:
-                backbone = ClipBackbone.load(ModelConfig.model_validate({"path": str(path), "device": device,
-                                                                         "dtype": dtype}))
-            except Exception as error:  # noqa: BLE001 - fp16 / bf16 on CPU are refused by design
-                print(f"throughput ViT-B/32 encoder {dtype}: not run ({type(error).__name__}: {error})")
-                continue
-            images = torch.rand(batch, 3, VIT_B_32.image_size, VIT_B_32.image_size, device=backbone.device)
-            def encode(backbone: ClipBackbone = backbone, images: torch.Tensor = images) -> torch.Tensor:
-                return backbone.encode_images(images)
+        try:
+            paths = family_checkpoints(Path(directory), tiny=tiny)
+        except Exception as error:  # noqa: BLE001 - e.g. sentencepiece missing for SigLIP: report, go on
+            print(f"families: not run ({type(error).__name__}: {error})")
+            return False
+        for family, path in paths.items():
+            def load(dtype: str, on: str, path: Path = path) -> Backbone:
+                return load_backbone(ModelConfig.model_validate({"path": str(path), "device": on, "dtype": dtype}))
 
-            with torch.inference_mode():
-                value = rate(encode, batch, backbone.device, seconds)
-            print(f"throughput ViT-B/32 encoder {dtype} {value:10.0f} img/s (batch {batch}, {device}, random "
-                  f"weights)")
+            cpu = load("fp32", "cpu")
+            size = cpu.geometry.size
+            images = torch.rand(min(batch, 16), 3, size, size, generator=torch.Generator().manual_seed(0))
+            reference_images, reference_texts = cpu.encode_images(images), cpu.encode_texts(texts)
+            backbones = {"fp32": load("fp32", device)}
+            image_cos = _cosine(backbones["fp32"].encode_images(images), reference_images)
+            text_cos = _cosine(backbones["fp32"].encode_texts(texts), reference_texts)
+            passed = image_cos >= 0.9999 and text_cos >= 0.9999
+            ok &= passed
+            print(f"family {family:9s} parity {'PASS' if passed else 'FAIL'}: min cosine {device} vs cpu (fp32) "
+                  f"images {image_cos:.6f}, texts {text_cos:.6f}")
+            for dtype in DTYPES:
+                try:
+                    backbones[dtype] = load(dtype, device)
+                except Exception as error:  # noqa: BLE001 - fp16 on CPU is refused by design
+                    print(f"family {family:9s} {dtype}: not run ({type(error).__name__}: {error})")
+                    continue
+                low = _cosine(backbones[dtype].encode_images(images), reference_images)
+                print(f"family {family:9s} {dtype}: min cosine to fp32 images {low:.4f}, texts "
+                      f"{_cosine(backbones[dtype].encode_texts(texts), reference_texts):.4f}")
+            timed = torch.rand(batch, 3, size, size)
+            for dtype, backbone in backbones.items():
+                on_device = timed.to(backbone.device)
+                def encode(backbone: Backbone = backbone, pixels: torch.Tensor = on_device) -> torch.Tensor:
+                    return backbone.encode_images(pixels)
+
+                with torch.inference_mode():
+                    value = rate(encode, batch, backbone.device, seconds)
+                print(f"throughput {family:9s} {'tiny' if tiny else 'ViT-B/32'} encoder {dtype} {value:10.0f} img/s "
+                      f"(batch {batch}, {device}, random weights)")
+    return ok
 
 
 def main() -> int:
@@ -195,7 +250,9 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=2.0, help="timing budget per throughput case")
-    parser.add_argument("--skip-vit", action="store_true", help="leave out the ViT-B/32-shaped encoder timing")
+    parser.add_argument("--skip-vit", action="store_true", help="leave out the per-family ViT-B/32-shaped checks")
+    parser.add_argument("--families-only", action="store_true", help="only the per-family checks")
+    parser.add_argument("--tiny", action="store_true", help="per-family checks on tiny models (CPU dry runs)")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"--device {args.device}: CUDA is not available here (torch {torch.__version__}); use --device cpu "
@@ -204,10 +261,14 @@ def main() -> int:
     config = load_config(args.config)
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     print(f"gpu_check: {name}, torch {torch.__version__}, config {args.config.name}")
-    pixels, attacked = sample_pixels(build(config, device="cpu"))
-    ok = check_parity(config, args.device, pixels, args.batch)
-    check_dtypes(config, args.device, pixels, attacked, args.batch)
-    check_throughput(config, args.device, pixels, args.batch, args.seconds, vit=not args.skip_vit)
+    ok = True
+    if not args.families_only:
+        pixels, attacked = sample_pixels(build(config, device="cpu"))
+        ok = check_parity(config, args.device, pixels, args.batch)
+        check_dtypes(config, args.device, pixels, attacked, args.batch)
+        check_throughput(config, args.device, pixels, args.batch, args.seconds)
+    if not args.skip_vit:
+        ok &= check_families(args.device, args.batch, args.seconds, tiny=args.tiny)
     print("gpu_check: " + ("all parity checks passed" if ok else "PARITY FAILED"))
     return 0 if ok else 1
 

@@ -219,7 +219,7 @@ def _optimizers(model: TrainableClip, recipe: TrainingRecipe) -> list[torch.opti
 
 def train_reference(recipe: TrainingRecipe, data: FashionMnist, *, progress: bool = True,
                     on_epoch_end: Callable[[int, Any], None] | None = None) -> TrainingResult:
-    """Train a CLIPModel of ``recipe.shape`` on ``data`` (the Fashion-MNIST train split). Deterministic for a given
+    """Train a CLIP of ``recipe.shape`` on ``data`` (the Fashion-MNIST train split). Deterministic for a given
     seed on a given device and thread count; uses CUDA when ``recipe.device`` is ``auto`` and a GPU is present.
 
     ``on_epoch_end(epoch, model)`` runs after each epoch (1-based) and must not modify the model."""

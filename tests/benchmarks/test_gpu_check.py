@@ -27,6 +27,18 @@ def test_gpu_check_runs_on_cpu_and_passes_its_parity_checks() -> None:
     assert out.rstrip().endswith("gpu_check: all parity checks passed")
 
 
+def test_gpu_check_covers_every_backbone_family() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu",
+                             "--batch", "4", "--seconds", "0.05", "--families-only", "--tiny"],
+                            capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for family in ("clip", "open_clip", "siglip"):
+        assert f"family {family:9s} parity PASS" in out, out
+        assert f"throughput {family:9s} tiny encoder fp32" in out and f"family {family:9s} bf16: min cosine" in out
+    assert out.rstrip().endswith("gpu_check: all parity checks passed")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_gpu_check_without_cuda_says_so() -> None:
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py")], capture_output=True,
