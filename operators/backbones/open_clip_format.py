@@ -7,8 +7,8 @@ open_clip publishes a model as ``open_clip_config.json`` (``model_cfg``: ``embed
 the projections stored transposed). This module does that renaming both ways, builds the matching ``CLIPConfig``
 fields, and writes random open_clip-format checkpoints for tests and benchmarks.
 
-It imports only torch (and safetensors when writing) so that a script running beside real open_clip can import it
-by file path (``tests/operators/backbones/golden/make_open_clip_golden.py``).
+It imports only torch and :mod:`.base` (safetensors when writing), so that a script running beside real open_clip
+can import it from a checkout (``tests/operators/backbones/golden/make_open_clip_golden.py``).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
+from cola_moderation.operators.backbones.base import CLIP_MEAN, CLIP_STD
+
 CONFIG_NAME = "open_clip_config.json"
 SAFETENSORS_NAME = "open_clip_model.safetensors"
 PICKLE_NAMES = ("open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # open_clip config keys whose non-default values change the computation; anything else set here is refused.
 _VISION_DEFAULTS: dict[str, Any] = {
@@ -100,8 +100,8 @@ class OpenClipSpec:
             raise ValueError(f"{CONFIG_NAME}: vision width {width} is not a multiple of head_width {head_width}")
         text_width = int(text.get("width", 512))
         preprocess = config.get("preprocess_cfg", {}) or {}
-        mean = tuple(float(v) for v in preprocess.get("mean", OPENAI_MEAN))
-        std = tuple(float(v) for v in preprocess.get("std", OPENAI_STD))
+        mean = tuple(float(v) for v in preprocess.get("mean", CLIP_MEAN))
+        std = tuple(float(v) for v in preprocess.get("std", CLIP_STD))
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"{CONFIG_NAME}: preprocess_cfg mean/std must have 3 values")
         return cls(
@@ -284,8 +284,8 @@ def random_state_dict(spec: OpenClipSpec, *, seed: int = 0, with_logit_bias: boo
     return state
 
 
-def model_config(spec_fields: dict[str, Any], *, mean: tuple[float, ...] = OPENAI_MEAN,
-                 std: tuple[float, ...] = OPENAI_STD) -> dict[str, Any]:
+def model_config(spec_fields: dict[str, Any], *, mean: tuple[float, ...] = CLIP_MEAN,
+                 std: tuple[float, ...] = CLIP_STD) -> dict[str, Any]:
     """An ``open_clip_config.json`` document for a model_cfg dict, with open_clip's usual preprocess_cfg."""
     return {"model_cfg": spec_fields, "preprocess_cfg": {"mean": list(mean), "std": list(std),
                                                           "interpolation": "bicubic", "resize_mode": "shortest"}}

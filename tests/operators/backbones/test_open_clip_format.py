@@ -13,7 +13,7 @@ def test_spec_of_vit_b_32() -> None:
     spec = fmt.OpenClipSpec.from_config(fmt.model_config(OPEN_CLIP_VIT_B_32))
     assert (spec.vision_width, spec.vision_heads, spec.vision_mlp, spec.image_size) == (768, 12, 3072, 224)
     assert (spec.text_width, spec.text_heads, spec.context_length, spec.quick_gelu) == (512, 8, 77, False)
-    assert spec.mean == fmt.OPENAI_MEAN
+    assert spec.mean == fmt.CLIP_MEAN
     config = spec.transformers_config()
     assert config["vision_config"]["hidden_act"] == "gelu" and config["projection_dim"] == 512
     assert fmt.OpenClipSpec.from_config(OPEN_CLIP_TINY).transformers_config()["text_config"]["hidden_act"] == (

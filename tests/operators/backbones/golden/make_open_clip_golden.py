@@ -16,7 +16,6 @@ and tokenizer) and records the embeddings and zero-shot probabilities of a few i
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import tempfile
@@ -28,7 +27,9 @@ import torch
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
-FORMAT = HERE.parents[3] / "operators" / "backbones" / "open_clip_format.py"
+sys.path.insert(0, str(HERE.parents[3]))  # the checkout: cola_moderation/ links the source folders
+
+from cola_moderation.operators.backbones import open_clip_format as fmt  # noqa: E402 - after the path is set
 
 LABELS = ("cat", "dog", "red car", "tree")
 TEMPLATES = ("a photo of a {}.", "a blurry drawing of the {}.")
@@ -49,15 +50,6 @@ PREPROCESS = {"tiny-gelu-custom-preprocess": {"mean": [0.5, 0.5, 0.5], "std": [0
 SEED = 7
 
 
-def load_format():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("open_clip_format", FORMAT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["open_clip_format"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def pattern(size: int, index: int) -> np.ndarray:
     """A smooth, image-like ``[size, size, 3]`` uint8 pattern (small as PNG), different per ``index``."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float64) / size
@@ -66,13 +58,12 @@ def pattern(size: int, index: int) -> np.ndarray:
 
 
 def main() -> None:
-    fmt = load_format()
     (HERE / "images").mkdir(exist_ok=True)
     golden: dict[str, object] = {"open_clip_version": open_clip.__version__, "torch_version": torch.__version__,
                                  "seed": SEED, "labels": LABELS, "templates": TEMPLATES, "models": {}}
     for name, model_cfg in MODELS.items():
         preprocess = {"interpolation": "bicubic", "resize_mode": "shortest",
-                      "mean": list(fmt.OPENAI_MEAN), "std": list(fmt.OPENAI_STD), **PREPROCESS.get(name, {})}
+                      "mean": list(fmt.CLIP_MEAN), "std": list(fmt.CLIP_STD), **PREPROCESS.get(name, {})}
         config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
         spec = fmt.OpenClipSpec.from_config(config)
         with tempfile.TemporaryDirectory() as tmp:
