@@ -83,9 +83,8 @@ class OpenClipSpec:
                 if key in defaults and value != defaults[key] and not (key == "pool_type" and value is None):
                     raise ValueError(f"{CONFIG_NAME}: model_cfg.{where}.{key}={value!r} is not supported (only the "
                                      "standard ViT CLIP architecture of open_clip is)")
-        for key in ("custom_text", "multimodal_cfg", "init_logit_bias"):
-            if model.get(key) and key != "init_logit_bias":
-                raise ValueError(f"{CONFIG_NAME}: model_cfg.{key} is not supported")
+        if model.get("multimodal_cfg"):
+            raise ValueError(f"{CONFIG_NAME}: model_cfg.multimodal_cfg (CoCa) is not supported")
         layers = vision.get("layers", 12)
         if not isinstance(layers, int):
             raise ValueError(f"{CONFIG_NAME}: vision_cfg.layers={layers!r}: ResNet image towers are not supported")
@@ -191,6 +190,8 @@ def to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """open_clip ViT CLIP state dict -> ``transformers`` ``CLIPModel`` state dict (same tensors, renamed/split)."""
     if any(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
+    # custom_text checkpoints (open_clip's CustomTextCLIP) keep the same text tower under "text."
+    state = {k.removeprefix("text.") if k.startswith("text.") else k: v for k, v in state.items()}
     out: dict[str, torch.Tensor] = {}
     direct = {
         "visual.class_embedding": "vision_model.embeddings.class_embedding",
@@ -261,9 +262,10 @@ def image_tower_to_open_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
-def random_state_dict(spec: OpenClipSpec, *, seed: int = 0, with_logit_bias: bool = False) -> dict[str, torch.Tensor]:
+def random_state_dict(spec: OpenClipSpec, *, seed: int = 0, logit_bias: float | None = None) -> dict[str, torch.Tensor]:
     """Reproducible random weights for ``spec`` (each tensor seeded from ``seed`` and its name, so any torch version
-    and either side of a parity check build the same numbers)."""
+    and either side of a parity check build the same numbers); ``logit_bias`` adds that parameter (sigmoid-trained
+    checkpoints, open_clip's ``init_logit_bias``)."""
     state: dict[str, torch.Tensor] = {}
     for name, shape in spec.shapes().items():
         generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
@@ -279,9 +281,16 @@ def random_state_dict(spec: OpenClipSpec, *, seed: int = 0, with_logit_bias: boo
             if name.endswith("conv1.weight"):
                 fan_in = 3 * spec.patch_size * spec.patch_size
             state[name] = noise / math.sqrt(fan_in) if name.endswith(("weight", "proj", "projection")) else 0.02 * noise
-    if with_logit_bias:
-        state["logit_bias"] = torch.tensor(-10.0)
+    if logit_bias is not None:
+        state["logit_bias"] = torch.tensor([logit_bias])
     return state
+
+
+def as_custom_text(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` in the layout of open_clip's ``CustomTextCLIP`` (``custom_text: true``): the text tower under
+    ``text.``, the image tower and the logit scale / bias where they were."""
+    kept = ("visual.", "logit_scale", "logit_bias")
+    return {k if k.startswith(kept) else f"text.{k}": v for k, v in state.items()}
 
 
 def model_config(spec_fields: dict[str, Any], *, mean: tuple[float, ...] = CLIP_MEAN,

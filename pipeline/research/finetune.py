@@ -240,7 +240,6 @@ class Finetuner:
         self.tower = backbone.trainable_image_tower().to(self.device)
         self.reference = copy.deepcopy(self.tower).eval().requires_grad_(False)
         self.classifier = classifier
-        self.logit_scale = backbone.logit_scale
         self.trained = [p for p in self.tower.parameters() if p.requires_grad]
         decay = [p for n, p in self.tower.named_parameters() if p.ndim >= 2 and "embedding" not in n]
         no_decay = [p for n, p in self.tower.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -259,7 +258,7 @@ class Finetuner:
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         assert self.classifier is not None
-        return self.logit_scale * F.normalize(self.tower(pixels), dim=-1) @ self.classifier.weights.T
+        return self.classifier.logits(F.normalize(self.tower(pixels), dim=-1))
 
     def ce_loss(self, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with self.autocast():

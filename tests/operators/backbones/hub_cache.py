@@ -35,6 +35,9 @@ def write_golden_model(name: str, directory: Path, *, pickle: bool = False, seed
     was run on (``seed`` overrides the golden seed, for a checkpoint with other weights)."""
     config = GOLDEN["models"][name]["config"]
     spec = fmt.OpenClipSpec.from_config(config)
-    state = fmt.random_state_dict(spec, seed=GOLDEN["seed"] if seed is None else seed)
+    state = fmt.random_state_dict(spec, seed=GOLDEN["seed"] if seed is None else seed,
+                                  logit_bias=config["model_cfg"].get("init_logit_bias"))
+    if config["model_cfg"].get("custom_text"):
+        state = fmt.as_custom_text(state)
     return fmt.write_checkpoint(directory, config, state, pickle=pickle)
 

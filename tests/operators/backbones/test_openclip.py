@@ -44,7 +44,11 @@ def test_embeddings_and_zero_shot_match_real_open_clip(name: str, tmp_path: Path
     entry = GOLDEN["models"][name]
     backbone = _load(write_golden_model(name, tmp_path / name))
     config = entry["config"]
-    assert backbone.family == "open_clip" and backbone.logit_bias is None
+    assert backbone.family == "open_clip"
+    if entry["logit_bias"] is None:
+        assert backbone.logit_bias is None
+    else:
+        assert backbone.logit_bias == pytest.approx(entry["logit_bias"])
     assert backbone.geometry.size == config["model_cfg"]["vision_cfg"]["image_size"]
     assert list(backbone.geometry.mean) == config["preprocess_cfg"]["mean"]
     assert backbone.embed_dim == config["model_cfg"]["embed_dim"]
@@ -57,7 +61,8 @@ def test_embeddings_and_zero_shot_match_real_open_clip(name: str, tmp_path: Path
     torch.testing.assert_close(backbone.encode_texts(entry["texts"]), torch.tensor(entry["text_embeddings"]), rtol=0,
                                atol=1e-5)
     taxonomy = TaxonomyConfig(labels=GOLDEN["labels"], templates=GOLDEN["templates"])
-    classifier = ZeroShotClassifier(TextBank.build(backbone, taxonomy), logit_scale=backbone.logit_scale)
+    classifier = ZeroShotClassifier(TextBank.build(backbone, taxonomy), logit_scale=backbone.logit_scale,
+                                    logit_bias=backbone.logit_bias)
     probs = classifier.scores(images).probs
     torch.testing.assert_close(probs, torch.tensor(entry["zero_shot_probs"]), rtol=0, atol=1e-5)
     assert probs.argmax(-1).tolist() == torch.tensor(entry["zero_shot_probs"]).argmax(-1).tolist()

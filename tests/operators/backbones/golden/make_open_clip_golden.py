@@ -42,6 +42,12 @@ MODELS = {
                                     "vision_cfg": {"image_size": 48, "layers": 3, "width": 96, "patch_size": 16,
                                                    "head_width": 48, "mlp_ratio": 2.0},
                                     "text_cfg": {**TINY_TEXT, "context_length": 24, "mlp_ratio": 3.0}},
+    "tiny-custom-text": {"embed_dim": 32, "quick_gelu": True, "custom_text": True,
+                         "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+                         "text_cfg": TINY_TEXT},
+    "tiny-logit-bias": {"embed_dim": 32, "quick_gelu": True, "init_logit_bias": -2.0,
+                        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+                        "text_cfg": TINY_TEXT},
     # open_clip's own ViT-B-32.json (GELU), as shipped in open_clip/model_configs
     "vit-b-32": {"embed_dim": 512, "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 32},
                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}},
@@ -67,7 +73,10 @@ def main() -> None:
         config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
         spec = fmt.OpenClipSpec.from_config(config)
         with tempfile.TemporaryDirectory() as tmp:
-            fmt.write_checkpoint(Path(tmp), config, fmt.random_state_dict(spec, seed=SEED))
+            state = fmt.random_state_dict(spec, seed=SEED, logit_bias=model_cfg.get("init_logit_bias"))
+            if model_cfg.get("custom_text"):
+                state = fmt.as_custom_text(state)
+            fmt.write_checkpoint(Path(tmp), config, state)
             model, _, transform = open_clip.create_model_and_transforms(f"local-dir:{tmp}")
             tokenizer = open_clip.get_tokenizer(f"local-dir:{tmp}")
         model.eval()
@@ -82,11 +91,14 @@ def main() -> None:
             image_features = model.encode_image(pixels, normalize=True)
             text_features = model.encode_text(tokenizer(texts), normalize=True)
             classifier = open_clip.build_zero_shot_classifier(model, tokenizer, LABELS, TEMPLATES)  # [d, K]
-            probs = (model.logit_scale.exp() * image_features @ classifier).softmax(dim=-1)
+            logits = model.logit_scale.exp() * image_features @ classifier
+            # sigmoid-trained checkpoints score each class on its own, as open_clip's get_logits does with a bias
+            probs = logits.softmax(dim=-1) if model.logit_bias is None else (logits + model.logit_bias).sigmoid()
         tokens = [[int(t) for t in row[: int(row.argmax()) + 1]] for row in tokenizer(texts)]
         golden["models"][name] = {  # type: ignore[index]
             "config": config, "images": images, "texts": texts, "tokens": tokens,
             "logit_scale": float(model.logit_scale.detach().exp()),
+            "logit_bias": None if model.logit_bias is None else float(model.logit_bias.detach()),
             "image_embeddings": image_features.tolist(), "text_embeddings": text_features.tolist(),
             "zero_shot_probs": probs.tolist(),
         }
