@@ -26,6 +26,7 @@ from cola_moderation.operators.backbones.base import CLIP_MEAN, CLIP_STD
 
 CONFIG_NAME = "open_clip_config.json"
 SAFETENSORS_NAME = "open_clip_model.safetensors"
+CLIP_VOCAB_SIZE = 49408
 PICKLE_NAMES = ("open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
 
 # open_clip config keys whose non-default values change the computation; anything else set here is refused.
@@ -98,6 +99,9 @@ class OpenClipSpec:
         if width % head_width:
             raise ValueError(f"{CONFIG_NAME}: vision width {width} is not a multiple of head_width {head_width}")
         text_width = int(text.get("width", 512))
+        if int(text.get("vocab_size", CLIP_VOCAB_SIZE)) != CLIP_VOCAB_SIZE:
+            raise ValueError(f"{CONFIG_NAME}: model_cfg.text_cfg.vocab_size={text.get('vocab_size')} is not CLIP's BPE "
+                             f"vocabulary ({CLIP_VOCAB_SIZE}): the checkpoint needs a tokenizer of its own")
         preprocess = config.get("preprocess_cfg", {}) or {}
         mean = tuple(float(v) for v in preprocess.get("mean", CLIP_MEAN))
         std = tuple(float(v) for v in preprocess.get("std", CLIP_STD))
@@ -107,7 +111,7 @@ class OpenClipSpec:
             embed_dim=int(model["embed_dim"]), image_size=int(image_size), patch_size=int(patch_size),
             vision_width=width, vision_layers=int(layers), vision_heads=width // head_width,
             vision_mlp=int(width * float(vision.get("mlp_ratio", 4.0))),
-            context_length=int(text.get("context_length", 77)), vocab_size=int(text.get("vocab_size", 49408)),
+            context_length=int(text.get("context_length", 77)), vocab_size=int(text.get("vocab_size", CLIP_VOCAB_SIZE)),
             text_width=text_width, text_heads=int(text.get("heads", 8)), text_layers=int(text.get("layers", 12)),
             text_mlp=int(text_width * float(text.get("mlp_ratio", 4.0))), quick_gelu=bool(model.get("quick_gelu")),
             mean=(mean[0], mean[1], mean[2]), std=(std[0], std[1], std[2]),

@@ -73,14 +73,14 @@ class ModelSource:
         from huggingface_hub import hf_hub_download, try_to_load_from_cache
         from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
-        assert self.repo_id is not None
-        cached = try_to_load_from_cache(self.repo_id, name, revision=self.revision)
+        repo_id = str(self.repo_id)
+        cached = try_to_load_from_cache(repo_id, name, revision=self.revision)
         if isinstance(cached, str):
             return Path(cached)
         if cached is not None or hub_offline():  # cached "no such file" marker, or not allowed to look
             return None
         try:
-            return Path(hf_hub_download(self.repo_id, name, revision=self.revision))
+            return Path(hf_hub_download(repo_id, name, revision=self.revision))
         except EntryNotFoundError:
             return None
         except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:

@@ -30,7 +30,7 @@ from cola_moderation.operators.errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
-                   "spiece.model", "added_tokens.json")
+                   "spiece.model", "tokenizer.model", "added_tokens.json")
 """Tokenizer files a checkpoint may have; fine-tuned checkpoints get the base's copies byte for byte."""
 PROCESSOR_FILE = "preprocessor_config.json"
 COPIED_FILES = (*TOKENIZER_FILES, PROCESSOR_FILE, "config.json")

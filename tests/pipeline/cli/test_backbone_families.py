@@ -27,6 +27,8 @@ from cola_moderation.operators.backbones.checkpoint import SIGLIP_TINY, save_sig
 from tests.operators.backbones.hub_cache import GOLDEN, HERE, put_in_hub_cache, write_golden_model
 from tests.pipeline.cli.test_serve import free_port, wait_healthy
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[3]
 TOLERANCE = 1e-4
 
