@@ -44,9 +44,9 @@ def signals(moderator: Moderator, pixels: torch.Tensor, *, batch: int = 200) -> 
             screen = moderator.prescreen(x, method="cascade")
             cola = moderator.cola.score_pixels(moderator.backbone, x, known=screen.known)
             assert screen.noise_shift is not None
-            terms = moderator.detector.terms(screen.residual, screen.logits.softmax(dim=-1),
-                                             view_shift=cola.view_shift, noise_shift=screen.noise_shift,
-                                             cola_probs=cola.scores.probs)
+            probs = moderator.zero_shot.scores_of_logits(screen.logits).probs
+            terms = moderator.detector.terms(screen.residual, probs, view_shift=cola.view_shift,
+                                             noise_shift=screen.noise_shift, cola_probs=cola.scores.probs)
             rows.append(torch.stack([terms[name] for name in SIGNALS], dim=1).float())
     return torch.cat(rows)
 

@@ -1,6 +1,6 @@
 """L-inf projected gradient descent (PGD) on pixel inputs in [0, 1], for robustness evaluation.
 
-The attacked function takes raw pixels; the model's normalisation happens inside it (``ClipBackbone.encode_images``
+The attacked function takes raw pixels; the model's normalisation happens inside it (``Backbone.encode_images``
 normalises), so the eps ball and the [0, 1] box are in pixel space as in the papers. Loss functions are built here
 for plain CLIP (the gray-box setting of the COLA paper) and for COLA itself (adaptive: gradients through the views,
 projection and OT, with optional EOT over freshly drawn views at every step).

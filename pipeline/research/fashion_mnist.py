@@ -49,7 +49,7 @@ class FashionMnist:
         return int(self.labels.shape[0])
 
     def pixels(self, indices: torch.Tensor | slice | None = None) -> torch.Tensor:
-        """``[n, 3, 28, 28]`` float32 RGB pixels in [0, 1] (the grey channel repeated), as ClipBackbone expects."""
+        """``[n, 3, 28, 28]`` float32 RGB pixels in [0, 1] (the grey channel repeated), as backbones expect."""
         images = self.images if indices is None else self.images[indices]
         return images.unsqueeze(1).expand(-1, 3, -1, -1).float().div(255.0)
 
