@@ -302,31 +302,37 @@ class ParquetSink(Sink):
         self._completed.update(keys)
 
     def _write(self, table: pa.Table, target: Location) -> None:
-        fs = self.root.filesystem
-        compression = None if self.config.compression == "none" else self.config.compression
-        fs.create_dir(target.path.rsplit("/", 1)[0], recursive=True)
-        if not target.local:  # object stores: the object appears only once its upload completed
-            with fs.open_output_stream(target.path) as handle:
-                pq.write_table(table, handle, compression=compression)
-            return
-        temp = f"{target.path.rsplit('/', 1)[0]}/.{target.name}.{os.getpid()}.tmp"
-        try:
-            with open(temp, "wb") as handle:
-                pq.write_table(table, handle, compression=compression)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, target.path)
-        finally:
-            if os.path.exists(temp):
-                os.unlink(temp)
-        directory = os.open(os.path.dirname(target.path), os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_table(table, target, compression=None if self.config.compression == "none" else self.config.compression)
 
     def close(self) -> None:
         """Write the batches accepted by :meth:`flush` (records added since the last flush belong to no complete
         batch and are dropped)."""
         self._records, self._dead = [], []
         self.write_roll()
+
+
+def write_table(table: pa.Table, target: Location, *, compression: str | None = "snappy") -> None:
+    """Write ``table`` as the Parquet file ``target`` so that readers see all of it or nothing: on object stores the
+    object appears once its upload completed; on local disks a temp file is fsynced, renamed into place and the
+    directory fsynced. Raises ``OSError`` (callers name the file in their own error)."""
+    fs = target.filesystem
+    fs.create_dir(target.path.rsplit("/", 1)[0], recursive=True)
+    if not target.local:
+        with fs.open_output_stream(target.path) as handle:
+            pq.write_table(table, handle, compression=compression)
+        return
+    temp = f"{target.path.rsplit('/', 1)[0]}/.{target.name}.{os.getpid()}.tmp"
+    try:
+        with open(temp, "wb") as handle:
+            pq.write_table(table, handle, compression=compression)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, target.path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    directory = os.open(os.path.dirname(target.path), os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

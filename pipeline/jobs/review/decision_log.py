@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -24,11 +23,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from cola_moderation.connectors.config import KafkaConfig
 from cola_moderation.connectors.errors import SinkWriteError
 from cola_moderation.connectors.filesystem import Location, location
+from cola_moderation.connectors.parquet.sink import write_table
 from cola_moderation.connectors.records import Route
 from cola_moderation.pipeline.runtime.decisions import (
     DECISION_ARROW_SCHEMA,
@@ -57,22 +56,8 @@ class ParquetDecisions:
                                                                  "cola.record-type": "decision"})
         name = f"part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}.parquet"
         target = self.partition.child(name)
-        fs = self.root.filesystem
         try:
-            if not target.local:
-                with fs.open_output_stream(target.path) as handle:
-                    pq.write_table(table, handle)
-                return
-            temp = f"{self.partition.path}/.{name}.{os.getpid()}.tmp"
-            try:
-                with open(temp, "wb") as handle:
-                    pq.write_table(table, handle)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temp, target.path)
-            finally:
-                if os.path.exists(temp):
-                    os.unlink(temp)
+            write_table(table, target)
         except OSError as exc:
             raise SinkWriteError(f"cannot write decision file {target}: {exc}") from exc
 
