@@ -63,6 +63,13 @@ class LabelConfig(Section):
     """Phrases substituted into each prompt template; defaults to the name itself."""
     descriptions: tuple[str, ...] = ()
     """Whole sentences used as-is (not templated), e.g. LLM-written class descriptions."""
+    examples: str | None = None
+    """Few-shot: example images of this label, as a folder, a glob (``ads/*.jpg``) or a Parquet file (column
+    ``image``: bytes or paths); relative paths resolve from the config file's folder. Their mean image embedding
+    (the prototype) joins the label's texts by the rule in :mod:`cola_moderation.operators.defences.fewshot`."""
+    examples_weight: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """Share of the prototype in the label's class vector: 0.5 weighs it as much as all its texts together; 1 lets
+    the examples alone define the label (for names no text describes)."""
 
     def phrases(self) -> tuple[str, ...]:
         return self.synonyms or (self.name.replace("_", " "),)

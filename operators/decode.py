@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -150,24 +151,31 @@ class Frames:
     count: int
 
 
-def decode_frames(data: bytes, *, size: int, config: DecodeConfig, budget: PixelBudget | None = None) -> Frames:
+def decode_frames(data: bytes, *, size: int, config: DecodeConfig, budget: PixelBudget | None = None,
+                  first: Callable[[Image.Image], None] | None = None) -> Frames:
     """Decode ``data`` at ``size`` x ``size``: one frame for a still image; for an animated or multi-page one the
     frames :func:`~cola_moderation.operators.frames.sample_frames` picks (``decode.max_frames``). Every frame up to
     the last sampled one is decoded (GIF and APNG frames build on the previous ones), so ``frames x width x height``
-    must stay within ``decode.max_pixels``; a larger animation is refused rather than judged by part of it."""
+    must stay within ``decode.max_pixels``; a larger animation is refused rather than judged by part of it.
+    ``first`` is called with the first frame as opened (RGB, upright, box-reduced; before the resize and crop): the
+    matching stage's hook."""
     image = _open_checked(data, size=size, config=config)
     width, height = image.size
     count = int(getattr(image, "n_frames", 1) or 1) if image.format in ANIMATED_FORMATS else 1
     with budget.hold(width * height) if budget is not None else nullcontext():
         if count == 1 or config.max_frames == 1:
-            return Frames([to_array(resize_center_crop(_finish(image, size), size))], (0,), count)
+            finished = _finish(image, size)
+            if first is not None:
+                first(finished)
+            return Frames([to_array(resize_center_crop(finished, size))], (0,), count)
         if count * width * height > config.max_pixels:
             raise DecodeError(f"too many pixels in the animation: {count} frames of {width}x{height} = "
                               f"{count * width * height} > decode.max_pixels={config.max_pixels}")
-        return _sample(image, data, size=size, count=count, max_frames=config.max_frames)
+        return _sample(image, data, size=size, count=count, max_frames=config.max_frames, first=first)
 
 
-def _sample(image: Image.Image, data: bytes, *, size: int, count: int, max_frames: int) -> Frames:
+def _sample(image: Image.Image, data: bytes, *, size: int, count: int, max_frames: int,
+            first: Callable[[Image.Image], None] | None = None) -> Frames:
     """One pass over the frames in order: durations read as the frames go by; the fixed picks (first, last, evenly
     spaced) and the longest-displayed frame so far are kept at the model's size."""
     durations: list[float | None] = [None] * count
@@ -185,8 +193,11 @@ def _sample(image: Image.Image, data: bytes, *, size: int, count: int, max_frame
         duration = float(raw) if isinstance(raw, (int, float)) else None
         durations[index] = duration
         is_longest = duration is not None and (longest is None or duration > longest[0])
-        if index in fixed or is_longest:
-            kept[index] = to_array(resize_center_crop(_finish(image, size), size))
+        if index in fixed or is_longest or (index == 0 and first is not None):
+            finished = _finish(image, size)
+            if index == 0 and first is not None:
+                first(finished)
+            kept[index] = to_array(resize_center_crop(finished, size))
         if is_longest and duration is not None:
             if longest is not None and longest[1] not in fixed:
                 kept.pop(longest[1], None)
@@ -296,6 +307,9 @@ class DecodedBatch:
     animated input has one row per sampled frame, adjacent, its position repeated in ``indices``."""
     frame_counts: dict[int, int] = field(default_factory=dict)
     """Input position -> frames in the file, for inputs with more than one."""
+    hashes: dict[int, Any] = field(default_factory=dict)
+    """Input position -> what the decoder's ``hasher`` made of it and its first frame (empty without one; see
+    :mod:`cola_moderation.operators.matching`)."""
 
 
 class ImageDecoder:
@@ -304,16 +318,25 @@ class ImageDecoder:
     Create one per worker and reuse it; :meth:`close` stops the threads.
     """
 
-    def __init__(self, *, size: int, config: DecodeConfig | None = None) -> None:
+    def __init__(self, *, size: int, config: DecodeConfig | None = None,
+                 hasher: Callable[[bytes, Image.Image], Any] | None = None) -> None:
+        """``hasher``: called with each input's bytes and its first frame as opened (RGB, oriented, before the
+        model's resize and crop); its results land in :attr:`DecodedBatch.hashes` (the matching stage's signals)."""
         self.size = size
+        self.hasher = hasher
         self.config = config or DecodeConfig()
         self.budget = PixelBudget(self.config.max_concurrent_pixels)
         workers = self.config.workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers > 1 else None
 
-    def _decode_one(self, data: bytes) -> Frames | DecodeError:
+    def _decode_one(self, data: bytes) -> Frames | tuple[Frames, Any] | DecodeError:
         try:
-            return decode_frames(data, size=self.size, config=self.config, budget=self.budget)
+            if self.hasher is None:
+                return decode_frames(data, size=self.size, config=self.config, budget=self.budget)
+            hasher, hashed = self.hasher, []
+            frames = decode_frames(data, size=self.size, config=self.config, budget=self.budget,
+                                   first=lambda image: hashed.append(hasher(data, image)))
+            return frames, (hashed[0] if hashed else None)
         except DecodeError as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - a codec bug must not take the batch down; it is reported per input
@@ -322,7 +345,9 @@ class ImageDecoder:
     def decode(self, items: Sequence[bytes], *, uint8: bool = False) -> DecodedBatch:
         """Decode ``items``; ``uint8=True`` keeps the pixels as bytes (``[0, 255]``) instead of floats. Animated
         inputs give one row per sampled frame (:attr:`DecodedBatch.frames`)."""
-        results = list(self._pool.map(self._decode_one, items)) if self._pool else [self._decode_one(b) for b in items]
+        outcomes = list(self._pool.map(self._decode_one, items)) if self._pool else [self._decode_one(b) for b in items]
+        hashes = {i: r[1] for i, r in enumerate(outcomes) if isinstance(r, tuple) and r[1] is not None}
+        results = [r[0] if isinstance(r, tuple) else r for r in outcomes]
         errors = {i: r for i, r in enumerate(results) if isinstance(r, DecodeError)}
         arrays: list[np.ndarray] = []
         indices: list[int] = []
@@ -342,7 +367,7 @@ class ImageDecoder:
         else:
             pixels = torch.empty((0, 3, self.size, self.size), dtype=torch.uint8 if uint8 else torch.float32)
         return DecodedBatch(pixels=pixels, indices=tuple(indices), errors=errors,
-                            frames=tuple(frames) if counts else (), frame_counts=counts)
+                            frames=tuple(frames) if counts else (), frame_counts=counts, hashes=hashes)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -11,6 +11,9 @@ sends that share of all records to ``review`` whatever they scored, chosen by a 
 same id is always in or out, so a rerun samples the same records). :attr:`Decision.review_reasons` says which
 conditions asked for review: ``band:<label>:[low,high)``, ``rule:<label>>=<t>``, ``suspected_adversarial``,
 ``audit_sample``.
+
+A hash-bank match (:meth:`Policy.with_match`) escalates the same way: the bank's ``allow`` / ``review`` / ``block``,
+or the policy's rule for the label the bank attaches, taken at score 1 (review reason ``match:<bank>``).
 """
 
 from __future__ import annotations
@@ -160,3 +163,22 @@ class Policy:
             if SEVERITY[decision.action] > SEVERITY[best[1].action]:
                 best = (frame, decision)
         return best
+
+    def with_match(self, decision: Decision | None, *, bank: str, action: str) -> Decision:
+        """``decision`` (the model's; ``None`` when the model was skipped) escalated by a match in ``bank``, whose
+        ``action`` is ``allow`` / ``review`` / ``block`` or a label to attach (its rule applies at score 1; a label
+        without a rule adds nothing beyond ``default_action``). The strictest action wins."""
+        if action in SEVERITY:
+            bank_action: Action = action  # type: ignore[assignment]
+            reasons: tuple[str, ...] = (f"match:{bank}",)
+        else:
+            by_label = self.decide([(action, 1.0)], suspected_adversarial=False)
+            bank_action, reasons = by_label.action, (f"match:{bank}", *by_label.reasons)
+        base = decision.action if decision is not None else self.config.default_action
+        final: Action = bank_action if SEVERITY[bank_action] > SEVERITY[base] else base
+        prior = decision.reasons if decision is not None else ()
+        review = decision.review_reasons if decision is not None else ()
+        if bank_action == "review":
+            review = (*review, f"match:{bank}")
+        return Decision(action=final, quarantine=final in self.config.quarantine_actions, reasons=(*prior, *reasons),
+                        review_reasons=review)

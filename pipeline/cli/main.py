@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "robust accuracy of CLIP / COLA / cascade under L-inf attacks; JSON report and plot"),
     "calibrate": ("calibrate", "fit the detector's centres and threshold on clean images for a target FPR"),
     "review": ("review", "reviewer console + HTTP API over a quarantine route; decisions to the decisions route"),
+    "hash": ("hash", "PDQ + MD5 of image files (to build hash banks for matching.banks)"),
+    "bank": ("bank", "hash banks: `cola bank add BANK --input PARQUET` appends reviewed items"),
 }
 
 

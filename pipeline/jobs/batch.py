@@ -15,7 +15,8 @@ Stages (a streaming Ray Data pipeline; every batch between stages is an Arrow ta
 * decode: :class:`~cola_moderation.operators.decode.ImageDecoder` in CPU tasks (``ray.decode_num_cpus`` each) adds
   ``pixels`` (uint8 ``[3, size, size]`` tensors), ``decode_error``, and for animated inputs the sampled ``frames``,
   ``frame_count`` and ``extra_frames`` (the frames after the first, as bytes); the image bytes of a row that decoded are
-  dropped here (kept only for dead letters).
+  dropped here (kept only for dead letters). With ``matching.banks`` it also adds each row's ``md5`` / ``pdq`` /
+  ``pdq_quality`` (the matching stage's signals, computed on the image this task decoded).
 * model: :class:`~cola_moderation.pipeline.runtime.worker.ModerationWorker` in an actor pool
   (``ray.actor_pool_min..max`` actors, each reserving ``ray.worker_num_cpus`` / ``ray.worker_num_gpus`` /
   ``ray.worker_resources``) turns the pixels into the output record's Arrow columns (one outcome per row, in order);
@@ -35,6 +36,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,7 @@ from cola_moderation.operators.backbones.registry import load_geometry
 from cola_moderation.operators.config import DecodeConfig
 from cola_moderation.operators.decode import DecodedBatch, ImageDecoder
 from cola_moderation.operators.errors import DecodeError
+from cola_moderation.operators.matching.signals import Hasher, ImageHashes
 from cola_moderation.pipeline.jobs.preflight import check_output_directory
 from cola_moderation.pipeline.jobs.ray_errors import raise_ours
 from cola_moderation.pipeline.jobs.ray_runtime import check_worker_resources, init_ray, quiet_ray_console
@@ -95,7 +98,7 @@ def read_file(items: pa.Table, *, files: list[Location], passthrough: pa.Schema,
                 yield table
 
 
-def decode_rows(batch: pa.Table, *, size: int, config: DecodeConfig) -> pa.Table:
+def decode_rows(batch: pa.Table, *, size: int, config: DecodeConfig, hashing: bool = False) -> pa.Table:
     """Decode stage: adds ``pixels`` (uint8 ``[3, size, size]`` per row, zeros where decoding failed) and
     ``decode_error`` (null when the row decoded); ``payload`` keeps only the bytes of rows that failed."""
     from ray.data.extensions import ArrowTensorArray  # in the task: importing ray early would bypass init_ray
@@ -103,7 +106,8 @@ def decode_rows(batch: pa.Table, *, size: int, config: DecodeConfig) -> pa.Table
     n = batch.num_rows
     pending = [i for i, error in enumerate(batch.column("error_class").to_pylist()) if error is None]
     payload = batch.column("payload")
-    with ImageDecoder(size=size, config=config.model_copy(update={"workers": 1})) as decoder:
+    hasher = Hasher() if hashing else None
+    with ImageDecoder(size=size, config=config.model_copy(update={"workers": 1}), hasher=hasher) as decoder:
         decoded = decoder.decode([payload[i].as_py() for i in pending], uint8=True)
     pixels = np.zeros((n, 3, size, size), dtype=np.uint8)
     frames: list[list[int] | None] = [None] * n  # animated rows: the sampled frame indices
@@ -126,11 +130,19 @@ def decode_rows(batch: pa.Table, *, size: int, config: DecodeConfig) -> pa.Table
     keep = pa.array([i not in decoded_rows for i in range(n)], pa.bool_())
     batch = batch.set_column(batch.schema.get_field_index("payload"), "payload",
                              pc.if_else(keep, payload, pa.scalar(None, pa.large_binary())))
-    return (batch.append_column("decode_error", pa.array(errors, pa.string()))
-            .append_column("pixels", ArrowTensorArray.from_numpy(pixels))
-            .append_column("frames", pa.array(frames, pa.list_(pa.int32())))
-            .append_column("frame_count", pa.array(counts, pa.int32()))
-            .append_column("extra_frames", pa.array(extra, pa.large_binary())))
+    batch = (batch.append_column("decode_error", pa.array(errors, pa.string()))
+             .append_column("pixels", ArrowTensorArray.from_numpy(pixels))
+             .append_column("frames", pa.array(frames, pa.list_(pa.int32())))
+             .append_column("frame_count", pa.array(counts, pa.int32()))
+             .append_column("extra_frames", pa.array(extra, pa.large_binary())))
+    if hashing:
+        hashes: list[ImageHashes | None] = [None] * n
+        for index, value in decoded.hashes.items():
+            hashes[pending[index]] = value
+        batch = batch.append_column("md5", pa.array([h and h.md5 for h in hashes], pa.string())).append_column(
+            "pdq", pa.array([h and h.pdq for h in hashes], pa.string())).append_column(
+            "pdq_quality", pa.array([h and h.pdq_quality for h in hashes], pa.int32()))
+    return batch
 
 
 def decoded_batch(batch: pa.Table, live: list[int], decoded_rows: list[int], errors: dict[int, DecodeError]
@@ -179,6 +191,11 @@ class ModelStage:
         decoded = decoded_batch(batch, live, decoded_rows, {k: DecodeError(cols["decode_error"][i])
                                                             for k, i in enumerate(live)
                                                             if cols["decode_error"][i] is not None})
+        if "md5" in batch.column_names:  # the matching stage's signals from the decode tasks
+            signals = batch.select(["md5", "pdq", "pdq_quality"]).to_pydict()
+            decoded = replace(decoded, hashes={
+                k: ImageHashes(md5=signals["md5"][live[k]], pdq=signals["pdq"][live[k]],
+                               pdq_quality=signals["pdq_quality"][live[k]]) for k in decoded_rows})
         outcomes = self.worker.process_decoded(records, decoded, received_at=received_at).outcomes
         routes = [Route.DEAD_LETTER.value] * n
         error_class, error_message, error_stage = cols["error_class"], cols["error_message"], cols["error_stage"]
@@ -314,7 +331,8 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
         .map_batches(partial(read_file, files=files, passthrough=passthrough, config=config.parquet, done=done,
                              max_image_bytes=config.decode.max_bytes, conflicts=conflicts), batch_size=1,
                      num_cpus=READ_NUM_CPUS, batch_format="pyarrow")
-        .map_batches(partial(decode_rows, size=geometry.size, config=config.decode),
+        .map_batches(partial(decode_rows, size=geometry.size, config=config.decode,
+                             hashing=config.matching.enabled),
                      batch_size=config.model.batch_size, num_cpus=config.ray.decode_num_cpus, batch_format="pyarrow")
     )
     with warnings.catch_warnings():  # max_restarts is accepted only as a deprecated extra remote argument

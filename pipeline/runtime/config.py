@@ -25,6 +25,9 @@ from cola_moderation.operators.config import (
 from cola_moderation.operators.defences.registry import METHODS
 from cola_moderation.operators.detector.calibration import calibrated_detector
 from cola_moderation.operators.errors import ConfigError
+from cola_moderation.operators.matching.banks import load_bank, resolve_path
+from cola_moderation.operators.matching.config import MatchingConfig
+from cola_moderation.operators.matching.signals import Hasher
 from cola_moderation.operators.policy import PolicyConfig
 from cola_moderation.pipeline.runtime.ray_config import RayConfig, ServeConfig, StreamConfig
 from cola_moderation.resources import config_path
@@ -43,6 +46,8 @@ class PipelineConfig(Section):
     cola: ColaConfig = ColaConfig()
     detector: DetectorConfig = DetectorConfig()
     policy: PolicyConfig = PolicyConfig()
+    matching: MatchingConfig = MatchingConfig()
+    """Hash banks matched before the model (:mod:`cola_moderation.operators.matching`)."""
     kafka: KafkaConfig = KafkaConfig()
     parquet: ParquetConfig = ParquetConfig()
     ray: RayConfig = RayConfig()
@@ -89,10 +94,25 @@ def parse_config(data: Any, *, source: str = "<dict>", base_dir: Path | None = N
         roots = [str((base_dir / root).resolve()) if isinstance(root, str) and root else root
                  for root in parquet["image_roots"]]
         data = {**data, "parquet": {**parquet, "image_roots": roots}}
+    taxonomy = data.get("taxonomy")
+    if base_dir is not None and isinstance(taxonomy, dict) and isinstance(taxonomy.get("labels"), list):
+        labels = [{**label, "examples": resolve_path(label["examples"], base_dir)}
+                  if isinstance(label, dict) and isinstance(label.get("examples"), str) else label
+                  for label in taxonomy["labels"]]
+        data = {**data, "taxonomy": {**taxonomy, "labels": labels}}
+    matching = data.get("matching")
+    if base_dir is not None and isinstance(matching, dict) and isinstance(matching.get("banks"), dict):
+        banks = {name: {**bank, "path": resolve_path(bank["path"], base_dir)}
+                 if isinstance(bank, dict) and isinstance(bank.get("path"), str) else bank
+                 for name, bank in matching["banks"].items()}
+        data = {**data, "matching": {**matching, "banks": banks}}
     try:
         config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source=source)) from None
+    for name, bank in config.matching.banks.items():  # bad bank files fail here, one line naming file and row
+        if load_bank(name, bank).pdq_hex:
+            Hasher()  # PDQ needs the [matching] extra: say so now, not in the first worker
     if not calibrate:
         return config
     detector = calibrated_detector(config.model, config.detector, config.method)

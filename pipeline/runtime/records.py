@@ -4,14 +4,16 @@ columns (Parquet) defined here once.
 Fields (see docs/records.md; JSON Schema: ``cola_moderation/pipeline/runtime/schemas/output-record.schema.json``):
 ``schema_version, id, label, score, topk[{label, score}], action, adversarial_score, suspected_adversarial, method,
 model, policy_version, source{topic, partition, offset | file, row | request}, processed_at (ISO 8601 UTC in JSON,
-timestamp[us, UTC] in Arrow), latency_ms, metadata{...passthrough...}, review_reasons[...], frame, frame_count``.
+timestamp[us, UTC] in Arrow), latency_ms, metadata{...passthrough...}, review_reasons[...], frame, frame_count,
+decided_by (model | match), match{bank, signal_type, distance, hash, label} | null``.
 
 Version history: 1 - first release; 2 - Parquet output is one hive-partitioned dataset (``route=...``, dead-letter
 columns in the same schema, passthrough clashes renamed ``metadata_<name>``), Kafka messages carry ``content-type``
 and ``cola.schema-version`` headers. The JSON fields did not change. 3 - ``review_reasons`` (the policy conditions that
 asked for review: label bands and rules, adversarial, audit sample), and ``frame``, ``frame_count`` (the deciding frame
-of an animated input; 0 and 1 for a still image; optional in JSON, readers default them), the last record columns in
-Arrow.
+of an animated input; 0 and 1 for a still image; optional in JSON, readers default them), and ``decided_by``,
+``match`` (the hash-bank hit of the matching stage; optional in JSON, readers default them to ``model`` and null), the
+last record columns in Arrow.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from cola_moderation.connectors.records import (
 )
 
 if TYPE_CHECKING:
+    from cola_moderation.operators.matching.matcher import Match
     from cola_moderation.operators.moderator import Moderation
     from cola_moderation.operators.policy import Decision
 
@@ -50,13 +53,15 @@ SCHEMA_FILE = "output-record.schema.json"
 
 SOURCE_TYPE = SOURCE_ARROW_TYPE
 TOPK_TYPE = pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))
+MATCH_TYPE = pa.struct([("bank", pa.string()), ("signal_type", pa.string()), ("distance", pa.int32()),
+                        ("hash", pa.string()), ("label", pa.string())])
 ARROW_SCHEMA = pa.schema([
     ("schema_version", pa.int32()), ("id", pa.string()), ("label", pa.string()), ("score", pa.float64()),
     ("topk", TOPK_TYPE), ("action", pa.string()), ("adversarial_score", pa.float64()),
     ("suspected_adversarial", pa.bool_()), ("method", pa.string()), ("model", pa.string()),
     ("policy_version", pa.string()), ("source", SOURCE_TYPE), ("processed_at", pa.timestamp("us", tz="UTC")),
     ("latency_ms", pa.float64()), ("review_reasons", pa.list_(pa.string())),
-    ("frame", pa.int32()), ("frame_count", pa.int32()),
+    ("frame", pa.int32()), ("frame_count", pa.int32()), ("decided_by", pa.string()), ("match", MATCH_TYPE),
 ])
 """The record's own columns, in order; passthrough metadata follows them as top-level columns."""
 
@@ -86,10 +91,17 @@ class OutputRecord:
     """Index of the deciding frame in an animated / multi-page input (0 for a still image)."""
     frame_count: int = 1
     """Frames in the input's file (1 for a still image)."""
+    match: Mapping[str, Any] | None = None
+    """The hash-bank hit ``{bank, signal_type, distance, hash, label}`` (see :mod:`cola_moderation.operators.matching`),
+    or ``None``."""
+    decided_by: str = "model"
+    """``match`` when a bank hit set the action (the model was skipped, or the bank's action is at least as strict
+    as the model's), else ``model``."""
 
     @classmethod
     def from_verdict(cls, record: InputRecord, verdict: Moderation, decision: Decision, *, model: str,
-                     policy_version: str, received_at: float, now: float | None = None) -> OutputRecord:
+                     policy_version: str, received_at: float, now: float | None = None,
+                     match: Match | None = None, decided_by: str = "model") -> OutputRecord:
         """The output record of ``record``. ``received_at``/``now`` are ``time.time()`` seconds."""
         now = time.time() if now is None else now
         return cls(id=record.id, label=verdict.label, score=round(verdict.score, 6),
@@ -100,7 +112,22 @@ class OutputRecord:
                    processed_at=datetime.fromtimestamp(now, UTC),
                    latency_ms=round(max(0.0, now - received_at) * 1000.0, 3), metadata=record.metadata,
                    review_reasons=decision.review_reasons,
-                   frame=verdict.frame, frame_count=verdict.frame_count)
+                   frame=verdict.frame, frame_count=verdict.frame_count,
+                   match=None if match is None else match.to_json(), decided_by=decided_by)
+
+    @classmethod
+    def from_match(cls, record: InputRecord, match: Match, decision: Decision, *, method: str, model: str,
+                   policy_version: str, received_at: float, now: float | None = None) -> OutputRecord:
+        """The record of an input routed on its bank hit alone (``matching.skip_model_on_match``): the label is the
+        one the bank attaches, else the banked row's label, else the bank's name, at score 1; no detector ran
+        (``adversarial_score`` 0)."""
+        now = time.time() if now is None else now
+        label = match.action if match.action not in ("allow", "review", "block") else match.label or match.bank
+        return cls(id=record.id, label=label, score=1.0, topk=((label, 1.0),), action=decision.action,
+                   adversarial_score=0.0, suspected_adversarial=False, method=method, model=model,
+                   policy_version=policy_version, source=record.source, processed_at=datetime.fromtimestamp(now, UTC),
+                   latency_ms=round(max(0.0, now - received_at) * 1000.0, 3), metadata=record.metadata,
+                   review_reasons=decision.review_reasons, match=match.to_json(), decided_by="match")
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form (a dict of JSON types; :func:`dumps` encodes it)."""
@@ -112,7 +139,8 @@ class OutputRecord:
             "source": self.source.as_dict(),
             "processed_at": self.processed_at.astimezone(UTC).isoformat(timespec="milliseconds"),
             "latency_ms": self.latency_ms, "metadata": dict(self.metadata), "review_reasons": list(self.review_reasons),
-            "frame": self.frame, "frame_count": self.frame_count,
+            "frame": self.frame, "frame_count": self.frame_count, "decided_by": self.decided_by,
+            "match": None if self.match is None else dict(self.match),
         }
 
     @classmethod
@@ -126,7 +154,8 @@ class OutputRecord:
                    processed_at=datetime.fromisoformat(data["processed_at"]), latency_ms=data["latency_ms"],
                    metadata=data.get("metadata") or {}, schema_version=data["schema_version"],
                    review_reasons=tuple(data.get("review_reasons") or ()),
-                   frame=data.get("frame", 0), frame_count=data.get("frame_count", 1))
+                   frame=data.get("frame", 0), frame_count=data.get("frame_count", 1), match=data.get("match"),
+                   decided_by=data.get("decided_by", "model"))
 
 
 def position_from_dict(data: Mapping[str, Any]) -> SourcePosition:
@@ -187,6 +216,8 @@ def to_columns(records: list[OutputRecord]) -> dict[str, pa.Array]:
         "review_reasons": column("review_reasons", [list(r.review_reasons) for r in records]),
         "frame": column("frame", [r.frame for r in records]),
         "frame_count": column("frame_count", [r.frame_count for r in records]),
+        "decided_by": column("decided_by", [r.decided_by for r in records]),
+        "match": column("match", [None if r.match is None else dict(r.match) for r in records]),
     }
 
 

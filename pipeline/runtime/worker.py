@@ -1,4 +1,9 @@
-"""The moderation worker: decode + CLIP/COLA + detector + policy for batches of :class:`InputRecord`.
+"""The moderation worker: decode + hash matching + CLIP/COLA + detector + policy for batches of :class:`InputRecord`.
+
+With ``matching.banks`` configured, the decoder also hashes every input (MD5 of its bytes, PDQ of its decoded image)
+and the matching stage looks the hashes up before the model runs: a hit is written into the record's ``match`` and
+escalates the action through :meth:`~cola_moderation.operators.policy.Policy.with_match`; with
+``matching.skip_model_on_match`` a hit is routed without running the model at all.
 
 This one class is what Ray hosts everywhere: the batch job's actor pool, the Serve replicas (HTTP and the stream
 job's handle calls). It is cheap to pickle (it carries only the config); :meth:`ModerationWorker.start` builds the
@@ -12,10 +17,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from cola_moderation.connectors.records import DeadLetter, InputRecord, Outcome, Route, Routed
-from cola_moderation.operators.decode import DecodedBatch
+from cola_moderation.operators.decode import DecodedBatch, ImageDecoder
 from cola_moderation.operators.errors import DecodeError
-from cola_moderation.operators.moderator import Moderator
-from cola_moderation.operators.policy import Policy
+from cola_moderation.operators.matching.matcher import Match, Matcher
+from cola_moderation.operators.moderator import Moderation, Moderator
+from cola_moderation.operators.policy import SEVERITY, Decision, Policy
 from cola_moderation.pipeline.runtime.config import PipelineConfig
 from cola_moderation.pipeline.runtime.library import build_moderator
 from cola_moderation.pipeline.runtime.metrics import WorkerMetrics, worker_metrics
@@ -55,13 +61,26 @@ class ModerationWorker:
         self.policy = Policy(config.policy)
         self._moderator: Moderator | None = None
         self._metrics: WorkerMetrics | None = None
+        self._matcher: Matcher | None = None
+        self._decoder: ImageDecoder | None = None
 
     def start(self) -> Moderator:
-        """Build the model (once, in the calling process) and the metrics when running inside Ray."""
+        """Build the model and the banks' index (once, in the calling process) and the metrics when inside Ray."""
         if self._moderator is None:
-            self._moderator = build_moderator(self.config)
+            moderator = build_moderator(self.config)
+            if self.config.matching.enabled:
+                self._matcher = Matcher.load(self.config.matching)
+                self._decoder = ImageDecoder(size=moderator.decoder.size, config=self.config.decode,
+                                             hasher=self._matcher.hasher)
+            self._moderator = moderator
             self._metrics = worker_metrics(self.job)
         return self._moderator
+
+    @property
+    def matcher(self) -> Matcher | None:
+        """The banks' matcher (``None`` without ``matching.banks``); built by :meth:`start`."""
+        self.start()
+        return self._matcher
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -75,7 +94,7 @@ class ModerationWorker:
         """Decode and moderate ``records``: one outcome per record, in order."""
         moderator = self.start()
         started = time.perf_counter()
-        decoded = moderator.decoder.decode([record.payload for record in records])
+        decoded = (self._decoder or moderator.decoder).decode([record.payload for record in records])
         return self.process_decoded(records, decoded, received_at=received_at, started=started)
 
     def process_decoded(self, records: Sequence[InputRecord], decoded: DecodedBatch, *,
@@ -83,23 +102,65 @@ class ModerationWorker:
         """Moderate ``records`` whose payloads were decoded elsewhere (``decoded`` covers them all, in order)."""
         received_at = time.time() if received_at is None else received_at
         started = time.perf_counter() if started is None else started
-        verdicts = self.start().moderate_decoded(decoded, len(records))
+        moderator = self.start()
+        matches = self.match(decoded)
+        skipped = matches if self.config.matching.skip_model_on_match else {}
+        verdicts = moderator.moderate_decoded(without(decoded, skipped), len(records))
         result = WorkerResult(model_seconds=time.perf_counter() - started)
         now = time.time()
-        for record, verdict in zip(records, verdicts, strict=True):
-            if isinstance(verdict, DecodeError):
+        for index, (record, verdict) in enumerate(zip(records, verdicts, strict=True)):
+            match = matches.get(index)
+            if index in skipped and match is not None:
+                decision = self.policy.with_match(None, bank=match.bank, action=match.action)
+                output = OutputRecord.from_match(record, match, decision, method=self.config.method,
+                                                 model=self.model_name, policy_version=self.policy.version,
+                                                 received_at=received_at, now=now)
+            elif isinstance(verdict, DecodeError):
                 result.outcomes.append(DeadLetter.from_exception(record, verdict))
                 continue
-            verdict, decision = self.policy.decide_frames(verdict, record_id=record.id)  # animated: strictest frame
-            output = OutputRecord.from_verdict(record, verdict, decision, model=self.model_name,
-                                               policy_version=self.policy.version, received_at=received_at, now=now)
+            else:
+                output, decision = self._record(record, verdict, match, received_at=received_at, now=now)
             result.outcomes.append(Routed(Route.QUARANTINE if decision.quarantine else Route.OUTPUT, output))
         if self._metrics is not None:
             self._metrics.observe(result)
         return result
 
+    def match(self, decoded: DecodedBatch) -> dict[int, Match]:
+        """Input position -> its bank hit, for the inputs of ``decoded`` that the decoder hashed."""
+        if self._matcher is None or not decoded.hashes:
+            return {}
+        positions = list(decoded.hashes)
+        found = self._matcher.match([decoded.hashes[p] for p in positions])
+        return {p: m for p, m in zip(positions, found, strict=True) if m is not None}
+
+    def _record(self, record: InputRecord, verdict: Moderation, match: Match | None, *, received_at: float,
+                now: float) -> tuple[OutputRecord, Decision]:
+        verdict, decision = self.policy.decide_frames(verdict, record_id=record.id)  # animated: strictest frame
+        decided_by = "model"
+        if match is not None:
+            by_bank = self.policy.with_match(None, bank=match.bank, action=match.action)
+            decided_by = "match" if SEVERITY[by_bank.action] >= SEVERITY[decision.action] else "model"
+            decision = self.policy.with_match(decision, bank=match.bank, action=match.action)
+        output = OutputRecord.from_verdict(record, verdict, decision, model=self.model_name,
+                                           policy_version=self.policy.version, received_at=received_at, now=now,
+                                           match=match, decided_by=decided_by)
+        return output, decision
+
     def close(self) -> None:
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
         if self._moderator is not None:
             self._moderator.close()
             self._moderator = None
 
+
+def without(decoded: DecodedBatch, positions: dict[int, Match]) -> DecodedBatch:
+    """``decoded`` minus the inputs at ``positions`` (those the model skips)."""
+    if not positions:
+        return decoded
+    keep = [row for row, index in enumerate(decoded.indices) if index not in positions]
+    return DecodedBatch(pixels=decoded.pixels[keep], indices=tuple(decoded.indices[row] for row in keep),
+                        errors=decoded.errors, frames=tuple(decoded.frames[row] for row in keep) if decoded.frames
+                        else (), frame_counts={i: n for i, n in decoded.frame_counts.items() if i not in positions},
+                        hashes=decoded.hashes)

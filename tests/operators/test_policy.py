@@ -92,3 +92,18 @@ def test_policy_config_names_bad_keys() -> None:
         PolicyConfig.model_validate({"audit_sample": 1.5})
     with pytest.raises(ValidationError, match="review_band"):
         PolicyConfig.model_validate({"rules": {"weapons": {"review_band": [0.9, 0.2]}}})
+def test_bank_matches_escalate_through_the_policy() -> None:
+    from cola_moderation.operators.policy import Decision
+
+    policy = Policy(PolicyConfig(rules={"weapon": LabelRule(block=0.9)}, quarantine_actions=("review",)))
+    allowed = Decision(action="allow", quarantine=False, reasons=())
+    blocked = policy.with_match(allowed, bank="known", action="block")
+    assert (blocked.action, blocked.quarantine, blocked.reasons) == ("block", False, ("match:known",))
+    reviewed = policy.with_match(None, bank="seen", action="review")
+    assert (reviewed.action, reviewed.quarantine) == ("review", True)
+    # A bank that attaches a label: that label's rule applies at score 1.
+    assert policy.with_match(None, bank="lbl", action="weapon").action == "block"
+    assert policy.with_match(None, bank="lbl", action="unruled").action == "allow"
+    # The strictest action wins: an allow bank does not relax the model's block.
+    model_block = Decision(action="block", quarantine=False, reasons=("weapon>=0.9",))
+    assert policy.with_match(model_block, bank="ok", action="allow").action == "block"

@@ -94,6 +94,8 @@ class ColaScorer:
         self.temperature = config.temperature if config.temperature is not None else 1.0 / logit_scale
         self.class_means = bank.class_means()  # [K, d]
         self.subspace = TextSubspace.fit(bank.flat(), config.projection)
+        if bank.prototypes is not None:  # few-shot labels: the projection keeps their image prototypes
+            self.subspace = self.subspace.including(bank.prototypes)
         self.view_params = sample_view_params(config.views)
         self._text_valid = bank.mask  # [K, M]
 

@@ -45,6 +45,19 @@ class TextSubspace:
         rank = choose_rank(s, rank=config.rank, energy=config.energy)
         return cls(basis=u[:, :rank].to(texts.dtype).contiguous(), mean=mean)
 
+    def including(self, vectors: torch.Tensor) -> TextSubspace:
+        """This subspace widened to contain ``vectors`` ``[P, d]`` (e.g. few-shot image prototypes, which the
+        energy rule would otherwise drop as one row among many texts): their components off the basis are appended,
+        orthonormalised."""
+        if vectors.numel() == 0:
+            return self
+        basis = self.basis
+        centred = vectors.to(basis) - (self.mean.to(basis) if self.mean is not None else 0.0)
+        off = centred - (centred @ basis) @ basis.T
+        q, r = torch.linalg.qr(off.double().T)
+        keep = r.diagonal().abs() > 1e-6
+        return TextSubspace(basis=torch.cat([basis, q[:, keep].to(basis.dtype)], dim=1).contiguous(), mean=self.mean)
+
     @property
     def rank(self) -> int:
         return int(self.basis.shape[1])

@@ -11,6 +11,7 @@ from cola_moderation.connectors.errors import SinkWriteError
 from cola_moderation.connectors.kafka.sink import KafkaSink
 from cola_moderation.connectors.local.broker import EmbeddedBroker
 from cola_moderation.connectors.records import DeadLetter, FilePosition, InputRecord, Route
+from cola_moderation.pipeline.runtime.records import SCHEMA_VERSION
 from tests.connectors.jobs import PNG, SERIALIZER, process
 from tests.connectors.kafka_util import read_topic, topics_config
 
@@ -55,4 +56,5 @@ def test_dead_letter_too_large_is_written_without_bytes_and_routes_checked(kafka
     assert json.loads(small_headers["cola.metadata"]) == {"user": "u"}
     (quarantined,) = read_topic(kafka_broker.bootstrap_servers, config.quarantine_topic, expect=1)
     assert quarantined.key == b"q" and json.loads(quarantined.value)["id"] == "q"
-    assert dict(quarantined.headers) == {"content-type": b"application/json", "cola.schema-version": b"3"}
+    assert dict(quarantined.headers) == {"content-type": b"application/json",
+                                         "cola.schema-version": str(SCHEMA_VERSION).encode()}

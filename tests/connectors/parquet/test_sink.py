@@ -23,7 +23,7 @@ import pytest
 from cola_moderation.connectors.config import ParquetConfig
 from cola_moderation.connectors.parquet.sink import ParquetSink
 from cola_moderation.connectors.parquet.source import ParquetSource
-from cola_moderation.pipeline.runtime.records import ARROW_SCHEMA
+from cola_moderation.pipeline.runtime.records import ARROW_SCHEMA, SCHEMA_VERSION
 from tests.connectors.jobs import JPEG, PNG, SERIALIZER, drain
 
 REPO = Path(__file__).resolve().parents[3]
@@ -88,7 +88,7 @@ def test_output_is_one_dataset_readable_by_pyarrow_and_pandas(tmp_path: Path) ->
     assert row["topk"] == [{"label": row["label"], "score": 1.0}] and row["payload"] is None
     assert row["source"]["file"].endswith(".parquet") and row["source"]["row"] >= 0
     assert row["processed_at"].tzinfo is not None
-    assert pq.read_metadata(files[-1]).metadata[b"cola.schema"] == b"3"
+    assert pq.read_metadata(files[-1]).metadata[b"cola.schema"] == str(SCHEMA_VERSION).encode()
     dead = table.filter(pc.equal(table.column("route"), "dead_letter")).to_pylist()
     first = min(dead, key=lambda d: int(d["id"][1:]))
     assert first["payload"].startswith(b"BM-not") and first["error_class"] == "DecodeError"

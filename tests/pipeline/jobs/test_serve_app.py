@@ -26,7 +26,7 @@ from cola_moderation.pipeline.runtime.worker import ModerationWorker
 MAX_REQUEST_BYTES = 64 * 1024
 RECORD_KEYS = {"schema_version", "id", "label", "score", "topk", "action", "adversarial_score",
                "suspected_adversarial", "method", "model", "policy_version", "source", "processed_at", "latency_ms",
-               "metadata", "route", "review_reasons", "frame", "frame_count"}
+               "metadata", "route", "review_reasons", "frame", "frame_count", "decided_by", "match"}
 
 
 def png(seed: int, size: int = 40) -> bytes:

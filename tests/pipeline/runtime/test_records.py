@@ -33,8 +33,8 @@ def test_json_schema_matches_the_record_definition() -> None:
     jsonschema.Draft202012Validator.check_schema(schema)
     keys = set(record().to_json())
     assert keys == set(schema["properties"])
-    # added in version 2 for animated inputs: optional, so records written before them still validate
-    assert set(schema["required"]) == keys - {"frame", "frame_count"}
+    # added to version 3 for animated inputs and hash matching: optional, so records written before them validate
+    assert set(schema["required"]) == keys - {"frame", "frame_count", "decided_by", "match"}
     assert schema["properties"]["schema_version"]["const"] == SCHEMA_VERSION
     assert set(ARROW_SCHEMA.names) == keys - {"metadata"}  # Arrow: metadata becomes top-level columns
 
@@ -69,3 +69,17 @@ def test_arrow_columns_have_the_declared_types() -> None:
     assert table.column("source").to_pylist()[1] == {"topic": None, "partition": None, "offset": None,
                                                       "file": "f", "row": 2, "request": None}
     assert table.column("topk").to_pylist()[0] == [{"label": "cat", "score": 0.9}, {"label": "dog", "score": 0.1}]
+
+
+def test_a_match_round_trips_through_json_and_arrow() -> None:
+    hit = {"bank": "known", "signal_type": "pdq", "distance": 12, "hash": "ab" * 32, "label": None}
+    value = record(match=hit, decided_by="match")
+    document = value.to_json()
+    jsonschema.validate(document, json_schema())
+    assert document["match"] == hit and OutputRecord.from_json(document).match == hit
+    columns = OutputSerializer().to_columns([value, record()])
+    assert columns["match"].to_pylist() == [hit, None] and columns["decided_by"].to_pylist() == ["match", "model"]
+    assert pa.table(columns).schema == ARROW_SCHEMA
+    # A version-2 document (no match, no decided_by) still reads.
+    old = {k: v for k, v in record().to_json().items() if k not in ("match", "decided_by")}
+    assert OutputRecord.from_json({**old, "schema_version": 2}).decided_by == "model"

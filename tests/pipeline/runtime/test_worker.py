@@ -55,7 +55,8 @@ def test_output_record_schema(worker: ModerationWorker) -> None:
     jsonschema.Draft202012Validator(json_schema(), format_checker=jsonschema.FormatChecker()).validate(out)
     assert set(out) == {"schema_version", "id", "label", "score", "topk", "action", "adversarial_score",
                         "suspected_adversarial", "method", "model", "policy_version", "source", "processed_at",
-                        "latency_ms", "metadata", "review_reasons", "frame", "frame_count"}
+                        "latency_ms", "metadata", "review_reasons", "frame", "frame_count", "decided_by",
+                        "match"}
     assert (out["frame"], out["frame_count"]) == (0, 1)  # a still image
     assert out["schema_version"] == SCHEMA_VERSION
     assert out["source"] == {"file": "in.parquet", "row": 7}

@@ -61,3 +61,18 @@ def test_gradients_flow_through_projection() -> None:
 def test_bad_input_names_the_section() -> None:
     with pytest.raises(ConfigError, match="projection"):
         TextSubspace.fit(torch.zeros(0, 4))
+
+
+def test_including_keeps_extra_directions_exactly() -> None:
+    from cola_moderation.operators.defences.cola.subspace import TextSubspace
+
+    torch.manual_seed(0)
+    texts = torch.nn.functional.normalize(torch.randn(12, 32), dim=-1)
+    subspace = TextSubspace.fit(texts)
+    prototype = torch.nn.functional.normalize(torch.randn(1, 32), dim=-1)
+    widened = subspace.including(prototype)
+    assert widened.rank == subspace.rank + 1
+    torch.testing.assert_close(widened.project(prototype), prototype, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(widened.project(texts), subspace.project(texts), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(widened.basis.T @ widened.basis, torch.eye(widened.rank), atol=1e-5, rtol=1e-5)
+    assert widened.including(prototype).rank == widened.rank  # already inside: nothing added
