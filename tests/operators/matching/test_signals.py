@@ -48,3 +48,23 @@ def test_hasher_md5_is_of_the_bytes() -> None:
     assert hashes.md5 == md5_hex(b"abc") == "900150983cd24fb0d6963f7d28e17f72"
     assert hashes.pdq is not None and len(hashes.pdq) == 64
     assert Hasher(pdq=False)(b"abc", photo()).pdq is None
+
+
+def test_decoder_hashes_each_input_once_on_its_first_frame() -> None:
+    """An animated input yields several frame rows but one set of hashes: its bytes' MD5 and its first frame's PDQ."""
+    from cola_moderation.operators.config import DecodeConfig
+    from cola_moderation.operators.decode import ImageDecoder
+
+    still = photo()
+    frames = [still, still.transpose(Image.Transpose.ROTATE_180), still.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    png = io.BytesIO()
+    still.save(png, "PNG")
+    with ImageDecoder(size=32, config=DecodeConfig(workers=1), hasher=Hasher()) as decoder:
+        batch = decoder.decode([gif.getvalue(), b"broken", png.getvalue()])
+    assert batch.indices.count(0) == 3 and set(batch.hashes) == {0, 2} and 1 in batch.errors
+    assert batch.hashes[0].md5 == md5_hex(gif.getvalue())
+    first_frame = Image.open(io.BytesIO(gif.getvalue())).convert("RGB")
+    assert batch.hashes[0].pdq == pdq_of_image(first_frame)[0]
+    assert distance(batch.hashes[0].pdq, batch.hashes[2].pdq) <= 31  # the GIF's first frame is the PNG, palettised
