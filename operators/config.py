@@ -43,7 +43,9 @@ class ModelConfig(Section):
     revision: str | None = None
     device: str = "auto"
     """``auto`` (CUDA if present, else CPU; the choice is logged), ``cpu``, ``cuda`` or ``cuda:N``."""
-    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    dtype: Literal["fp32", "fp16", "bf16", "auto"] = "fp32"
+    """``auto``: bf16 on a CPU with native bf16 instructions, else fp32 (the choice is logged; see
+    :mod:`cola_moderation.operators.backbones.precision`)."""
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
 
     @field_validator("device")

@@ -48,6 +48,11 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``fp32|fp16|bf16|auto`` on ``device`` (``auto``: :func:`.precision.auto_dtype`, logged)."""
+    if name == "auto":
+        from cola_moderation.operators.backbones.precision import auto_dtype
+
+        name = auto_dtype(device)
     if name == "fp16" and device.type == "cpu":
         raise DeviceError("model.dtype=fp16 is not supported on CPU; use fp32 or bf16")
     if name not in DTYPES:

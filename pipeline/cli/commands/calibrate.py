@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from cola_moderation.operators.backbones.precision import dtype_name
 from cola_moderation.operators.backbones.registry import load_backbone
 from cola_moderation.operators.defences.registry import METHODS
 from cola_moderation.operators.detector.calibration import (
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         values={k: round(v, 6) if k != "threshold" else v for k, v in values.items()},
         settings=detector_settings(config.detector, method), fpr=args.fpr, measured=measured,
         data={"dataset": dataset.name, "slice": dataset.slice_name, "images": len(dataset),
-              "model": config.model.path, "dtype": config.model.dtype, "config": str(args.config)})
+              "model": config.model.path, "dtype": dtype_name(backbone.dtype), "config": str(args.config)})
     calibration.write(output)
     print(json.dumps(calibration.to_json()["values"]))
     print(f"calibration: {output} ({len(dataset)} clean images of {dataset.name} {dataset.slice_name}, "

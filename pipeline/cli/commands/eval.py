@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from cola_moderation.operators.backbones.base import Backbone
+from cola_moderation.operators.backbones.precision import dtype_name
 from cola_moderation.operators.backbones.registry import load_backbone
 from cola_moderation.operators.config import DetectorConfig
 from cola_moderation.operators.detector.score import seed_is_secret
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     config_section: dict[str, object] = {
         "path": str(args.config), "method": config.method, "cola": config.cola.model_dump(mode="json"),
         "detector": detector_section(config.detector)}
-    model_section: dict[str, object] = {**backbone.describe(), "dtype": config.model.dtype}
+    model_section: dict[str, object] = {**backbone.describe(), "dtype": dtype_name(backbone.dtype)}
     progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     if args.attack in SUITE_NAMES:
         return run_suite(args, config, backbone, dataset, config_section, model_section, progress)
