@@ -305,7 +305,9 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
     sink = ParquetSink(output, OutputSerializer(), config.parquet, passthrough=passthrough)
     done = sink.completed
     geometry = load_geometry(config.model)
+    cluster_started = time.perf_counter()
     init_ray(config.ray, address=address)  # before importing ray: it reads its environment at import
+    cluster_s = time.perf_counter() - cluster_started
     import ray.data
     from ray.util.debug import log_once
 
@@ -324,7 +326,7 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
         parquet = open_parquet(file)
         total_rows += parquet.metadata.num_rows
         parquet.close()
-    summary = RunSummary(skipped_batches=len(done), skipped_files=skipped_files)
+    summary = RunSummary(skipped_batches=len(done), skipped_files=skipped_files, cluster_s=cluster_s)
     started = time.perf_counter()
     dataset = (
         ray.data.from_items([{"index": i} for i in range(len(files))], override_num_blocks=len(files))

@@ -29,6 +29,8 @@ class RunSummary:
     """Seconds from the start to the first written batch (the batch job's start-up: worker processes, imports,
     model loading), and how many inputs that batch held; see :attr:`steady_throughput`."""
     first_output_inputs: int = 0
+    cluster_s: float | None = None
+    """Seconds the batch job took to start (or join, ``--address``) its Ray cluster, before its clock starts."""
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     """Input files the batch job skipped (``parquet.on_bad_file: skip``), with the reason."""
 
@@ -93,6 +95,7 @@ class RunSummary:
                 "throughput": round(self.throughput, 2),
                 "first_output_s": None if self.first_output_s is None else round(self.first_output_s, 3),
                 "steady_throughput": None if (steady := self.steady_throughput) is None else round(steady, 2),
+                **({"cluster_s": round(self.cluster_s, 3)} if self.cluster_s is not None else {}),
                 **({"skipped_files": [{"file": f, "reason": r} for f, r in self.skipped_files]}
                    if self.skipped_files else {})}
 
@@ -118,6 +121,8 @@ class RunSummary:
         section("dead letters", self.dead_letter_errors)
         lines.append(f"time: {self.seconds:.1f} s   throughput: {self.throughput:.1f} images/s")
         if (steady := self.steady_throughput) is not None:
-            lines.append(f"  first batch written after {self.first_output_s:.1f} s (start-up); "
-                         f"{steady:.1f} images/s after that")
+            lines.append(f"  first batch written after {self.first_output_s:.1f} s (start-up: pool actor, imports, "
+                         f"model loading); {steady:.1f} images/s after that")
+        if self.cluster_s is not None:
+            lines.append(f"  Ray cluster ready in {self.cluster_s:.1f} s before that (reuse one with --address)")
         return "\n".join(lines)

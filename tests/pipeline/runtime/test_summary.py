@@ -42,7 +42,11 @@ def test_start_up_and_steady_throughput() -> None:
     assert summary.first_output_s == 4.0 and summary.first_output_inputs == 10
     assert summary.throughput == 40 / 7.0 and summary.steady_throughput == 10.0  # 30 inputs in the last 3 s
     assert summary.as_dict()["steady_throughput"] == 10.0
-    assert "first batch written after 4.0 s (start-up); 10.0 images/s after that" in summary.table("run")
+    assert "first batch written after 4.0 s (start-up: pool actor, imports, model loading); 10.0 images/s after " \
+           "that" in summary.table("run")
+    assert "Ray cluster" not in summary.table("run") and "cluster_s" not in summary.as_dict()
+    summary.cluster_s = 2.25  # the batch job's Ray start (or join), before its clock
+    assert "Ray cluster ready in 2.2 s before that" in summary.table("run") and summary.as_dict()["cluster_s"] == 2.25
     summary.seconds = 4.5  # everything after the first batch came within half a second: nothing to measure
     assert summary.steady_throughput is None and "start-up" not in summary.table("run")
 
