@@ -31,7 +31,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from cola_moderation.connectors.base import RecordSerializer
+from cola_moderation.connectors.base import RecordSerializer, Sink, Source
 from cola_moderation.connectors.config import KafkaConfig
 from cola_moderation.connectors.errors import SinkWriteError, TransactionAbortedError, TransactionFencedError
 from cola_moderation.connectors.kafka.sink import KafkaSink
@@ -47,16 +47,23 @@ def transactional_id(config: KafkaConfig, member: str) -> str:
 
 
 def open_kafka(config: KafkaConfig, serializer: RecordSerializer, *, bootstrap_servers: str | None = None,
-               member: str = "cola-consumer-0") -> tuple[KafkaSource, KafkaSink]:
+               member: str = "cola-consumer-0") -> tuple[Source, Sink]:
     """The source and sink of one consumer-group member (client ids ``member`` and ``<member>-sink``), for
-    ``config.guarantee``."""
-    source = KafkaSource(config, bootstrap_servers=bootstrap_servers, client_id=member)
+    ``config.guarantee`` on ``config.client`` (``confluent``: :mod:`cola_moderation.connectors.kafka.confluent`)."""
+    if config.client == "confluent":
+        from cola_moderation.connectors.kafka import confluent
+
+        source: Any = confluent.ConfluentKafkaSource(config, bootstrap_servers=bootstrap_servers, client_id=member)
+        plain: Any = confluent.ConfluentKafkaSink
+        transactional: Any = confluent.ConfluentTransactionalSink
+    else:
+        source, plain, transactional = (KafkaSource(config, bootstrap_servers=bootstrap_servers, client_id=member),
+                                        KafkaSink, TransactionalKafkaSink)
     try:
         if config.guarantee == "exactly_once":
-            return source, TransactionalKafkaSink(config, serializer, source, bootstrap_servers=bootstrap_servers,
-                                                  client_id=f"{member}-sink",
-                                                  transactional_id=transactional_id(config, member))
-        return source, KafkaSink(config, serializer, bootstrap_servers=bootstrap_servers, client_id=f"{member}-sink")
+            return source, transactional(config, serializer, source, bootstrap_servers=bootstrap_servers,
+                                         client_id=f"{member}-sink", transactional_id=transactional_id(config, member))
+        return source, plain(config, serializer, bootstrap_servers=bootstrap_servers, client_id=f"{member}-sink")
     except BaseException:
         source.close()
         raise

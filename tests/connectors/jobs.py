@@ -145,16 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     sink: Sink
     if args.kind == "kafka":
         from cola_moderation.connectors.config import KafkaConfig
-        from cola_moderation.connectors.kafka.sink import KafkaSink
-        from cola_moderation.connectors.kafka.source import KafkaSource
+        from cola_moderation.connectors.kafka.transactions import open_kafka
 
         kafka = KafkaConfig.model_validate(json.loads(args.config))
         if args.consumers > 1 or kafka.guarantee == "exactly_once":
             done = drain_kafka(kafka, bootstrap=args.bootstrap, consumers=args.consumers, **options)
             print(json.dumps({"committed_inputs": done, "skipped_batches": 0}), flush=True)
             return 0
-        source = KafkaSource(kafka, bootstrap_servers=args.bootstrap)
-        sink = KafkaSink(kafka, SERIALIZER, bootstrap_servers=args.bootstrap)
+        source, sink = open_kafka(kafka, SERIALIZER, bootstrap_servers=args.bootstrap, member="cola-source")
     else:
         from cola_moderation.connectors.config import ParquetConfig
         from cola_moderation.connectors.parquet.sink import ParquetSink

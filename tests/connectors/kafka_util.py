@@ -21,3 +21,14 @@ def topics_config(bootstrap: str, *, partitions: int = 1, **overrides: Any) -> K
     ensure_topics(bootstrap, {config.input_topics[0]: partitions, config.output_topic: 1,
                               config.quarantine_topic: 1, config.dead_letter_topic: 1})
     return config
+
+
+def transactional_sink_class(client: str) -> type:
+    """The exactly-once sink class of ``kafka.client`` ``client``."""
+    if client == "confluent":
+        from cola_moderation.connectors.kafka.confluent import ConfluentTransactionalSink
+
+        return ConfluentTransactionalSink
+    from cola_moderation.connectors.kafka.transactions import TransactionalKafkaSink
+
+    return TransactionalKafkaSink

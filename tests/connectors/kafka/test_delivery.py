@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cola_moderation.connectors.kafka.sink import KafkaSink
-from cola_moderation.connectors.kafka.source import KafkaSource
+from cola_moderation.connectors.kafka.transactions import open_kafka
 from tests.connectors.jobs import JPEG, PNG, SERIALIZER, drain
 from tests.connectors.kafka_util import produce, read_topic, topics_config
 
@@ -75,14 +74,15 @@ def routed_ids(bootstrap: str, config, expected: dict[str, str]) -> dict[str, co
             "_messages": {"output": out, "dead_letter": dead}}  # type: ignore[dict-item]
 
 
-def test_5000_mixed_messages_each_id_exactly_once(kafka_broker) -> None:  # type: ignore[no-untyped-def]
+def test_5000_mixed_messages_each_id_exactly_once(kafka_broker, kafka_client) -> None:  # type: ignore[no-untyped-def]
     bootstrap = kafka_broker.bootstrap_servers
-    config = topics_config(bootstrap, partitions=3, max_batch_records=200)
+    config = topics_config(bootstrap, partitions=3, max_batch_records=200, client=kafka_client)
     messages, expected = mixed_inputs(5000)
     positions = produce(bootstrap, config.input_topics[0], messages)
     expected = ids_from_positions(config, messages, positions, expected)
     started = time.perf_counter()
-    with KafkaSource(config) as source, KafkaSink(config, SERIALIZER) as sink:
+    source, sink = open_kafka(config, SERIALIZER)
+    with source, sink:
         committed = drain(source, sink, idle_exit_s=3.0)
     elapsed = time.perf_counter() - started
     assert committed == 5000
@@ -98,9 +98,9 @@ def test_5000_mixed_messages_each_id_exactly_once(kafka_broker) -> None:  # type
     print(f"\n5000 mixed messages source->sink in {elapsed:.1f} s (incl. ~3 s group join + 3 s idle exit)")
 
 
-def test_corrupt_records_become_specific_dead_letters_and_stream_continues(kafka_broker) -> None:  # type: ignore[no-untyped-def]
+def test_corrupt_records_become_specific_dead_letters_and_stream_continues(kafka_broker, kafka_client) -> None:  # type: ignore[no-untyped-def]
     bootstrap = kafka_broker.bootstrap_servers
-    config = topics_config(bootstrap, value_format="json", max_batch_records=10)
+    config = topics_config(bootstrap, value_format="json", max_batch_records=10, client=kafka_client)
     def good(i: int) -> bytes:
         return json.dumps({"id": f"ok-{i}", "image_b64": base64.b64encode(PNG + b"x" * i).decode(),
                            "user": f"u{i}"}).encode()
@@ -113,7 +113,8 @@ def test_corrupt_records_become_specific_dead_letters_and_stream_continues(kafka
                 (None, json.dumps({"id": "gif", "image_b64": "R0lGODlh"}).encode(), []),
                 (None, good(1), [])]
     produce(bootstrap, config.input_topics[0], messages)
-    with KafkaSource(config) as source, KafkaSink(config, SERIALIZER) as sink:
+    source, sink = open_kafka(config, SERIALIZER)
+    with source, sink:
         assert drain(source, sink, idle_exit_s=2.0) == len(messages)
     outputs = read_topic(bootstrap, config.output_topic, expect=2)
     assert sorted(json.loads(m.value)["id"] for m in outputs) == ["ok-0", "ok-1"]
@@ -142,10 +143,11 @@ def _commit_log(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_sigkill_three_times_loses_nothing_and_redelivers_only_uncommitted(kafka_broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sigkill_three_times_loses_nothing_and_redelivers_only_uncommitted(kafka_broker, kafka_client,  # type: ignore[no-untyped-def]
+                                                                           tmp_path: Path) -> None:
     bootstrap = kafka_broker.bootstrap_servers
     batch_records = 40
-    config = topics_config(bootstrap, partitions=2, max_batch_records=batch_records)
+    config = topics_config(bootstrap, partitions=2, max_batch_records=batch_records, client=kafka_client)
     messages, expected = mixed_inputs(2400, seed=1)
     messages = [(k, v[:3000], h) for k, v, h in messages]  # small messages: the point here is crashes
     positions = produce(bootstrap, config.input_topics[0], messages)

@@ -24,11 +24,11 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from cola_moderation.connectors.errors import TransactionAbortedError, TransactionFencedError
-from cola_moderation.connectors.kafka.transactions import TransactionalKafkaSink, open_kafka, transactional_id
+from cola_moderation.connectors.kafka.transactions import open_kafka, transactional_id
 from cola_moderation.connectors.records import Batch
 from tests.connectors.jobs import JPEG, PNG, SERIALIZER, drain, drain_kafka, handle, process
 from tests.connectors.kafka.test_delivery import ids_from_positions, mixed_inputs
-from tests.connectors.kafka_util import produce, read_topic, topics_config
+from tests.connectors.kafka_util import produce, read_topic, topics_config, transactional_sink_class
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -72,9 +72,9 @@ def add_outputs(sink: Any, batch: Batch, *, run: int) -> None:
         sink.add_outcome(process(record, run=run))
 
 
-def test_two_consumers_commit_outputs_and_offsets_in_one_transaction(kafka_broker) -> None:  # type: ignore[no-untyped-def]
+def test_two_consumers_commit_outputs_and_offsets_in_one_transaction(kafka_broker, kafka_client) -> None:  # type: ignore[no-untyped-def]
     bootstrap = kafka_broker.bootstrap_servers
-    config = topics_config(bootstrap, partitions=4, max_batch_records=50, guarantee="exactly_once")
+    config = topics_config(bootstrap, partitions=4, max_batch_records=50, guarantee="exactly_once", client=kafka_client)
     messages, expected = mixed_inputs(600, seed=2)
     messages = [(k, v[:5000], h) for k, v, h in messages]
     positions = produce(bootstrap, config.input_topics[0], messages)
@@ -97,13 +97,14 @@ def test_two_consumers_commit_outputs_and_offsets_in_one_transaction(kafka_broke
     # offsets above already say where a restarted consumer starts.)
 
 
-def test_stale_batch_is_aborted_and_its_records_retried(kafka_broker, broker_transactions) -> None:  # type: ignore[no-untyped-def]
+def test_stale_batch_is_aborted_and_its_records_retried(kafka_broker, kafka_client, broker_transactions) -> None:  # type: ignore[no-untyped-def]
     bootstrap = kafka_broker.bootstrap_servers
-    config = topics_config(bootstrap, max_batch_records=10, guarantee="exactly_once")
+    config = topics_config(bootstrap, max_batch_records=10, guarantee="exactly_once", client=kafka_client)
     produce(bootstrap, config.input_topics[0], [(f"s-{i}".encode(), PNG + bytes([i]), []) for i in range(30)])
     source, sink = open_kafka(config, SERIALIZER, bootstrap_servers=bootstrap, member="m")
     with source, sink:
-        assert isinstance(sink, TransactionalKafkaSink) and sink.transactional_id == f"{config.group_id}.m"
+        assert isinstance(sink, transactional_sink_class(kafka_client))
+        assert sink.transactional_id == f"{config.group_id}.m"
         committed = first_batch(source)
         handle(committed, sink, run=0)
         source.commit(committed)
@@ -126,16 +127,16 @@ def test_stale_batch_is_aborted_and_its_records_retried(kafka_broker, broker_tra
         assert set(by_run) <= {0, 1, 2} and sum(by_run[1].values()) == len(aborted.records)
 
 
-def test_fenced_producer_writes_nothing_after_fencing(kafka_broker) -> None:  # type: ignore[no-untyped-def]
+def test_fenced_producer_writes_nothing_after_fencing(kafka_broker, kafka_client) -> None:  # type: ignore[no-untyped-def]
     bootstrap = kafka_broker.bootstrap_servers
-    config = topics_config(bootstrap, max_batch_records=5, guarantee="exactly_once")
+    config = topics_config(bootstrap, max_batch_records=5, guarantee="exactly_once", client=kafka_client)
     produce(bootstrap, config.input_topics[0], [(f"f-{i}".encode(), JPEG + bytes([i]), []) for i in range(10)])
     old_source, old_sink = open_kafka(config, SERIALIZER, bootstrap_servers=bootstrap, member="same")
     batch = first_batch(old_source)
     add_outputs(old_sink, batch, run=1)  # an open transaction, written before the fencing
     old_sink._producer.flush()
-    new_sink = TransactionalKafkaSink(config, SERIALIZER, old_source, bootstrap_servers=bootstrap,
-                                      transactional_id=transactional_id(config, "same"))  # fences the first
+    new_sink = transactional_sink_class(kafka_client)(config, SERIALIZER, old_source, bootstrap_servers=bootstrap,
+                                                        transactional_id=transactional_id(config, "same"))  # fences
     new_sink.close()
     with pytest.raises(TransactionFencedError, match="took over"):
         add_outputs(old_sink, batch, run=99)  # written after the fencing
@@ -152,19 +153,19 @@ def test_fenced_producer_writes_nothing_after_fencing(kafka_broker) -> None:  # 
         assert 99 not in runs and 2 in runs, (isolation, runs)
 
 
-def test_fenced_producers_open_transaction_is_aborted(kafka_broker, broker_transactions) -> None:  # type: ignore[no-untyped-def]
+def test_fenced_producers_open_transaction_is_aborted(kafka_broker, kafka_client, broker_transactions) -> None:  # type: ignore[no-untyped-def]
     reason = aborted_visible(broker_transactions)
     if reason:
         pytest.skip(f"the test broker's read_committed shows aborted transactions: {reason}")
     bootstrap = kafka_broker.bootstrap_servers
-    config = topics_config(bootstrap, guarantee="exactly_once")
+    config = topics_config(bootstrap, guarantee="exactly_once", client=kafka_client)
     produce(bootstrap, config.input_topics[0], [(b"o-1", PNG, [])])
     old_source, old_sink = open_kafka(config, SERIALIZER, bootstrap_servers=bootstrap, member="same")
     batch = first_batch(old_source)
     add_outputs(old_sink, batch, run=1)
     old_sink._producer.flush()
-    TransactionalKafkaSink(config, SERIALIZER, old_source, bootstrap_servers=bootstrap,
-                           transactional_id=transactional_id(config, "same")).close()
+    transactional_sink_class(kafka_client)(config, SERIALIZER, old_source, bootstrap_servers=bootstrap,
+                                           transactional_id=transactional_id(config, "same")).close()
     old_sink.close()
     old_source.close()
     assert read_topic(bootstrap, config.output_topic, expect=0, timeout_s=3, isolation_level="read_committed") == []
@@ -177,13 +178,13 @@ def _commit_log(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-def test_sigkill_three_times_two_consumers_each_id_exactly_once(kafka_broker, broker_transactions,  # type: ignore[no-untyped-def]
+def test_sigkill_three_times_two_consumers_each_id_exactly_once(kafka_broker, kafka_client, broker_transactions,  # type: ignore[no-untyped-def]
                                                                 tmp_path: Path) -> None:
     confluent_kafka = pytest.importorskip("confluent_kafka")  # noqa: F841 - the peer reader needs it
     from cola_moderation.connectors.local.kafka_tools import read_committed_peer
 
     bootstrap = kafka_broker.bootstrap_servers
-    config = topics_config(bootstrap, partitions=4, max_batch_records=40, guarantee="exactly_once",
+    config = topics_config(bootstrap, partitions=4, max_batch_records=40, guarantee="exactly_once", client=kafka_client,
                            transaction_timeout_ms=20_000)
     messages, expected = mixed_inputs(2400, seed=3)
     messages = [(k, v[:3000], h) for k, v, h in messages]
@@ -228,11 +229,11 @@ def test_sigkill_three_times_two_consumers_each_id_exactly_once(kafka_broker, br
         print(f"\n{duplicates} copies from aborted transactions visible (the broker does not filter them: {reason})")
 
 
-def test_delivery_loop_drops_batches_in_flight_after_an_abort(kafka_broker, broker_transactions) -> None:  # type: ignore[no-untyped-def]
+def test_delivery_loop_drops_batches_in_flight_after_an_abort(kafka_broker, kafka_client, broker_transactions) -> None:  # type: ignore[no-untyped-def]
     from cola_moderation.pipeline.runtime.delivery import DeliveryLoop, Done
 
     bootstrap = kafka_broker.bootstrap_servers
-    config = topics_config(bootstrap, partitions=2, max_batch_records=10, guarantee="exactly_once")
+    config = topics_config(bootstrap, partitions=2, max_batch_records=10, guarantee="exactly_once", client=kafka_client)
     produce(bootstrap, config.input_topics[0], [(f"w-{i}".encode(), PNG + bytes([i]), []) for i in range(100)])
     committed: collections.Counter[str] = collections.Counter()
     commits = 0
