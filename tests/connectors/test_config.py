@@ -30,7 +30,15 @@ def test_client_options_pass_through_untouched() -> None:
     ({"guarantee": "exactly_once", "client_options": {"isolation_level": "read_uncommitted"}},
      r"client_options \['isolation_level'\] conflict with guarantee: exactly_once"),
     ({"transaction_timeout_ms": 10}, "transaction_timeout_ms"),
+    ({"client": "librdkafka"}, "client"),
+    ({"client": "confluent", "guarantee": "exactly_once", "client_options": {"transactional.id": "x"}},
+     r"client_options \['transactional.id'\] conflict with guarantee: exactly_once"),
 ])
 def test_rejects(values: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         KafkaConfig(**values)
+
+
+def test_client_defaults_to_kafka_python_and_accepts_confluent() -> None:
+    assert KafkaConfig().client == "kafka-python"
+    assert KafkaConfig(client="confluent").client == "confluent"  # confluent-kafka is installed with the test extra
