@@ -3,6 +3,9 @@
 no producing, no commits) as the ceiling.
 
     .venv/bin/python benchmarks/kafka_throughput.py [--messages 20000] [--kb 10] [--batch 256]
+        [--client kafka-python|confluent]
+
+``--client``: the ``kafka.client`` of source and sink, and the library of the bare consumer they are compared with.
 
 Timing starts at the first non-empty batch (the ~3 s group join is excluded). Not part of CI.
 """
@@ -20,8 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kafka import KafkaConsumer
 
-from cola_moderation.connectors.kafka.sink import KafkaSink
-from cola_moderation.connectors.kafka.source import KafkaSource
+from cola_moderation.connectors.kafka.transactions import open_kafka
 from cola_moderation.connectors.local.broker import EmbeddedBroker
 from tests.connectors.jobs import SERIALIZER, handle
 from tests.connectors.kafka_util import produce, topics_config
@@ -29,7 +31,8 @@ from tests.connectors.kafka_util import produce, topics_config
 
 def ours(config, total: int) -> float:  # type: ignore[no-untyped-def]
     done, started = 0, None
-    with KafkaSource(config) as source, KafkaSink(config, SERIALIZER) as sink:
+    source, sink = open_kafka(config, SERIALIZER, member="bench")
+    with source, sink:
         while done < total:
             batch = source.poll()
             if not len(batch):
@@ -41,7 +44,31 @@ def ours(config, total: int) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - (started or time.perf_counter())
 
 
+def bare_confluent(config, total: int) -> float:  # type: ignore[no-untyped-def]
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": config.bootstrap_servers, "group.id": f"bare-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "fetch.max.bytes": config.fetch_max_bytes,
+                         "max.partition.fetch.bytes": config.max_partition_fetch_bytes,
+                         "receive.message.max.bytes": max(config.fetch_max_bytes + 512, 100_000_000)})
+    consumer.subscribe(list(config.input_topics))
+    done, started = 0, None
+    try:
+        while done < total:
+            got = sum(1 for m in consumer.consume(num_messages=config.max_batch_records, timeout=0.2)
+                      if m.error() is None)
+            if got:
+                started = started or time.perf_counter()
+                done += got
+    finally:
+        consumer.close()
+    return time.perf_counter() - (started or time.perf_counter())
+
+
 def bare(config, total: int) -> float:  # type: ignore[no-untyped-def]
+    if config.client == "confluent":
+        return bare_confluent(config, total)
     consumer = KafkaConsumer(*config.input_topics, bootstrap_servers=config.bootstrap_servers,
                              group_id=f"bare-{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest",
                              enable_auto_commit=False, session_timeout_ms=6000, heartbeat_interval_ms=1500,
@@ -65,10 +92,12 @@ def main() -> None:
     parser.add_argument("--kb", type=float, default=10.0)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--partitions", type=int, default=2)
+    parser.add_argument("--client", choices=("kafka-python", "confluent"), default="kafka-python")
     args = parser.parse_args()
     size = int(args.kb * 1024)
     with EmbeddedBroker() as broker:
-        config = topics_config(broker.bootstrap_servers, partitions=args.partitions, max_batch_records=args.batch)
+        config = topics_config(broker.bootstrap_servers, partitions=args.partitions, max_batch_records=args.batch,
+                               client=args.client)
         body = os.urandom(size)
         messages = [(f"m{i}".encode(), (b"\x89PNG\r\n\x1a\n" if i % 50 else b"BAD") + body, []) for i in
                     range(args.messages)]
@@ -78,9 +107,10 @@ def main() -> None:
         ceiling = bare(config, args.messages)
         ours_s = ours(config, args.messages)
     mib = args.messages * size / 1024 / 1024
-    print(f"{args.messages} messages of {args.kb:g} KiB, {args.partitions} partitions, batches of {args.batch}")
+    print(f"{args.messages} messages of {args.kb:g} KiB, {args.partitions} partitions, batches of {args.batch}, "
+          f"client {args.client}")
     print(f"  producing the input (kafka-python, acks=all): {args.messages / produced:8.0f} msgs/s")
-    print(f"  bare consumer, no processing / commits:       {args.messages / ceiling:8.0f} msgs/s "
+    print(f"  bare {args.client} consumer, no processing:   {args.messages / ceiling:8.0f} msgs/s "
           f"({mib / ceiling:.0f} MiB/s)")
     print(f"  KafkaSource -> check -> KafkaSink + commit:   {args.messages / ours_s:8.0f} msgs/s "
           f"({mib / ours_s:.0f} MiB/s in)  = {ceiling / ours_s:.2f}x the bare consumer's rate")
