@@ -2,6 +2,7 @@
 KafkaSource -> magic-byte check (no model) -> KafkaSink, against the embedded broker (or ``--bootstrap``) over TCP.
 
     .venv/bin/python benchmarks/exactly_once_throughput.py [--messages 4000] [--kb 10] [--batch 64] [--rounds 2]
+        [--client kafka-python|confluent]
 
 Each round runs both guarantees on fresh topics with the same input (order alternates between rounds). Throughput:
 inputs / (first input polled -> last batch committed); the group join is excluded. Batch latency: poll -> committed.
@@ -29,8 +30,10 @@ from tests.connectors.jobs import JPEG, SERIALIZER, process
 from tests.connectors.kafka_util import produce, topics_config
 
 
-def run_once(bootstrap: str, guarantee: str, messages: list, *, batch: int, partitions: int) -> dict[str, float]:  # type: ignore[type-arg]
-    config = topics_config(bootstrap, partitions=partitions, max_batch_records=batch, guarantee=guarantee)
+def run_once(bootstrap: str, guarantee: str, messages: list, *, batch: int, partitions: int,  # type: ignore[type-arg]
+             client: str = "kafka-python") -> dict[str, float]:
+    config = topics_config(bootstrap, partitions=partitions, max_batch_records=batch, guarantee=guarantee,
+                           client=client)
     produce(bootstrap, config.input_topics[0], messages)
     polled: dict[str, float] = {}
     latencies: list[float] = []
@@ -73,6 +76,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=64, help="kafka.max_batch_records")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--client", choices=("kafka-python", "confluent"), default="kafka-python")
     parser.add_argument("--bootstrap", help="an external broker (default: the embedded Tansu broker)")
     args = parser.parse_args()
     body = JPEG + b"x" * int(args.kb * 1024)
@@ -84,9 +88,9 @@ def main() -> int:
             order = ["at_least_once", "exactly_once"][:: 1 if round_ % 2 == 0 else -1]
             for guarantee in order:
                 results[guarantee].append(run_once(bootstrap, guarantee, messages, batch=args.batch,
-                                                   partitions=args.partitions))
+                                                   partitions=args.partitions, client=args.client))
     print(f"{args.messages} messages x {args.kb:g} KiB, batches of {args.batch}, {args.partitions} partitions, "
-          f"{args.rounds} rounds, broker {args.bootstrap or 'embedded Tansu'}")
+          f"{args.rounds} rounds, client {args.client}, broker {args.bootstrap or 'embedded Tansu'}")
     print(f"{'guarantee':15s} {'inputs/s':>9s} {'(per round)':>20s} {'batch p50/p95 ms':>17s} "
           f"{'commit step p50/p95 ms':>23s} {'aborted':>8s}")
     for guarantee, runs in results.items():
