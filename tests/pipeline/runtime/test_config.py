@@ -34,7 +34,7 @@ def test_defaults() -> None:
     [
         ({**BASE, "modle": {}}, "modle: unknown key"),
         ({**BASE, "model": {"device": "gpu"}}, "model.device: Value error, must be auto, cpu, cuda or cuda:N"),
-        ({**BASE, "model": {"dtype": "fp8"}}, "model.dtype: Input should be 'fp32', 'fp16' or 'bf16'"),
+        ({**BASE, "model": {"dtype": "fp8"}}, "model.dtype: Input should be 'fp32', 'fp16', 'bf16' or 'auto'"),
         ({**BASE, "model": {"batch_size": 0}}, "model.batch_size: Input should be greater than or equal to 1"),
         ({"taxonomy": {"labels": ["cat", {"name": "dog", "synonym": ["puppy"]}]}},
          r"taxonomy.labels\[1\].synonym: unknown key"),
