@@ -261,7 +261,10 @@ def shutdown_moderation(*, private_cluster: bool) -> None:
     if private_cluster:
         # the application first, while the HTTP proxy still runs: its replicas finish the requests in flight
         # (serve.graceful_shutdown_*); serve.shutdown alone stops proxies and replicas together and cuts them
-        serve.delete(APP_NAME)
+        try:
+            serve.delete(APP_NAME)
+        except Exception as exc:  # noqa: BLE001 - Serve never started (the deploy was refused): nothing to drain
+            log.debug("no Serve application to delete before shutdown: %s", exc)
         serve.shutdown()
         ray.shutdown()
     else:
