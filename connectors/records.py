@@ -89,6 +89,16 @@ def source_array(positions: list[SourcePosition]) -> pa.Array:
     return pa.array([p.as_dict() for p in positions], type=SOURCE_ARROW_TYPE)
 
 
+def file_source_array(files: pa.Array | pa.ChunkedArray, rows: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """File positions given as columns (``files`` string, ``rows`` integer) as a :data:`SOURCE_ARROW_TYPE` array:
+    the same values as ``source_array([FilePosition(f, r), ...])`` without building the positions."""
+    files, rows = (pa.chunked_array([c]) if isinstance(c, pa.Array) else c for c in (files, rows))
+    n = len(files)
+    arrays = {"file": files.combine_chunks().cast(pa.string()), "row": rows.combine_chunks().cast(pa.int64())}
+    return pa.StructArray.from_arrays([arrays.get(f.name, pa.nulls(n, f.type)) for f in SOURCE_ARROW_TYPE],
+                                      fields=list(SOURCE_ARROW_TYPE))
+
+
 @dataclass(frozen=True, slots=True)
 class InputRecord:
     """One input: ``payload`` is the image bytes; ``metadata`` is JSON-able passthrough; ``headers`` are the raw Kafka

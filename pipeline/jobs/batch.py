@@ -58,17 +58,17 @@ from cola_moderation.connectors.parquet.source import (
     resolve_passthrough,
     screen_input_files,
 )
-from cola_moderation.connectors.records import DeadLetter, FilePosition, InputRecord, Route, source_array
+from cola_moderation.connectors.records import Route, file_source_array
 from cola_moderation.operators.backbones.registry import load_geometry
 from cola_moderation.operators.config import DecodeConfig
 from cola_moderation.operators.decode import DecodedBatch, ImageDecoder
-from cola_moderation.operators.errors import DecodeError
+from cola_moderation.operators.errors import DecodeError, error_fields
 from cola_moderation.operators.matching.signals import Hasher, ImageHashes
 from cola_moderation.pipeline.jobs.preflight import check_output_directory
 from cola_moderation.pipeline.jobs.ray_errors import raise_ours
 from cola_moderation.pipeline.jobs.ray_runtime import check_worker_resources, init_ray, quiet_ray_console
 from cola_moderation.pipeline.runtime.config import PipelineConfig
-from cola_moderation.pipeline.runtime.records import OutputRecord, OutputSerializer, to_columns
+from cola_moderation.pipeline.runtime.records import OutputSerializer
 from cola_moderation.pipeline.runtime.summary import RunSummary
 from cola_moderation.pipeline.runtime.worker import ModerationWorker
 
@@ -174,7 +174,9 @@ def decoded_batch(batch: pa.Table, live: list[int], decoded_rows: list[int], err
 
 
 class ModelStage:
-    """Model stage (one per pool actor): routes every row to output, quarantine or dead-letter."""
+    """Model stage (one per pool actor): routes every row to output, quarantine or dead-letter, table in, table
+    out. The record's own columns come from :meth:`ModerationWorker.process_columns`; ``id``, ``source`` and the
+    passthrough columns come from the input table as they are."""
 
     def __init__(self, config: PipelineConfig) -> None:
         self.worker = ModerationWorker(config, job="batch")
@@ -183,10 +185,8 @@ class ModelStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         received_at = time.time()
         n = batch.num_rows
-        cols = batch.select(["id", "file", "row", "error_class", "error_message", "error_stage",
-                             "decode_error"]).to_pydict()
+        cols = batch.select(["id", "error_class", "error_message", "error_stage", "decode_error"]).to_pydict()
         live = [i for i in range(n) if cols["error_class"][i] is None]
-        records = [InputRecord(cols["id"][i], b"", {}, FilePosition(cols["file"][i], cols["row"][i])) for i in live]
         decoded_rows = [k for k, i in enumerate(live) if cols["decode_error"][i] is None]
         decoded = decoded_batch(batch, live, decoded_rows, {k: DecodeError(cols["decode_error"][i])
                                                             for k, i in enumerate(live)
@@ -196,26 +196,24 @@ class ModelStage:
             decoded = replace(decoded, hashes={
                 k: ImageHashes(md5=signals["md5"][live[k]], pdq=signals["pdq"][live[k]],
                                pdq_quality=signals["pdq_quality"][live[k]]) for k in decoded_rows})
-        outcomes = self.worker.process_decoded(records, decoded, received_at=received_at).outcomes
+        result = self.worker.process_columns([cols["id"][i] for i in live], decoded, received_at=received_at)
         routes = [Route.DEAD_LETTER.value] * n
         error_class, error_message, error_stage = cols["error_class"], cols["error_message"], cols["error_stage"]
-        routed: list[OutputRecord] = []
-        at: list[int | None] = [None] * n  # row -> index into routed
-        for i, outcome in zip(live, outcomes, strict=True):  # one outcome per live row, in order
-            if isinstance(outcome, DeadLetter):
-                error_class[i], error_message[i] = outcome.error_class, outcome.error_message
-                error_stage[i] = outcome.error_stage
+        at: list[int | None] = [None] * n  # row -> its row in the worker's columns (None: no record)
+        for k, (i, route) in enumerate(zip(live, result.routes, strict=True)):  # one answer per live row, in order
+            if route is None:
+                fields = error_fields(result.errors[k])
+                error_class[i], error_message[i] = fields["error.class"], fields["error.message"]
+                error_stage[i] = fields["error.stage"]
             else:
-                routes[i] = outcome.route.value
-                at[i] = len(routed)
-                routed.append(outcome.record)
+                routes[i] = route.value
+                at[i] = k
         take = pa.array(at, pa.int64())
-        columns = {name: array.take(take) for name, array in to_columns(routed).items()}
-        columns["id"] = batch.column("id").combine_chunks()
-        columns["source"] = source_array([FilePosition(f, r) for f, r in zip(cols["file"], cols["row"], strict=True)])
         dead = pa.array([route == Route.DEAD_LETTER.value for route in routes], pa.bool_())
         out = {"key": batch.column("key"), "batch_total": batch.column("batch_total"),
-               "route": pa.array(routes, pa.string()), **columns,
+               "route": pa.array(routes, pa.string()), "id": batch.column("id"),
+               "source": file_source_array(batch.column("file"), batch.column("row")),
+               **{name: array.take(take) for name, array in result.columns.items()},
                "payload": pc.if_else(dead, batch.column("payload"), pa.scalar(None, pa.large_binary())),
                "error_class": pa.array(error_class, pa.string()), "error_message": pa.array(error_message, pa.string()),
                "error_stage": pa.array(error_stage, pa.string())}

@@ -22,9 +22,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cola_moderation.connectors.records import DeadLetter, Route
+from cola_moderation.operators.errors import error_fields
 
 if TYPE_CHECKING:
-    from cola_moderation.pipeline.runtime.worker import WorkerResult
+    from cola_moderation.pipeline.runtime.worker import ColumnResult, WorkerResult
 
 LATENCY_BOUNDARIES_MS: list[float] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
 BATCH_BOUNDARIES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
@@ -52,21 +53,37 @@ class WorkerMetrics:
                                     boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("job",))
 
     def observe(self, result: WorkerResult) -> None:
-        """Record one :class:`cola_moderation.pipeline.runtime.worker.WorkerResult`."""
-        if not len(result):
+        """Record one :class:`cola_moderation.pipeline.runtime.worker.WorkerResult` (the records path)."""
+        routed = [(o.route, o.record.latency_ms, o.record.suspected_adversarial) for o in result.outcomes
+                  if not isinstance(o, DeadLetter)]
+        self._observe(len(result), result.model_seconds, routed,
+                      [o.error_stage for o in result.outcomes if isinstance(o, DeadLetter)])
+
+    def observe_columns(self, result: ColumnResult) -> None:
+        """Record one :class:`cola_moderation.pipeline.runtime.worker.ColumnResult` (the batch job's Arrow path)."""
+        latency = result.columns["latency_ms"].to_pylist()
+        flagged = result.columns["suspected_adversarial"].to_pylist()
+        routed = [(route, latency[i], bool(flagged[i])) for i, route in enumerate(result.routes) if route is not None]
+        stages = [error_fields(error)["error.stage"] for error in result.errors.values()]
+        self._observe(len(result), result.model_seconds, routed, stages)
+
+    def _observe(self, count: int, model_seconds: float, routed: list[tuple[Route, float, bool]],
+                 dead_stages: list[str]) -> None:
+        """``routed``: (route, latency_ms, suspected_adversarial) of each record; ``dead_stages``: the failing stage
+        of each dead letter."""
+        if not count:
             return  # Ray counters refuse increments of 0
-        self.records_in.inc(len(result), tags=self.tags)
-        self.batch_size.observe(len(result), tags=self.tags)
-        self.model_latency.observe(result.model_seconds * 1000.0, tags=self.tags)
-        for outcome in result.outcomes:
-            if isinstance(outcome, DeadLetter):
-                self.dead_letter.inc(1, tags={**self.tags, "stage": outcome.error_stage})
-                continue
-            self.records_out.inc(1, tags={**self.tags, "route": outcome.route.value})
-            self.end_to_end.observe(outcome.record.latency_ms, tags=self.tags)
-            if outcome.route is Route.QUARANTINE:
+        self.records_in.inc(count, tags=self.tags)
+        self.batch_size.observe(count, tags=self.tags)
+        self.model_latency.observe(model_seconds * 1000.0, tags=self.tags)
+        for stage in dead_stages:
+            self.dead_letter.inc(1, tags={**self.tags, "stage": stage})
+        for route, latency_ms, flagged in routed:
+            self.records_out.inc(1, tags={**self.tags, "route": route.value})
+            self.end_to_end.observe(latency_ms, tags=self.tags)
+            if route is Route.QUARANTINE:
                 self.quarantined.inc(1, tags=self.tags)
-            if outcome.record.suspected_adversarial:
+            if flagged:
                 self.flagged.inc(1, tags=self.tags)
 
 

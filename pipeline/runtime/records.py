@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from importlib import resources
@@ -103,31 +103,21 @@ class OutputRecord:
                      policy_version: str, received_at: float, now: float | None = None,
                      match: Match | None = None, decided_by: str = "model") -> OutputRecord:
         """The output record of ``record``. ``received_at``/``now`` are ``time.time()`` seconds."""
-        now = time.time() if now is None else now
-        return cls(id=record.id, label=verdict.label, score=round(verdict.score, 6),
-                   topk=tuple((label, round(score, 6)) for label, score in verdict.topk), action=decision.action,
-                   adversarial_score=round(verdict.adversarial_score, 6),
-                   suspected_adversarial=bool(verdict.suspected_adversarial), method=verdict.method, model=model,
-                   policy_version=policy_version, source=record.source,
-                   processed_at=datetime.fromtimestamp(now, UTC),
-                   latency_ms=round(max(0.0, now - received_at) * 1000.0, 3), metadata=record.metadata,
-                   review_reasons=decision.review_reasons,
-                   frame=verdict.frame, frame_count=verdict.frame_count,
-                   match=None if match is None else match.to_json(), decided_by=decided_by)
+        return cls.of(record, verdict_fields(verdict, decision, model=model, policy_version=policy_version,
+                                             received_at=received_at, now=now, match=match, decided_by=decided_by))
 
     @classmethod
     def from_match(cls, record: InputRecord, match: Match, decision: Decision, *, method: str, model: str,
                    policy_version: str, received_at: float, now: float | None = None) -> OutputRecord:
-        """The record of an input routed on its bank hit alone (``matching.skip_model_on_match``): the label is the
-        one the bank attaches, else the banked row's label, else the bank's name, at score 1; no detector ran
-        (``adversarial_score`` 0)."""
-        now = time.time() if now is None else now
-        label = match.action if match.action not in ("allow", "review", "block") else match.label or match.bank
-        return cls(id=record.id, label=label, score=1.0, topk=((label, 1.0),), action=decision.action,
-                   adversarial_score=0.0, suspected_adversarial=False, method=method, model=model,
-                   policy_version=policy_version, source=record.source, processed_at=datetime.fromtimestamp(now, UTC),
-                   latency_ms=round(max(0.0, now - received_at) * 1000.0, 3), metadata=record.metadata,
-                   review_reasons=decision.review_reasons, match=match.to_json(), decided_by="match")
+        """The record of an input routed on its bank hit alone (see :func:`match_fields`)."""
+        return cls.of(record, match_fields(match, decision, method=method, model=model,
+                                           policy_version=policy_version, received_at=received_at, now=now))
+
+    @classmethod
+    def of(cls, record: InputRecord, fields: Mapping[str, Any]) -> OutputRecord:
+        """The output record of ``record`` with the record's own ``fields`` (:func:`verdict_fields` /
+        :func:`match_fields`): the input gives ``id``, ``source`` and ``metadata``."""
+        return cls(id=record.id, source=record.source, metadata=record.metadata, **fields)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form (a dict of JSON types; :func:`dumps` encodes it)."""
@@ -191,34 +181,61 @@ def dumps_json(document: Mapping[str, Any]) -> bytes:
     return dumps_strict(document, separators=(",", ":"), ensure_ascii=False, default=json_default).encode()
 
 
+FIELD_NAMES: tuple[str, ...] = tuple(name for name in ARROW_SCHEMA.names if name not in ("id", "source"))
+"""The record's own fields: everything :data:`ARROW_SCHEMA` holds but what the input gives (``id``, ``source``)."""
+
+
+def verdict_fields(verdict: Moderation, decision: Decision, *, model: str, policy_version: str, received_at: float,
+                   now: float | None = None, match: Match | None = None, decided_by: str = "model") -> dict[str, Any]:
+    """The record's own fields (:data:`FIELD_NAMES`) for the model's ``verdict`` and the policy's ``decision``.
+    ``received_at``/``now`` are ``time.time()`` seconds. Both forms of the record (:class:`OutputRecord` and the
+    batch job's Arrow columns, :func:`field_columns`) are built from this one dict."""
+    now = time.time() if now is None else now
+    return {"schema_version": SCHEMA_VERSION, "label": verdict.label, "score": round(verdict.score, 6),
+            "topk": tuple((label, round(score, 6)) for label, score in verdict.topk), "action": decision.action,
+            "adversarial_score": round(verdict.adversarial_score, 6),
+            "suspected_adversarial": bool(verdict.suspected_adversarial), "method": verdict.method, "model": model,
+            "policy_version": policy_version, "processed_at": datetime.fromtimestamp(now, UTC),
+            "latency_ms": round(max(0.0, now - received_at) * 1000.0, 3), "review_reasons": decision.review_reasons,
+            "frame": verdict.frame, "frame_count": verdict.frame_count,
+            "decided_by": decided_by, "match": None if match is None else match.to_json()}
+
+
+def match_fields(match: Match, decision: Decision, *, method: str, model: str, policy_version: str,
+                 received_at: float, now: float | None = None) -> dict[str, Any]:
+    """The record's own fields for an input routed on its bank hit alone (``matching.skip_model_on_match``): the
+    label is the one the bank attaches, else the banked row's label, else the bank's name, at score 1; no detector
+    ran (``adversarial_score`` 0)."""
+    now = time.time() if now is None else now
+    label = match.action if match.action not in ("allow", "review", "block") else match.label or match.bank
+    return {"schema_version": SCHEMA_VERSION, "label": label, "score": 1.0, "topk": ((label, 1.0),),
+            "action": decision.action, "adversarial_score": 0.0, "suspected_adversarial": False, "method": method,
+            "model": model, "policy_version": policy_version, "processed_at": datetime.fromtimestamp(now, UTC),
+            "latency_ms": round(max(0.0, now - received_at) * 1000.0, 3), "review_reasons": decision.review_reasons,
+            "frame": 0, "frame_count": 1, "decided_by": "match", "match": match.to_json()}
+
+
+def field_columns(rows: Sequence[Mapping[str, Any] | None]) -> dict[str, pa.Array]:
+    """The :data:`FIELD_NAMES` columns of ``rows`` (each a dict of the record's own fields; ``None`` gives a null
+    row, e.g. a dead letter's place in a batch)."""
+    types = {f.name: f.type for f in ARROW_SCHEMA}
+    values: dict[str, list[Any]] = {name: [] for name in FIELD_NAMES}
+    for row in rows:
+        for name in FIELD_NAMES:
+            values[name].append(None if row is None else row[name])
+    values["topk"] = [None if topk is None else [{"label": label, "score": score} for label, score in topk]
+                      for topk in values["topk"]]
+    values["review_reasons"] = [None if reasons is None else list(reasons) for reasons in values["review_reasons"]]
+    values["match"] = [None if match is None else dict(match) for match in values["match"]]
+    return {name: pa.array(values[name], type=types[name]) for name in FIELD_NAMES}
+
+
 def to_columns(records: list[OutputRecord]) -> dict[str, pa.Array]:
     """The :data:`ARROW_SCHEMA` columns of ``records``."""
-    types = {f.name: f.type for f in ARROW_SCHEMA}
-
-    def column(name: str, values: list[Any]) -> pa.Array:
-        return pa.array(values, type=types[name])
-
-    return {
-        "schema_version": column("schema_version", [r.schema_version for r in records]),
-        "id": column("id", [r.id for r in records]),
-        "label": column("label", [r.label for r in records]),
-        "score": column("score", [r.score for r in records]),
-        "topk": column("topk", [[{"label": label, "score": score} for label, score in r.topk] for r in records]),
-        "action": column("action", [r.action for r in records]),
-        "adversarial_score": column("adversarial_score", [r.adversarial_score for r in records]),
-        "suspected_adversarial": column("suspected_adversarial", [r.suspected_adversarial for r in records]),
-        "method": column("method", [r.method for r in records]),
-        "model": column("model", [r.model for r in records]),
-        "policy_version": column("policy_version", [r.policy_version for r in records]),
-        "source": source_array([r.source for r in records]),
-        "processed_at": column("processed_at", [r.processed_at for r in records]),
-        "latency_ms": column("latency_ms", [r.latency_ms for r in records]),
-        "review_reasons": column("review_reasons", [list(r.review_reasons) for r in records]),
-        "frame": column("frame", [r.frame for r in records]),
-        "frame_count": column("frame_count", [r.frame_count for r in records]),
-        "decided_by": column("decided_by", [r.decided_by for r in records]),
-        "match": column("match", [None if r.match is None else dict(r.match) for r in records]),
-    }
+    columns = field_columns([{name: getattr(r, name) for name in FIELD_NAMES} for r in records])
+    columns["id"] = pa.array([r.id for r in records], pa.string())
+    columns["source"] = source_array([r.source for r in records])
+    return {name: columns[name] for name in ARROW_SCHEMA.names}
 
 
 class OutputSerializer:

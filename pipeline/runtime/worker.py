@@ -15,6 +15,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
 
 from cola_moderation.connectors.records import DeadLetter, InputRecord, Outcome, Route, Routed
 from cola_moderation.operators.decode import DecodedBatch, ImageDecoder
@@ -25,7 +28,7 @@ from cola_moderation.operators.policy import SEVERITY, Decision, Policy
 from cola_moderation.pipeline.runtime.config import PipelineConfig
 from cola_moderation.pipeline.runtime.library import build_moderator
 from cola_moderation.pipeline.runtime.metrics import WorkerMetrics, worker_metrics
-from cola_moderation.pipeline.runtime.records import OutputRecord
+from cola_moderation.pipeline.runtime.records import OutputRecord, field_columns, match_fields, verdict_fields
 
 
 @dataclass
@@ -50,6 +53,30 @@ class WorkerResult:
     def dead_letters(self) -> list[DeadLetter]:
         """The dead letters (input order)."""
         return [o for o in self.outcomes if isinstance(o, DeadLetter)]
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """What the worker made of one input that produced a record: its route and the record's own fields
+    (:func:`~cola_moderation.pipeline.runtime.records.verdict_fields`); the input supplies id, source, metadata."""
+
+    route: Route
+    fields: dict[str, Any]
+
+
+@dataclass
+class ColumnResult:
+    """:meth:`ModerationWorker.process_columns`' answer, one row per input in input order: ``routes[i]`` is
+    ``Route.OUTPUT`` / ``Route.QUARANTINE``, or ``None`` for an input that failed (its error in ``errors[i]``);
+    ``columns`` are the record's own columns, null in the failed rows."""
+
+    routes: list[Route | None]
+    errors: dict[int, DecodeError]
+    columns: dict[str, pa.Array]
+    model_seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.routes)
 
 
 class ModerationWorker:
@@ -100,30 +127,60 @@ class ModerationWorker:
     def process_decoded(self, records: Sequence[InputRecord], decoded: DecodedBatch, *,
                         received_at: float | None = None, started: float | None = None) -> WorkerResult:
         """Moderate ``records`` whose payloads were decoded elsewhere (``decoded`` covers them all, in order)."""
+        started = time.perf_counter() if started is None else started
+        judgements, model_seconds = self.judge([record.id for record in records], decoded, received_at=received_at,
+                                               started=started)
+        result = WorkerResult(model_seconds=model_seconds)
+        for record, judgement in zip(records, judgements, strict=True):
+            result.outcomes.append(DeadLetter.from_exception(record, judgement) if isinstance(judgement, DecodeError)
+                                   else Routed(judgement.route, OutputRecord.of(record, judgement.fields)))
+        if self._metrics is not None:
+            self._metrics.observe(result)
+        return result
+
+    def process_columns(self, ids: Sequence[str], decoded: DecodedBatch, *,
+                        received_at: float | None = None) -> ColumnResult:
+        """Moderate the inputs ``ids`` (their decoded pixels in ``decoded``, in order) into the record's own Arrow
+        columns (:data:`~cola_moderation.pipeline.runtime.records.FIELD_NAMES`): the batch job's path, with no
+        record objects in between. The caller owns ``id``, ``source`` and the passthrough columns."""
+        started = time.perf_counter()
+        judgements, model_seconds = self.judge(ids, decoded, received_at=received_at, started=started)
+        records = [None if isinstance(j, DecodeError) else j for j in judgements]
+        result = ColumnResult(routes=[None if j is None else j.route for j in records],
+                              errors={i: j for i, j in enumerate(judgements) if isinstance(j, DecodeError)},
+                              columns=field_columns([None if j is None else j.fields for j in records]),
+                              model_seconds=model_seconds)
+        if self._metrics is not None:
+            self._metrics.observe_columns(result)
+        return result
+
+    def judge(self, ids: Sequence[str], decoded: DecodedBatch, *, received_at: float | None = None,
+              started: float | None = None) -> tuple[list[Judgement | DecodeError], float]:
+        """What becomes of each input ``ids[i]`` (one entry per id, in order) and the seconds spent from ``started``
+        through the model: matching, the model on what was not skipped, the policy. The one core of
+        :meth:`process_decoded` (records) and :meth:`process_columns` (Arrow)."""
         received_at = time.time() if received_at is None else received_at
         started = time.perf_counter() if started is None else started
         moderator = self.start()
         matches = self.match(decoded)
         skipped = matches if self.config.matching.skip_model_on_match else {}
-        verdicts = moderator.moderate_decoded(without(decoded, skipped), len(records))
-        result = WorkerResult(model_seconds=time.perf_counter() - started)
+        verdicts = moderator.moderate_decoded(without(decoded, skipped), len(ids))
+        model_seconds = time.perf_counter() - started
         now = time.time()
-        for index, (record, verdict) in enumerate(zip(records, verdicts, strict=True)):
+        judgements: list[Judgement | DecodeError] = []
+        for index, (record_id, verdict) in enumerate(zip(ids, verdicts, strict=True)):
             match = matches.get(index)
             if index in skipped and match is not None:
                 decision = self.policy.with_match(None, bank=match.bank, action=match.action)
-                output = OutputRecord.from_match(record, match, decision, method=self.config.method,
-                                                 model=self.model_name, policy_version=self.policy.version,
-                                                 received_at=received_at, now=now)
+                fields = match_fields(match, decision, method=self.config.method, model=self.model_name,
+                                      policy_version=self.policy.version, received_at=received_at, now=now)
             elif isinstance(verdict, DecodeError):
-                result.outcomes.append(DeadLetter.from_exception(record, verdict))
+                judgements.append(verdict)
                 continue
             else:
-                output, decision = self._record(record, verdict, match, received_at=received_at, now=now)
-            result.outcomes.append(Routed(Route.QUARANTINE if decision.quarantine else Route.OUTPUT, output))
-        if self._metrics is not None:
-            self._metrics.observe(result)
-        return result
+                fields, decision = self._fields(record_id, verdict, match, received_at=received_at, now=now)
+            judgements.append(Judgement(Route.QUARANTINE if decision.quarantine else Route.OUTPUT, fields))
+        return judgements, model_seconds
 
     def match(self, decoded: DecodedBatch) -> dict[int, Match]:
         """Input position -> its bank hit, for the inputs of ``decoded`` that the decoder hashed."""
@@ -133,18 +190,17 @@ class ModerationWorker:
         found = self._matcher.match([decoded.hashes[p] for p in positions])
         return {p: m for p, m in zip(positions, found, strict=True) if m is not None}
 
-    def _record(self, record: InputRecord, verdict: Moderation, match: Match | None, *, received_at: float,
-                now: float) -> tuple[OutputRecord, Decision]:
-        verdict, decision = self.policy.decide_frames(verdict, record_id=record.id)  # animated: strictest frame
+    def _fields(self, record_id: str, verdict: Moderation, match: Match | None, *, received_at: float,
+                now: float) -> tuple[dict[str, Any], Decision]:
+        verdict, decision = self.policy.decide_frames(verdict, record_id=record_id)  # animated: strictest frame
         decided_by = "model"
         if match is not None:
             by_bank = self.policy.with_match(None, bank=match.bank, action=match.action)
             decided_by = "match" if SEVERITY[by_bank.action] >= SEVERITY[decision.action] else "model"
             decision = self.policy.with_match(decision, bank=match.bank, action=match.action)
-        output = OutputRecord.from_verdict(record, verdict, decision, model=self.model_name,
-                                           policy_version=self.policy.version, received_at=received_at, now=now,
-                                           match=match, decided_by=decided_by)
-        return output, decision
+        fields = verdict_fields(verdict, decision, model=self.model_name, policy_version=self.policy.version,
+                                received_at=received_at, now=now, match=match, decided_by=decided_by)
+        return fields, decision
 
     def close(self) -> None:
         if self._decoder is not None:
