@@ -19,12 +19,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from cola_moderation.operators.backbones.base import Backbone, ImageGeometry, ImageTower, resolve_device, resolve_dtype
+from cola_moderation.operators.backbones.base import Backbone, ImageGeometry, ImageTower
 from cola_moderation.operators.backbones.sources import ModelSource
 from cola_moderation.operators.backbones.transformers_clip import (
     COPIED_FILES,
+    HubLoad,
     copy_files,
-    processor_geometry,
     stored_dtype,
 )
 from cola_moderation.operators.config import ModelConfig
@@ -63,21 +63,20 @@ class SiglipBackbone(Backbone):
     def load(cls, config: ModelConfig, source: ModelSource | None = None) -> SiglipBackbone:
         from transformers import AutoTokenizer, SiglipModel
 
-        source = source or ModelSource.resolve(config.path, config.revision)
-        device = resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device)
-        geometry = processor_geometry(source)
-        hub_kwargs: dict[str, Any] = {"revision": source.revision} if source.revision else {}
+        load = HubLoad.plan(config, source)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source.location, trust_remote_code=False, **hub_kwargs)
-            model = SiglipModel.from_pretrained(source.location, use_safetensors=True, dtype=dtype, **hub_kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(load.source.location, trust_remote_code=False, **load.hub_kwargs)
+            model = SiglipModel.from_pretrained(load.source.location, use_safetensors=True, dtype=load.dtype,
+                                                **load.hub_kwargs)
         except ImportError as exc:
             raise MissingDependencyError(f"SigLIP's tokenizer needs sentencepiece: pip install sentencepiece "
                                          f"({' '.join(str(exc).split())[:200]})") from exc
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot load SigLIP model {config.path!r}: {' '.join(str(exc).split())}") from exc
-        log.info("loaded SigLIP %s on %s as %s (image size %d)", config.path, device, config.dtype, geometry.size)
-        return cls(model, tokenizer, geometry, name=config.path, device=device, dtype=dtype, source=source)
+        log.info("loaded SigLIP %s on %s as %s (image size %d)", config.path, load.device, config.dtype,
+                 load.geometry.size)
+        return cls(model, tokenizer, load.geometry, name=config.path, device=load.device, dtype=load.dtype,
+                   source=load.source)
 
     def encode_texts(self, texts: list[str], *, batch_size: int = 256) -> torch.Tensor:
         chunks = []

@@ -11,6 +11,7 @@ import copy
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -57,6 +58,26 @@ def processor_geometry(source: ModelSource) -> ImageGeometry:
         raise ModelLoadError(f"cannot read {found}: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class HubLoad:
+    """What loading a ``transformers`` checkpoint (CLIP or SigLIP) needs before any weights are read: where it is,
+    the device and dtype the config asks for, the image geometry and the hub keyword arguments."""
+
+    source: ModelSource
+    device: torch.device
+    dtype: torch.dtype
+    geometry: ImageGeometry
+    hub_kwargs: dict[str, Any]
+
+    @classmethod
+    def plan(cls, config: ModelConfig, source: ModelSource | None = None) -> HubLoad:
+        source = source or ModelSource.resolve(config.path, config.revision)
+        device = resolve_device(config.device)
+        return cls(source=source, device=device, dtype=resolve_dtype(config.dtype, device),
+                   geometry=processor_geometry(source),
+                   hub_kwargs={"revision": source.revision} if source.revision else {})
+
+
 class ClipImageEncoder(torch.nn.Module):
     """``CLIPModel``'s image side: normalised pixels -> projected (unnormalised) features."""
 
@@ -89,19 +110,17 @@ class ClipBackbone(Backbone):
     def load(cls, config: ModelConfig, source: ModelSource | None = None) -> ClipBackbone:
         from transformers import CLIPModel, CLIPTokenizer
 
-        source = source or ModelSource.resolve(config.path, config.revision)
-        device = resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device)
-        geometry = processor_geometry(source)
-        hub_kwargs: dict[str, Any] = {"revision": source.revision} if source.revision else {}
+        load = HubLoad.plan(config, source)
         try:
-            tokenizer = CLIPTokenizer.from_pretrained(source.location, **hub_kwargs)
-            model = CLIPModel.from_pretrained(source.location, use_safetensors=True, dtype=dtype, **hub_kwargs)
+            tokenizer = CLIPTokenizer.from_pretrained(load.source.location, **load.hub_kwargs)
+            model = CLIPModel.from_pretrained(load.source.location, use_safetensors=True, dtype=load.dtype,
+                                              **load.hub_kwargs)
         except (OSError, ValueError) as exc:
             raise _load_error(config, exc, needs="model.safetensors, config.json, the tokenizer files and "
                                                  "preprocessor_config.json") from exc
-        log.info("loaded %s on %s as %s (image size %d)", config.path, device, config.dtype, geometry.size)
-        return cls(model, tokenizer, geometry, name=config.path, device=device, dtype=dtype, source=source)
+        log.info("loaded %s on %s as %s (image size %d)", config.path, load.device, config.dtype, load.geometry.size)
+        return cls(model, tokenizer, load.geometry, name=config.path, device=load.device, dtype=load.dtype,
+                   source=load.source)
 
     def encode_texts(self, texts: list[str], *, batch_size: int = 256) -> torch.Tensor:
         chunks = []
