@@ -27,9 +27,9 @@ import pyarrow as pa
 
 from cola_moderation.connectors.records import SourcePosition, source_array
 from cola_moderation.pipeline.runtime.records import (
-    CONTENT_TYPE,
     SOURCE_TYPE,
     TOPK_TYPE,
+    IdKeyedSerializer,
     OutputRecord,
     dumps_json,
     position_from_dict,
@@ -174,15 +174,12 @@ def decision_table(records: list[DecisionRecord]) -> pa.Table:
     return pa.Table.from_arrays([columns[f.name] for f in DECISION_ARROW_SCHEMA], schema=DECISION_ARROW_SCHEMA)
 
 
-class DecisionSerializer:
+class DecisionSerializer(IdKeyedSerializer):
     """The :class:`~cola_moderation.connectors.base.RecordSerializer` of :class:`DecisionRecord`."""
 
-    content_type = CONTENT_TYPE
     schema_version = str(DECISION_SCHEMA_VERSION)
     arrow_schema = DECISION_ARROW_SCHEMA
-
-    def key(self, record: DecisionRecord) -> str:
-        return record.id
+    record_type = "decision"
 
     def json_bytes(self, record: DecisionRecord) -> bytes:
         return dumps_json(record.to_json())
@@ -192,11 +189,6 @@ class DecisionSerializer:
 
     def passthrough(self, record: DecisionRecord) -> Mapping[str, Any]:
         return {}
-
-    @property
-    def headers(self) -> list[tuple[str, bytes]]:
-        return [("content-type", self.content_type.encode()), ("cola.schema-version", self.schema_version.encode()),
-                ("cola.record-type", b"decision")]
 
 
 def decision_json_schema() -> dict[str, Any]:

@@ -238,15 +238,32 @@ def to_columns(records: list[OutputRecord]) -> dict[str, pa.Array]:
     return {name: columns[name] for name in ARROW_SCHEMA.names}
 
 
-class OutputSerializer:
+class IdKeyedSerializer:
+    """What the pipeline's record serializers share: JSON values keyed by the record's ``id``, and the headers
+    naming the content type and schema version (plus ``record_type`` when set). Subclasses set the class
+    attributes and write ``json_bytes`` / ``to_columns`` / ``passthrough``."""
+
+    content_type: str = CONTENT_TYPE
+    schema_version: str
+    arrow_schema: pa.Schema
+    record_type: str | None = None
+    """``cola.record-type`` header value, for record types a topic may carry beside the output records."""
+
+    def key(self, record: Any) -> str:
+        key: str = record.id
+        return key
+
+    @property
+    def headers(self) -> list[tuple[str, bytes]]:
+        headers = [("content-type", self.content_type.encode()), ("cola.schema-version", self.schema_version.encode())]
+        return headers + ([("cola.record-type", self.record_type.encode())] if self.record_type else [])
+
+
+class OutputSerializer(IdKeyedSerializer):
     """The :class:`~cola_moderation.connectors.base.RecordSerializer` of :class:`OutputRecord`."""
 
-    content_type = CONTENT_TYPE
     schema_version = str(SCHEMA_VERSION)
     arrow_schema = ARROW_SCHEMA
-
-    def key(self, record: OutputRecord) -> str:
-        return record.id
 
     def json_bytes(self, record: OutputRecord) -> bytes:
         return dumps(record)
@@ -256,10 +273,6 @@ class OutputSerializer:
 
     def passthrough(self, record: OutputRecord) -> Mapping[str, Any]:
         return record.metadata
-
-    @property
-    def headers(self) -> list[tuple[str, bytes]]:
-        return [("content-type", self.content_type.encode()), ("cola.schema-version", self.schema_version.encode())]
 
 
 def json_schema() -> dict[str, Any]:
