@@ -9,6 +9,10 @@ offsets are one Kafka transaction of the consumer's transactional producer (id `
 restarted job fences the one it replaces); an aborted batch is dropped with the batches behind it and read again
 (:mod:`cola_moderation.connectors.kafka.transactions`).
 
+The connector is ``stream.source`` (:mod:`cola_moderation.connectors.registry`; Kafka is the one registered): the
+job opens each member's source and sink and checks the endpoint (before Ray starts, and while no input arrives)
+through the registry only.
+
 Stopping: ``--max-records N`` stops once at least N inputs were written (the batches in flight finish);
 ``--idle-timeout S`` once no input arrived for S seconds; SIGINT/SIGTERM finish the batches in flight, commit what
 was written, and stop.
@@ -26,8 +30,7 @@ from typing import Any
 from cola_moderation.connectors.base import Source
 from cola_moderation.connectors.errors import BrokerError, SinkWriteError, TransactionFencedError
 from cola_moderation.connectors.records import Batch, Outcome
-from cola_moderation.connectors.registry import stream_connector
-from cola_moderation.pipeline.jobs.preflight import broker_reachable
+from cola_moderation.connectors.registry import Endpoint, stream_connector
 from cola_moderation.pipeline.jobs.ray_errors import raise_ours
 from cola_moderation.pipeline.runtime.config import PipelineConfig
 from cola_moderation.pipeline.runtime.delivery import DeliveryLoop, LoopState, RetryPolicy
@@ -56,6 +59,7 @@ class StreamConsumer:
         self._started = time.monotonic()
         self._joined_at: float | None = None
         self._loop: DeliveryLoop | None = None
+        self.endpoint = stream_endpoint(config, bootstrap_servers=bootstrap_servers)
         self._broker_checked = 0.0
         self._broker_down_since: float | None = None
 
@@ -103,7 +107,7 @@ class StreamConsumer:
                          if stream.processing_retry_s > 0 else None)
         # exactly_once: a failed transaction is aborted and its batches polled again (the loop's own handling)
         write_retry = (RetryPolicy(stream.broker_retry_s, setting="stream.broker_retry_s", **backoff)
-                       if stream.broker_retry_s > 0 and self.config.kafka.guarantee != "exactly_once" else None)
+                       if stream.broker_retry_s > 0 and not self.endpoint.transactional else None)
         self._loop = DeliveryLoop(source, sink, submit, max_in_flight=stream.max_in_flight,
                                   on_committed=lambda _batch, outcomes: self._count(outcomes),
                                   process_retry=process_retry, write_retry=write_retry)
@@ -112,7 +116,7 @@ class StreamConsumer:
         except SinkWriteError as exc:  # the write retries ran out: name the broker, one line
             if isinstance(exc, TransactionFencedError):
                 raise
-            raise BrokerError(f"Kafka broker at {self._bootstrap()} did not take the output "
+            raise BrokerError(f"{self.endpoint.description} did not take the output "
                               f"({' '.join(str(exc).split())})") from exc
         finally:
             sink.close()
@@ -123,26 +127,23 @@ class StreamConsumer:
                 self.summary.seconds = state.last_commit - state.first_input
         return self.summary
 
-    def _bootstrap(self) -> str:
-        return self.bootstrap_servers or self.config.kafka.bootstrap_servers
-
     def _check_broker(self, state: LoopState) -> None:
-        """While no input arrives, check every 2 s that the broker accepts connections (the consumer itself only
-        logs that it cannot reach it); unreachable for ``stream.broker_retry_s`` stops the job with a
+        """While no input arrives, check every 2 s that the endpoint (the broker) accepts connections (the consumer
+        itself only logs that it cannot reach it); unreachable for ``stream.broker_retry_s`` stops the job with a
         :class:`BrokerError`. Batches in flight are not committed (a restart re-reads them)."""
         now = time.monotonic()
         if self.config.stream.broker_retry_s <= 0 or now - max(state.last_input, self._broker_checked) < 2.0:
             return
         self._broker_checked = now
-        problem = broker_reachable(self._bootstrap())
+        problem = self.endpoint.reachable()
         if problem is None:
             self._broker_down_since = None
             return
         self._broker_down_since = self._broker_down_since or now
         down_for = now - self._broker_down_since
-        log.warning("Kafka broker unreachable for %.0f s: %s", down_for, problem)
+        log.warning("%s unreachable for %.0f s: %s", self.endpoint.description, down_for, problem)
         if down_for >= self.config.stream.broker_retry_s:
-            raise BrokerError(f"Kafka broker at {self._bootstrap()} unreachable for {down_for:.0f} s "
+            raise BrokerError(f"{self.endpoint.description} unreachable for {down_for:.0f} s "
                               f"(stream.broker_retry_s={self.config.stream.broker_retry_s:g}): {problem}")
 
     def _count(self, outcomes: Sequence[Outcome]) -> None:
@@ -156,12 +157,19 @@ class StreamConsumer:
         now = time.monotonic()
         if self._joined_at is None and source.owns_input():
             self._joined_at = now
-        grace = 2 * self.config.kafka.session_timeout_ms / 1000
+        grace = self.endpoint.join_grace_s
         start = self._joined_at if self._joined_at is not None else self._started + grace
         state = self._loop.state if self._loop is not None else None
         last_input = state.last_input if state is not None else self._started
         last_commit = state.last_commit if state is not None and state.last_commit is not None else start
         return now - max(last_input, last_commit, start)
+
+
+def stream_endpoint(config: PipelineConfig, *, bootstrap_servers: str | None = None) -> Endpoint:
+    """The :class:`~cola_moderation.connectors.registry.Endpoint` of ``stream.source`` (``bootstrap_servers``:
+    ``--bootstrap``, overriding the connector's own setting)."""
+    connector = stream_connector(config.stream.source)
+    return connector.endpoint(getattr(config, connector.section), bootstrap_servers=bootstrap_servers)
 
 
 class ServeResponse:
@@ -195,11 +203,11 @@ def run_stream_job(config: PipelineConfig, *, bootstrap_servers: str | None = No
                    stop_event: threading.Event | None = None) -> RunSummary:
     """Deploy the moderation service, run ``stream.consumers`` consumer actors until a stop condition, and return
     what they wrote. SIGINT/SIGTERM (or ``stop_event``) stop the consumers gracefully."""
-    from cola_moderation.pipeline.jobs.preflight import check_broker, check_model
+    from cola_moderation.pipeline.jobs.preflight import check_model
     from cola_moderation.pipeline.jobs.ray_runtime import check_worker_resources, init_ray
 
     # one-line errors within seconds, before Ray and the replicas start
-    check_broker(bootstrap_servers or config.kafka.bootstrap_servers)
+    stream_endpoint(config, bootstrap_servers=bootstrap_servers).check()
     check_model(config.model)
     init_ray(config.ray, address=address)  # before importing ray/serve: Ray reads its environment at import
     import ray

@@ -44,3 +44,32 @@ def test_kafka_connector_opens_a_member(kafka_broker) -> None:  # type: ignore[n
     finally:
         sink.close()
         source.close()
+
+
+def test_kafka_endpoint_checks_the_real_broker(kafka_broker) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    from cola_moderation.connectors.errors import BrokerError
+    from cola_moderation.pipeline.jobs.stream import stream_endpoint
+
+    config = parse_config({"taxonomy": TAXONOMY, "kafka": {"bootstrap_servers": kafka_broker.bootstrap_servers,
+                                                             "guarantee": "exactly_once", "session_timeout_ms": 7000}})
+    endpoint = stream_endpoint(config)
+    assert endpoint.description == f"Kafka broker at {kafka_broker.bootstrap_servers}"
+    assert endpoint.transactional and endpoint.join_grace_s == 14.0
+    endpoint.check(timeout_s=10)  # a real metadata answer
+    assert endpoint.reachable() is None
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    down = stream_endpoint(config, bootstrap_servers=closed)  # --bootstrap overrides the setting
+    assert down.description == f"Kafka broker at {closed}"
+    problem = down.reachable()
+    assert problem is not None and problem.startswith(closed) and "\n" not in problem
+    with pytest.raises(BrokerError, match=rf"cannot reach the Kafka broker at {closed} \(kafka.bootstrap_servers"):
+        down.check(timeout_s=2)
+    with pytest.raises(ConfigError, match=r"kafka.bootstrap_servers: 'nohost' is not HOST:PORT"):
+        stream_endpoint(config, bootstrap_servers="nohost").check(timeout_s=1)
+    plain = parse_config({"taxonomy": TAXONOMY, "kafka": {"bootstrap_servers": closed}})
+    assert not stream_endpoint(plain).transactional

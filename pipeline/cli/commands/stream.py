@@ -33,11 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cola_moderation.pipeline.jobs.preflight import check_broker
+    from cola_moderation.pipeline.jobs.stream import run_stream_job, stream_endpoint
 
     config = load_config(args.config)
-    check_broker(args.bootstrap or config.kafka.bootstrap_servers)  # one line before Ray and the model load
-    from cola_moderation.pipeline.jobs.stream import run_stream_job
+    stream_endpoint(config, bootstrap_servers=args.bootstrap).check()  # one line before Ray and the model load
 
     summary = run_stream_job(config, bootstrap_servers=args.bootstrap, max_records=args.max_records,
                              idle_timeout_s=args.idle_timeout, address=args.address)
