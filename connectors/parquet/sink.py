@@ -208,8 +208,10 @@ class ParquetSink(Sink):
 
     def flush(self, batch: Batch | None = None) -> None:
         """Accept the records added since the last flush as the complete batch ``batch``; write the roll once it
-        reaches its size target. Raises :class:`SinkWriteError` if a write failed (buffers are cleared either
-        way)."""
+        reaches its size target. The records become the same columns the batch job hands to :meth:`add_columns`
+        and take that path (the :class:`~cola_moderation.connectors.base.Sink` contract, for the delivery loop and
+        library users; the batch job writes columns directly). Raises :class:`SinkWriteError` if a write failed
+        (buffers are cleared either way)."""
         if batch is None:
             raise ValueError("ParquetSink.flush needs the batch: its key marks the batch complete")
         records, dead = self._records, self._dead
@@ -243,7 +245,7 @@ class ParquetSink(Sink):
                                 ("error_stage", "error_stage")):
             columns[name] = pa.array([None] * n_out + [getattr(d, attribute) for d in dead], pa.string())
         routes = pa.array([route.value for route, _ in records] + [Route.DEAD_LETTER.value] * len(dead), pa.string())
-        self._accept(batch.key, self._table(routes, columns, passthrough))
+        self.add_columns(batch.key, routes, columns, passthrough)  # the one write path
 
     def _table(self, routes: pa.Array, columns: Mapping[str, pa.Array], passthrough: pa.Table) -> pa.Table:
         assert self._schema is not None and self._passthrough is not None
