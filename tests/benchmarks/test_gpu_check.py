@@ -36,6 +36,8 @@ def test_gpu_check_covers_every_backbone_family() -> None:
     for family in ("clip", "open_clip", "siglip"):
         assert f"family {family:9s} parity PASS" in out, out
         assert f"throughput {family:9s} tiny encoder fp32" in out and f"family {family:9s} bf16: min cosine" in out
+        assert f"ratio {family:9s} encoder bf16 / fp32: " in out
+    assert "ratio clip      plain path / encoder alone fp32: " in out and "encoder alone bf16: " in out
     assert out.rstrip().endswith("gpu_check: all parity checks passed")
 
 
