@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from cola_moderation.operators.config import DecodeConfig
-from cola_moderation.operators.decode import ImageDecoder
+from cola_moderation.pipeline.research.evaluation.datasets import decode_payloads
 from cola_moderation.pipeline.research.fashion_mnist import DatasetError
 
 DECISIONS_PARTITION = "route=decisions"
@@ -143,15 +143,9 @@ def load_reviewed(path: Path, *, label_names: tuple[str, ...], size: int, image_
         if payload is not None:
             payloads.append(payload)
             names.append(row.get("final_label") or "")
-    chunks: list[torch.Tensor] = []
-    kept_names: list[str] = []
-    with ImageDecoder(size=size, config=decode) as decoder:
-        for start in range(0, len(payloads), 256):
-            batch = decoder.decode(payloads[start : start + 256])
-            chunks.append(batch.pixels)
-            kept_names += [names[start + i] for i in batch.indices]
+    pixels, decoded = decode_payloads(payloads, size=size, decode=decode, chunk=256)
+    kept_names = [names[i] for i in decoded]
     skipped["undecodable"] = len(payloads) - len(kept_names)
-    pixels = torch.cat(chunks) if chunks else torch.empty((0, 3, size, size))
     labels = torch.tensor([label_names.index(n) for n in kept_names], dtype=torch.int64) if use_labels else None
     return ReviewedImages(str(path), pixels, labels, skipped)
 

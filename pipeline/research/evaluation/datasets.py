@@ -104,13 +104,14 @@ def label_indices(values: Sequence[object], label_names: tuple[str, ...], *, sou
     return torch.tensor(indices, dtype=torch.int64)
 
 
-def _decode(payloads: list[bytes], *, size: int, decode: DecodeConfig | None) -> tuple[torch.Tensor, list[int]]:
-    """Decode in batches; returns pixels and the indices of the payloads that decoded."""
+def decode_payloads(payloads: list[bytes], *, size: int, decode: DecodeConfig | None,
+                    chunk: int = 512) -> tuple[torch.Tensor, list[int]]:
+    """Decode in chunks of ``chunk``; returns pixels and the indices of the payloads that decoded."""
     chunks: list[torch.Tensor] = []
     kept: list[int] = []
     with ImageDecoder(size=size, config=decode) as decoder:
-        for start in range(0, len(payloads), 512):
-            batch = decoder.decode(payloads[start : start + 512])
+        for start in range(0, len(payloads), chunk):
+            batch = decoder.decode(payloads[start : start + chunk])
             chunks.append(batch.pixels)
             kept.extend(start + i for i in batch.indices)
     pixels = torch.cat(chunks) if chunks else torch.empty((0, 3, size, size))
@@ -148,7 +149,7 @@ def load_parquet(path: Path, *, label_names: tuple[str, ...], size: int, image_c
             skipped["attacked"] += 1
         else:
             rows.append(i)
-    pixels, kept = _decode([images[i] for i in rows], size=size, decode=decode)
+    pixels, kept = decode_payloads([images[i] for i in rows], size=size, decode=decode)
     skipped["undecodable"] = len(rows) - len(kept)
     names = [labels[rows[k]] for k in kept]
     return EvalDataset(str(path), pixels, label_indices(names, label_names, source=str(path)), label_names, skipped)
@@ -166,7 +167,7 @@ def load_image_folder(root: Path, *, label_names: tuple[str, ...], size: int,
     if not paths:
         raise DatasetError(f"{root}: no images in class sub-folders (expected {root}/<class>/<image>)")
     label_indices(sorted(set(names)), label_names, source=str(root))  # fail before decoding on unknown classes
-    pixels, kept = _decode([p.read_bytes() for p in paths], size=size, decode=decode)
+    pixels, kept = decode_payloads([p.read_bytes() for p in paths], size=size, decode=decode)
     labels = label_indices([names[k] for k in kept], label_names, source=str(root))
     return EvalDataset(str(root), pixels, labels, label_names, {"undecodable": len(paths) - len(kept)})
 
