@@ -263,6 +263,7 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
     with tqdm(total=total_rows, unit="img", desc="cola batch", disable=None if progress else True) as bar:
         try:
             for rows in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                summary.mark_first_rows(time.perf_counter() - started)  # the start-up split `cola batch` prints
                 table: pa.Table = rows  # batch_format="pyarrow"
                 writer.add(table)
                 bar.update(table.num_rows)

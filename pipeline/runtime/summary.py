@@ -29,6 +29,10 @@ class RunSummary:
     """Seconds from the start to the first written batch (the batch job's start-up: worker processes, imports,
     model loading), and how many inputs that batch held; see :attr:`steady_throughput`."""
     first_output_inputs: int = 0
+    first_rows_s: float | None = None
+    """Seconds from the start to the model stage's first rows reaching the batch job's driver: the pool actor's
+    process, its imports and model loading, then its first block (the first written batch follows once all rows of
+    a source batch are back)."""
     cluster_s: float | None = None
     """Seconds the batch job took to start (or join, ``--address``) its Ray cluster, before its clock starts."""
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
@@ -57,6 +61,11 @@ class RunSummary:
         if self.first_output_s is None:
             self.first_output_s = elapsed_s
             self.first_output_inputs = self.inputs
+
+    def mark_first_rows(self, elapsed_s: float) -> None:
+        """Record, once, that the model stage's first rows reached the driver ``elapsed_s`` after the start."""
+        if self.first_rows_s is None:
+            self.first_rows_s = elapsed_s
 
     def add_dead_letter(self, stage: str, error_class: str) -> None:
         self.inputs += 1
@@ -94,6 +103,7 @@ class RunSummary:
                 "dead_letter_errors": dict(self.dead_letter_errors), "seconds": round(self.seconds, 3),
                 "throughput": round(self.throughput, 2),
                 "first_output_s": None if self.first_output_s is None else round(self.first_output_s, 3),
+                **({"first_rows_s": round(self.first_rows_s, 3)} if self.first_rows_s is not None else {}),
                 "steady_throughput": None if (steady := self.steady_throughput) is None else round(steady, 2),
                 **({"cluster_s": round(self.cluster_s, 3)} if self.cluster_s is not None else {}),
                 **({"skipped_files": [{"file": f, "reason": r} for f, r in self.skipped_files]}
@@ -120,9 +130,13 @@ class RunSummary:
         lines.append(f"flagged as suspected adversarial: {self.flagged}")
         section("dead letters", self.dead_letter_errors)
         lines.append(f"time: {self.seconds:.1f} s   throughput: {self.throughput:.1f} images/s")
-        if (steady := self.steady_throughput) is not None:
+        if self.first_output_s is not None:  # the start-up, printed even when the job is too short for a rate after
+            steady = self.steady_throughput
             lines.append(f"  first batch written after {self.first_output_s:.1f} s (start-up: pool actor, imports, "
-                         f"model loading); {steady:.1f} images/s after that")
+                         "model loading)" + (f"; {steady:.1f} images/s after that" if steady is not None else ""))
+        if self.first_rows_s is not None:
+            lines.append(f"    of which {self.first_rows_s:.1f} s until the model's first rows reached the driver (the "
+                         "pool actor's process, imports and model load, then its first block)")
         if self.cluster_s is not None:
             lines.append(f"  Ray cluster ready in {self.cluster_s:.1f} s before that (reuse one with --address)")
         return "\n".join(lines)

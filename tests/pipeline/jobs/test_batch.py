@@ -96,6 +96,7 @@ def test_batch_job_routes_every_input_once(first_run: tuple[Path, RunSummary], d
     assert summary.inputs == 62 and summary.routes["dead_letter"] == len(dead)
     assert summary.routes["output"] == (frame["route"] == "output").sum()
     assert summary.first_output_s is not None and 0 < summary.first_output_s <= summary.seconds
+    assert summary.first_rows_s is not None and 0 < summary.first_rows_s <= summary.first_output_s
 
     # corrupt rows are dead letters with the original bytes and a specific error
     by_id = dead.set_index("id")

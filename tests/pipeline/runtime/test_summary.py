@@ -47,8 +47,15 @@ def test_start_up_and_steady_throughput() -> None:
     assert "Ray cluster" not in summary.table("run") and "cluster_s" not in summary.as_dict()
     summary.cluster_s = 2.25  # the batch job's Ray start (or join), before its clock
     assert "Ray cluster ready in 2.2 s before that" in summary.table("run") and summary.as_dict()["cluster_s"] == 2.25
-    summary.seconds = 4.5  # everything after the first batch came within half a second: nothing to measure
-    assert summary.steady_throughput is None and "start-up" not in summary.table("run")
+    assert "first rows" not in summary.table("run") and "first_rows_s" not in summary.as_dict()
+    summary.mark_first_rows(3.25)  # the model stage's first rows at the driver
+    summary.mark_first_rows(3.5)  # later rows do not move the mark
+    assert "of which 3.2 s until the model's first rows reached the driver" in summary.table("run")
+    assert summary.as_dict()["first_rows_s"] == 3.25
+    summary.seconds = 4.5  # everything after the first batch came within half a second: no rate to measure
+    table = summary.table("run")  # but the start-up is still printed
+    assert summary.steady_throughput is None and "images/s after that" not in table
+    assert "first batch written after 4.0 s (start-up: pool actor, imports, model loading)\n" in table
 
 
 def test_ground_truth_report() -> None:
