@@ -24,7 +24,8 @@ from cola_moderation.connectors.records import (
     file_source_array,
     source_array,
 )
-from cola_moderation.pipeline.jobs.batch import ModelStage, decode_rows, read_file
+from cola_moderation.pipeline.jobs.batch import ModelStage
+from cola_moderation.pipeline.jobs.batch_stages import decode_rows, read_file
 from cola_moderation.pipeline.runtime.config import PipelineConfig, parse_config
 from cola_moderation.pipeline.runtime.metrics import WorkerMetrics
 from cola_moderation.pipeline.runtime.records import ARROW_SCHEMA, FIELD_NAMES, to_columns
