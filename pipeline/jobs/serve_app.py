@@ -6,7 +6,8 @@ its own process at start-up; only the config is pickled. Replica resources come 
 ``worker_num_gpus`` / ``worker_resources``; ``serve.min_replicas`` / ``initial_replicas`` / ``max_replicas`` /
 ``target_ongoing_requests`` / ``upscale_delay_s`` / ``downscale_delay_s`` drive Serve's autoscaler and
 ``serve.max_ongoing_requests`` caps each replica's queue. One thread per replica runs the model, so HTTP batches and
-stream batches take turns instead of fighting over the CPU threads.
+stream batches take turns instead of fighting over the CPU threads; a second one decodes, so the next batch is decoded
+while this one is in the model.
 
 HTTP (``serve.host``:``serve.port``, 127.0.0.1:8000 by default):
 
@@ -101,6 +102,8 @@ class ModerationReplica:
         self.worker = ModerationWorker(config, job="serve")
         self.worker.start()  # load the model now: the replica reports healthy only once it can serve
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="cola-model")
+        # decoding runs beside the model: the next batch decodes (PIL releases the GIL) while this one is encoded
+        self._decode_thread = ThreadPoolExecutor(1, thread_name_prefix="cola-decode")
         serve_config = config.serve
         self.bodies = BodyReader(max_bytes=serve_config.max_request_bytes, timeout_s=serve_config.body_timeout_s,
                                  grace_s=serve_config.body_grace_s, max_slow=serve_config.max_slow_bodies)
@@ -113,9 +116,18 @@ class ModerationReplica:
         return await self._process(list(records), received_at)
 
     async def _process(self, records: list[InputRecord], received_at: float | None) -> WorkerResult:
+        """Decode on the decode thread, then moderate on the model thread: two batches in the replica overlap
+        (one decoding, one in the model), each thread still one batch at a time."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._model_thread,
-                                          partial(self.worker.process, records, received_at=received_at))
+        decode_started = time.perf_counter()
+        decoded = await loop.run_in_executor(self._decode_thread, partial(self.worker.decode, records))
+        decode_seconds = time.perf_counter() - decode_started
+
+        def moderate() -> WorkerResult:  # model time counts from here, plus the decoding (not the wait between)
+            return self.worker.process_decoded(records, decoded, received_at=received_at,
+                                               started=time.perf_counter() - decode_seconds)
+
+        return await loop.run_in_executor(self._model_thread, moderate)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)  # replaced from serve.* config in __init__
     async def moderate_one(self, items: list[tuple[InputRecord, float]]) -> list[ReplicaOutcome]:
@@ -161,9 +173,10 @@ class ModerationReplica:
                 "replica": serve.get_replica_context().replica_id.unique_id}
 
     def __del__(self) -> None:  # Serve calls this when it stops the replica
-        thread = getattr(self, "_model_thread", None)
-        if thread is not None:
-            thread.shutdown(wait=False, cancel_futures=True)
+        for name in ("_decode_thread", "_model_thread"):
+            thread = getattr(self, name, None)
+            if thread is not None:
+                thread.shutdown(wait=False, cancel_futures=True)
         if hasattr(self, "worker"):
             self.worker.close()
 

@@ -119,10 +119,15 @@ class ModerationWorker:
 
     def process(self, records: Sequence[InputRecord], *, received_at: float | None = None) -> WorkerResult:
         """Decode and moderate ``records``: one outcome per record, in order."""
-        moderator = self.start()
         started = time.perf_counter()
-        decoded = (self._decoder or moderator.decoder).decode([record.payload for record in records])
-        return self.process_decoded(records, decoded, received_at=received_at, started=started)
+        return self.process_decoded(records, self.decode(records), received_at=received_at, started=started)
+
+    def decode(self, records: Sequence[InputRecord]) -> DecodedBatch:
+        """The decode step of :meth:`process` alone (with the matching stage's hashes when banks are configured):
+        callers that overlap decoding the next batch with the model's work on this one (the Serve replica) run it on
+        another thread and hand the result to :meth:`process_decoded`."""
+        moderator = self.start()
+        return (self._decoder or moderator.decoder).decode([record.payload for record in records])
 
     def process_decoded(self, records: Sequence[InputRecord], decoded: DecodedBatch, *,
                         received_at: float | None = None, started: float | None = None) -> WorkerResult:
