@@ -69,6 +69,28 @@ def open_kafka(config: KafkaConfig, serializer: RecordSerializer, *, bootstrap_s
         raise
 
 
+def resolve_group_coordinator(producer: KafkaProducer, group_id: str, *, timeout_s: float = 10.0) -> bool:
+    """Look up ``group_id``'s coordinator for ``producer``'s transaction manager now, so that the first
+    ``send_offsets_to_transaction`` finds it. kafka-python otherwise looks it up only when the first TxnOffsetCommit
+    needs it, and then waits out ``retry_backoff_ms`` twice (the request is re-queued as a retry): ~200 ms added to
+    the first transaction of every producer. Best effort, on kafka-python internals: ``False`` (and the lazy lookup)
+    when they differ or the lookup fails."""
+    try:
+        from kafka.producer.transaction_manager import CoordinatorType, FindCoordinatorHandler
+
+        manager: Any = producer._transaction_manager
+        if manager.coordinator(CoordinatorType.GROUP) is not None:
+            return True
+        handler = FindCoordinatorHandler(manager, CoordinatorType.GROUP, group_id)
+        manager._enqueue_request(handler)
+        producer._sender.wakeup()
+        handler.result.wait(timeout_ms=timeout_s * 1000)
+    except (ImportError, AttributeError, TypeError, KafkaError) as exc:
+        log.debug("group coordinator not looked up ahead (kafka-python looks it up at the first offsets): %s", exc)
+        return False
+    return manager.coordinator(CoordinatorType.GROUP) is not None
+
+
 class TransactionalKafkaSink(KafkaSink):
     """A :class:`KafkaSink` whose :meth:`flush` commits the batch's writes and ``source``'s offsets for it in one
     transaction. Construction calls ``init_transactions`` (fencing earlier producers with the same id). Not
@@ -87,6 +109,7 @@ class TransactionalKafkaSink(KafkaSink):
         self.transactional_id = transactional_id
         self._open = False
         self._producer.init_transactions()
+        resolve_group_coordinator(self._producer, config.group_id)
 
     def _send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], *, what: str) -> None:
         self._begin()
@@ -149,6 +172,7 @@ class TransactionalKafkaSink(KafkaSink):
             log.debug("closing the old transactional producer: %s", exc)
         self._producer = KafkaProducer(**self._producer_options)
         self._producer.init_transactions()
+        resolve_group_coordinator(self._producer, self.config.group_id)
 
     def _is_fatal(self, exc: BaseException) -> bool:
         manager: Any = getattr(self._producer, "_transaction_manager", None)
