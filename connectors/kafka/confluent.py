@@ -31,9 +31,10 @@ from kafka.structs import TopicPartition as Partition
 from cola_moderation.connectors.base import RecordSerializer, Sink, Source, check_route
 from cola_moderation.connectors.config import KafkaConfig
 from cola_moderation.connectors.errors import SinkWriteError, TransactionAbortedError, TransactionFencedError
+from cola_moderation.connectors.kafka.membership import Collected, GroupMember, Positions, assemble_batch
 from cola_moderation.connectors.kafka.sink import _HEADER_OVERHEAD, dead_letter_headers
-from cola_moderation.connectors.kafka.source import Positions, message_to_record
-from cola_moderation.connectors.records import Batch, DeadLetter, InputRecord, Route
+from cola_moderation.connectors.kafka.source import message_to_record
+from cola_moderation.connectors.records import Batch, DeadLetter, Route
 from cola_moderation.operators.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class _Message:
     headers: list[tuple[str, bytes | None]] | None
 
 
-class ConfluentKafkaSource(Source):
+class ConfluentKafkaSource(GroupMember, Source):
     """:class:`~cola_moderation.connectors.kafka.source.KafkaSource` on librdkafka. Not thread-safe."""
 
     def __init__(self, config: KafkaConfig, *, bootstrap_servers: str | None = None,
@@ -81,31 +82,16 @@ class ConfluentKafkaSource(Source):
             **config.client_options,
         }
         self._consumer = ck.Consumer(options)
-        self._epoch = 0
-        self._epochs: dict[Partition, int] = {}
-        self._revoked_while_polling: set[Partition] = set()
-        self._acked: dict[Partition, int] = {}
-        self._committed: dict[Partition, int] = {}
+        self._init_membership()
         self._paused = False
         self._consumer.subscribe(list(config.input_topics), on_assign=self._on_assigned, on_revoke=self._on_revoked)
 
     # -- rebalance callbacks (run inside consume) --
     def _on_revoked(self, _consumer: Any, partitions: list[Any]) -> None:
-        revoked = {Partition(p.topic, p.partition) for p in partitions}
-        done = {tp: off for tp, off in self._acked.items() if tp in revoked}
-        if done:
-            self._commit_offsets(done, reason="before revocation")
-        for tp in revoked:
-            self._epochs.pop(tp, None)
-            self._acked.pop(tp, None)
-            self._committed.pop(tp, None)
-        self._revoked_while_polling |= revoked
-        log.info("partitions revoked: %s", sorted(map(str, revoked)))
+        self._revoked({Partition(p.topic, p.partition) for p in partitions})
 
     def _on_assigned(self, _consumer: Any, partitions: list[Any]) -> None:
-        self._epoch += 1
-        for p in partitions:
-            self._epochs[Partition(p.topic, p.partition)] = self._epoch
+        self._assigned(Partition(p.topic, p.partition) for p in partitions)
         if self._paused and self._epochs:
             self._consumer.pause(self._native(self._epochs))
         log.info("partitions assigned: %s", sorted(f"{p.topic}-{p.partition}" for p in partitions))
@@ -119,11 +105,12 @@ class ConfluentKafkaSource(Source):
     def poll(self) -> Batch:
         cfg = self.config
         deadline = time.monotonic() + cfg.max_batch_wait_ms / 1000
-        items: list[tuple[Partition, InputRecord | DeadLetter]] = []
+        items: list[Collected] = []
         nbytes = 0
-        self._revoked_while_polling = set()
         while len(items) < cfg.max_batch_records and nbytes < cfg.max_batch_bytes:
             remaining = max(0.0, deadline - time.monotonic())
+            before = dict(self._epochs)  # rebalance callbacks run inside consume
+            fetched = []
             for message in self._consumer.consume(num_messages=cfg.max_batch_records - len(items), timeout=remaining):
                 error = message.error()
                 if error is not None:
@@ -131,36 +118,12 @@ class ConfluentKafkaSource(Source):
                     continue
                 view = _Message(message.topic(), message.partition(), message.offset(), message.key(),
                                 message.value(), message.headers())
-                items.append((Partition(view.topic, view.partition), message_to_record(view, cfg.value_format)))
+                fetched.append((Partition(view.topic, view.partition), message_to_record(view, cfg.value_format)))
                 nbytes += len(view.value or b"")
+            self._take(items, fetched, before)
             if remaining == 0.0:
                 break
-        positions: Positions = {}
-        records: list[InputRecord] = []
-        dead: list[DeadLetter] = []
-        for tp, item in items:
-            if tp in self._revoked_while_polling or tp not in self._epochs:
-                continue  # lost this partition while collecting: its new owner reads these again
-            position = item.source if isinstance(item, InputRecord) else item.record.source
-            positions[tp] = (self._epochs[tp], position.offset + 1)  # type: ignore[union-attr]
-            (records if isinstance(item, InputRecord) else dead).append(item)  # type: ignore[arg-type]
-        key = ",".join(f"{tp.topic}-{tp.partition}@{off}" for tp, (_e, off) in sorted(positions.items()))
-        return Batch(key, tuple(records), tuple(dead), positions)
-
-    def commit(self, batch: Batch) -> None:
-        positions: Positions = batch.position or {}
-        if self.exactly_once:  # the sink committed the offsets in the batch's transaction
-            for tp, (_epoch, offset) in positions.items():
-                self._committed[tp] = offset
-            return
-        for tp, (epoch, offset) in positions.items():
-            if self._epochs.get(tp) != epoch:
-                log.warning("not committing %s up to %d: the partition was reassigned since the batch was polled; "
-                            "its records will be delivered again", tp, offset)
-                continue
-            self._acked[tp] = max(offset, self._acked.get(tp, 0))
-        if self._acked and self._commit_offsets(dict(self._acked), reason="acknowledged batch"):
-            self._acked.clear()
+        return assemble_batch(items, self._epochs)
 
     def _commit_offsets(self, offsets: Mapping[Partition, int], *, reason: str) -> bool:
         try:
@@ -173,20 +136,15 @@ class ConfluentKafkaSource(Source):
     # -- exactly_once --
     def transaction_offsets(self, batch: Batch) -> list[Any] | None:
         """As :meth:`KafkaSource.transaction_offsets`, as librdkafka ``TopicPartition``\\ s."""
-        positions: Positions = batch.position or {}
-        if any(self._epochs.get(tp) != epoch for tp, (epoch, _offset) in positions.items()):
+        if self._stale(batch):
             return None
+        positions: Positions = batch.position or {}
         return self._native(positions, {tp: offset for tp, (_epoch, offset) in positions.items()})
 
     def group_metadata(self) -> Any:
         return self._consumer.consumer_group_metadata()
 
-    def rewind(self) -> None:
-        """As :meth:`KafkaSource.rewind`."""
-        self._epoch += 1
-        partitions = list(self._epochs)
-        for tp in partitions:
-            self._epochs[tp] = self._epoch
+    def _seek_committed(self, partitions: list[Any]) -> None:
         missing = [tp for tp in partitions if tp not in self._committed]
         stored = {Partition(p.topic, p.partition): p.offset
                   for p in (self._consumer.committed(self._native(missing), timeout=30) if missing else [])}
@@ -196,7 +154,6 @@ class ConfluentKafkaSource(Source):
                 offset = self._ck.OFFSET_BEGINNING if self.config.auto_offset_reset == "earliest" \
                     else self._ck.OFFSET_END
             self._consumer.seek(self._ck.TopicPartition(tp.topic, tp.partition, offset))
-        log.info("rewound %d partitions to their committed offsets", len(partitions))
 
     def pause(self) -> None:
         self._paused = True
@@ -211,12 +168,6 @@ class ConfluentKafkaSource(Source):
     @property
     def paused(self) -> bool:
         return self._paused
-
-    def assignment(self) -> set[Partition]:
-        return set(self._epochs)
-
-    def owns_input(self) -> bool:
-        return bool(self._epochs)
 
     def close(self) -> None:
         self._consumer.close()

@@ -10,7 +10,8 @@
   stream goes on.
 * Rebalance: before partitions are revoked, acknowledged-but-uncommitted offsets are committed; records of revoked
   partitions still being collected are dropped, and in-flight batches are not committed for partitions this member
-  lost (their new owner re-reads them: at-least-once).
+  lost (their new owner re-reads them: at-least-once). Records read after a partition came back in the same poll
+  are read again from the committed offset, not skipped (:mod:`~cola_moderation.connectors.kafka.membership`).
 * :meth:`pause` / :meth:`resume` pause all assigned partitions (backpressure) while the group session stays alive.
 * ``guarantee: exactly_once``: the consumer reads with ``isolation_level=read_committed`` and never commits offsets
   itself: :class:`~cola_moderation.connectors.kafka.transactions.TransactionalKafkaSink` commits
@@ -39,12 +40,12 @@ from cola_moderation.connectors.config import KafkaConfig
 from cola_moderation.connectors.errors import MalformedRecordError
 from cola_moderation.connectors.json_codec import JsonInputError, loads_strict
 from cola_moderation.connectors.kafka.codecs import compression_error
+from cola_moderation.connectors.kafka.membership import Collected, GroupMember, Positions, assemble_batch
 from cola_moderation.connectors.records import Batch, DeadLetter, InputRecord, KafkaPosition
 
 log = logging.getLogger(__name__)
 
-# (topic, partition) -> (assignment epoch, next offset to commit)
-Positions = dict[Any, tuple[int, int]]
+__all__ = ["KafkaSource", "Positions", "decode_headers", "headers_as_text", "message_to_record"]
 
 
 def decode_headers(headers: Iterable[tuple[str, bytes | None]] | None) -> tuple[tuple[str, bytes], ...]:
@@ -102,9 +103,11 @@ def _from_envelope(value: bytes, key: str | None, position: KafkaPosition, heade
                        {**metadata, **envelope}, position, headers)
 
 
-class KafkaSource(Source):
+class KafkaSource(GroupMember, Source):
     """Consume ``config.input_topics`` as member of ``config.group_id``. Not thread-safe: one thread polls,
     commits and closes."""
+
+    _positions_survive_rebalance = True  # kafka-python 3 keeps the state of a partition assigned again
 
     def __init__(self, config: KafkaConfig, *, bootstrap_servers: str | None = None,
                  client_id: str = "cola-source") -> None:
@@ -122,31 +125,16 @@ class KafkaSource(Source):
         if self.exactly_once:
             options["isolation_level"] = "read_committed"
         self._consumer = KafkaConsumer(**options)
-        self._epoch = 0
-        self._epochs: dict[Any, int] = {}  # assigned partition -> epoch of its assignment
-        self._revoked_while_polling: set[Any] = set()
-        self._acked: dict[Any, int] = {}  # acknowledged, not yet committed: partition -> next offset
-        self._committed: dict[Any, int] = {}  # exactly_once: committed in a transaction by this member
+        self._init_membership()
         self._paused = False
         self._consumer.subscribe(list(config.input_topics), listener=_Listener(self))
 
     # -- rebalance callbacks (run inside consumer.poll) --
     def _on_revoked(self, revoked: Iterable[Any]) -> None:
-        revoked = set(revoked)
-        done = {tp: off for tp, off in self._acked.items() if tp in revoked}
-        if done:
-            self._commit_offsets(done, reason="before revocation")
-        for tp in revoked:
-            self._epochs.pop(tp, None)
-            self._acked.pop(tp, None)
-            self._committed.pop(tp, None)
-        self._revoked_while_polling |= revoked
-        log.info("partitions revoked: %s", sorted(map(str, revoked)))
+        self._revoked(set(revoked))
 
     def _on_assigned(self, assigned: Iterable[Any]) -> None:
-        self._epoch += 1
-        for tp in assigned:
-            self._epochs[tp] = self._epoch
+        self._assigned(assigned)
         if self._paused and self._epochs:
             self._consumer.pause(*self._epochs)
         log.info("partitions assigned: %s", sorted(map(str, assigned)))
@@ -155,48 +143,22 @@ class KafkaSource(Source):
     def poll(self) -> Batch:
         cfg = self.config
         deadline = time.monotonic() + cfg.max_batch_wait_ms / 1000
-        items: list[tuple[Any, InputRecord | DeadLetter]] = []
+        items: list[Collected] = []
         nbytes = 0
-        self._revoked_while_polling = set()
         while len(items) < cfg.max_batch_records and nbytes < cfg.max_batch_bytes:
             remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            before = dict(self._epochs)  # rebalance callbacks run inside consumer.poll
             try:
                 fetched = self._consumer.poll(timeout_ms=remaining_ms,
                                               max_records=cfg.max_batch_records - len(items))
             except UnsupportedCodecError as exc:  # every poll would fail on this offset again: stop, one line
                 raise compression_error(exc, self._consumer) from None
-            for tp, messages in fetched.items():
-                for message in messages:
-                    items.append((tp, message_to_record(message, cfg.value_format)))
-                    nbytes += len(message.value or b"")
+            self._take(items, ((tp, message_to_record(message, cfg.value_format))
+                               for tp, messages in fetched.items() for message in messages), before)
+            nbytes += sum(len(message.value or b"") for messages in fetched.values() for message in messages)
             if remaining_ms == 0:
                 break
-        positions: Positions = {}
-        records: list[InputRecord] = []
-        dead: list[DeadLetter] = []
-        for tp, item in items:
-            if tp in self._revoked_while_polling or tp not in self._epochs:
-                continue  # lost this partition while collecting: its new owner reads these again
-            position = item.source if isinstance(item, InputRecord) else item.record.source
-            positions[tp] = (self._epochs[tp], position.offset + 1)  # type: ignore[union-attr]
-            (records if isinstance(item, InputRecord) else dead).append(item)  # type: ignore[arg-type]
-        key = ",".join(f"{tp.topic}-{tp.partition}@{off}" for tp, (_e, off) in sorted(positions.items()))
-        return Batch(key, tuple(records), tuple(dead), positions)
-
-    def commit(self, batch: Batch) -> None:
-        positions: Positions = batch.position or {}
-        if self.exactly_once:  # the sink committed the offsets in the batch's transaction
-            for tp, (_epoch, offset) in positions.items():
-                self._committed[tp] = offset
-            return
-        for tp, (epoch, offset) in positions.items():
-            if self._epochs.get(tp) != epoch:
-                log.warning("not committing %s up to %d: the partition was reassigned since the batch was polled; "
-                            "its records will be delivered again", tp, offset)
-                continue
-            self._acked[tp] = max(offset, self._acked.get(tp, 0))
-        if self._acked and self._commit_offsets(dict(self._acked), reason="acknowledged batch"):
-            self._acked.clear()
+        return assemble_batch(items, self._epochs)
 
     def _commit_offsets(self, offsets: Mapping[Any, int], *, reason: str) -> bool:
         try:
@@ -210,9 +172,9 @@ class KafkaSource(Source):
     def transaction_offsets(self, batch: Batch) -> dict[Any, OffsetAndMetadata] | None:
         """The input offsets to commit in ``batch``'s transaction, or ``None`` when the batch is stale: one of its
         partitions was revoked, reassigned or rewound since it was polled (its records are read again)."""
-        positions: Positions = batch.position or {}
-        if any(self._epochs.get(tp) != epoch for tp, (epoch, _offset) in positions.items()):
+        if self._stale(batch):
             return None
+        positions: Positions = batch.position or {}
         return {tp: OffsetAndMetadata(offset, "", -1) for tp, (_epoch, offset) in positions.items()}
 
     def group_metadata(self) -> Any:
@@ -220,12 +182,8 @@ class KafkaSource(Source):
         broker with KIP-447 rejects the offsets of a member that lost its generation in a rebalance."""
         return self._consumer.group_metadata()
 
-    def rewind(self) -> None:
-        """After an aborted transaction: seek every assigned partition back to its committed offset and mark the
-        batches polled so far stale (:meth:`transaction_offsets` returns ``None`` for them)."""
-        self._epoch += 1
-        for tp in list(self._epochs):
-            self._epochs[tp] = self._epoch
+    def _seek_committed(self, partitions: list[Any]) -> None:
+        for tp in partitions:
             offset = self._committed.get(tp)
             if offset is None:
                 offset = self._consumer.committed(tp)  # read_committed: waits for pending transactional offsets
@@ -235,7 +193,6 @@ class KafkaSource(Source):
                 self._consumer.seek_to_beginning(tp)
             else:
                 self._consumer.seek_to_end(tp)
-        log.info("rewound %d partitions to their committed offsets", len(self._epochs))
 
     def pause(self) -> None:
         self._paused = True
@@ -250,13 +207,6 @@ class KafkaSource(Source):
     @property
     def paused(self) -> bool:
         return self._paused
-
-    def assignment(self) -> set[Any]:
-        """Partitions currently assigned to this member."""
-        return set(self._epochs)
-
-    def owns_input(self) -> bool:
-        return bool(self._epochs)
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)

@@ -96,3 +96,51 @@ def test_rebalance_drops_uncommitted_batches_and_new_owner_rereads_them(kafka_br
         first.close()
         if second is not None:
             second.close()
+
+
+def _source(client: str, config, client_id: str):  # type: ignore[no-untyped-def]
+    if client == "confluent":
+        from cola_moderation.connectors.kafka.confluent import ConfluentKafkaSource
+
+        return ConfluentKafkaSource(config, client_id=client_id)
+    return KafkaSource(config, client_id=client_id)
+
+
+def test_partition_kept_through_a_rebalance_is_read_again_from_the_committed_offset(kafka_broker,  # type: ignore[no-untyped-def]
+                                                                                 kafka_client) -> None:
+    """Batches polled before a rebalance are stale after it, also for a partition the member keeps: they are not
+    committed, so the member must read that partition again from its committed offset (kafka-python 3 keeps the
+    position of a partition assigned before and after a rebalance: it used to go on after the stale batches, which
+    were never delivered again, and lost for good once a later batch of the partition was committed)."""
+    bootstrap = kafka_broker.bootstrap_servers
+    config = topics_config(bootstrap, partitions=2, max_batch_records=15, max_batch_wait_ms=100)
+    positions = produce(bootstrap, config.input_topics[0], [(f"k{i}".encode(), b"v", []) for i in range(40)])
+    by_partition = {p: {f"k{i}" for i, (q, _o) in enumerate(positions) if q == p} for p in (0, 1)}
+    first = _source(kafka_client, config, "first")
+    second = None
+    try:
+        held = []
+        deadline = time.monotonic() + 30
+        while sum(len(b) for b in held) < 40 and time.monotonic() < deadline:
+            held.append(first.poll())  # processed, never acknowledged
+        assert sum(len(b) for b in held) == 40
+        second = _source(kafka_client, config, "second")
+        seen: dict[str, set[str]] = {"first": set(), "second": set()}
+        deadline = time.monotonic() + 90  # a loaded machine can need long for the group to rebalance
+        while time.monotonic() < deadline and not (first.assignment() and second.assignment()):
+            seen["first"] |= {r.id for r in first.poll().records}
+            seen["second"] |= {r.id for r in second.poll().records}
+        (kept,) = {tp.partition for tp in first.assignment()}
+        (moved,) = {tp.partition for tp in second.assignment()}
+        for batch in held:
+            first.commit(batch)  # stale: not committed
+        while time.monotonic() < deadline and not (by_partition[kept] <= seen["first"]
+                                                   and by_partition[moved] <= seen["second"]):
+            seen["first"] |= {r.id for r in first.poll().records}
+            seen["second"] |= {r.id for r in second.poll().records}
+        assert by_partition[moved] <= seen["second"]  # the new owner reads the moved partition
+        assert by_partition[kept] <= seen["first"], sorted(by_partition[kept] - seen["first"])  # and the old one
+    finally:
+        first.close()
+        if second is not None:
+            second.close()

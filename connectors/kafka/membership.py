@@ -1,0 +1,165 @@
+"""What the kafka-python and the librdkafka sources share, independent of the client: which partitions this member
+owns under which assignment, how one poll's messages become a :class:`~cola_moderation.connectors.records.Batch`,
+and the bookkeeping of acknowledged / transactionally committed offsets.
+
+Assignment epochs: every assignment (and every rewind) gives the partitions it covers a new epoch. A polled message
+is tagged with its partition's epoch from before the client call that returned it (a partition assigned during the
+call: its new epoch); the batch keeps it only if the partition is still assigned under that epoch when the poll
+returns. So a message collected before its partition was revoked is dropped, and a batch whose partitions changed
+epoch between poll and commit is not committed (at-least-once: its records are delivered again; exactly-once: its
+transaction is aborted).
+
+"Delivered again" needs the partition's position to go back to the committed offset. A new owner starts there, but
+a partition that comes back to the same member in the rebalance does not always: kafka-python 3 keeps the position
+of a partition assigned before and after a rebalance, and librdkafka may hand out, in the one consume call whose
+rebalance callbacks ran, messages from before the revocation and from after the new assignment, which cannot be
+told apart. Dropping them and moving on skipped them (for good once a later batch of the partition was committed).
+So a partition that comes back is sought to its committed offset (:meth:`GroupMember._seek_committed`; a failure
+there propagates: the job stops rather than skip), and the messages the client returned for it in that call are
+dropped: its records are read again from the committed offset.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any
+
+from cola_moderation.connectors.records import Batch, DeadLetter, InputRecord
+
+log = logging.getLogger(__name__)
+
+Positions = dict[Any, tuple[int, int]]
+"""(topic, partition) -> (assignment epoch, next offset to commit)."""
+
+Collected = tuple[Any, int, InputRecord | DeadLetter]
+"""One polled message: its partition, the partition's assignment epoch when it was collected, what it became."""
+
+
+def assemble_batch(collected: Iterable[Collected], epochs: Mapping[Any, int]) -> Batch:
+    """The batch of one poll: records and dead letters in poll order, each kept only if its partition is assigned
+    under the epoch it was collected in (see the module docstring), and per partition the offset after the last one
+    kept."""
+    positions: Positions = {}
+    records: list[InputRecord] = []
+    dead: list[DeadLetter] = []
+    for tp, epoch, item in collected:
+        if epochs.get(tp) != epoch:
+            continue  # collected before a revocation: the partition's (new) owner reads it again
+        if isinstance(item, InputRecord):
+            offset = item.source.offset  # type: ignore[union-attr]
+            records.append(item)
+        else:
+            offset = item.record.source.offset  # type: ignore[union-attr]
+            dead.append(item)
+        positions[tp] = (epoch, offset + 1)
+    key = ",".join(f"{tp.topic}-{tp.partition}@{off}" for tp, (_e, off) in sorted(positions.items()))
+    return Batch(key, tuple(records), tuple(dead), positions)
+
+
+class GroupMember(ABC):
+    """Assignment epochs and offset bookkeeping of one consumer-group member; the client-specific source supplies
+    :meth:`_commit_offsets` and calls :meth:`_assigned` / :meth:`_revoked` from its rebalance callbacks."""
+
+    exactly_once: bool
+    _positions_survive_rebalance = False
+    """Whether the client keeps the position of a partition that is assigned again after a rebalance (kafka-python
+    3) rather than starting it from the committed offset (librdkafka)."""
+
+    def _init_membership(self) -> None:
+        self._epoch = 0
+        self._epochs: dict[Any, int] = {}  # assigned partition -> epoch of its assignment
+        self._acked: dict[Any, int] = {}  # acknowledged, not yet committed: partition -> next offset
+        self._committed: dict[Any, int] = {}  # exactly_once: committed in a transaction by this member
+        self._revoked_since: set[Any] = set()  # revoked, not assigned again yet
+        self._came_back: set[Any] = set()  # assigned again after a revocation, not yet sought
+
+    @abstractmethod
+    def _commit_offsets(self, offsets: Mapping[Any, int], *, reason: str) -> bool:
+        """Commit ``offsets`` (partition -> next offset) for the group; ``False`` if the commit failed."""
+
+    @abstractmethod
+    def _seek_committed(self, partitions: list[Any]) -> None:
+        """Seek ``partitions`` (assigned) to their committed offsets (``auto_offset_reset`` where none is)."""
+
+    def _take(self, items: list[Collected], fetched: Iterable[tuple[Any, InputRecord | DeadLetter]],
+              before: Mapping[Any, int]) -> None:
+        """Add the messages one client call returned to ``items``, tagged with their partition's epoch ``before``
+        the call; those of a partition whose assignment changed during the call are dropped, and the partition, if
+        this member owns it again, is sought back to its committed offset (see the module docstring)."""
+        back, self._came_back = self._came_back, set()
+        dropped: set[Any] = set()
+        for tp, item in fetched:
+            # not owned before the call: assigned during it, and its messages came after that
+            epoch = before[tp] if tp in before else self._epochs.get(tp, -1)
+            if tp in back or self._epochs.get(tp) != epoch:
+                dropped.add(tp)
+                continue
+            items.append((tp, epoch, item))
+        seek = sorted(tp for tp in back if tp in self._epochs and (self._positions_survive_rebalance or tp in dropped))
+        if seek:
+            log.info("partitions %s came back in a rebalance: reading them again from the committed offsets",
+                     [str(tp) for tp in seek])
+            self._seek_committed(seek)
+
+    def rewind(self) -> None:
+        """After an aborted transaction: seek every assigned partition back to its committed offset and mark the
+        batches polled so far stale (:meth:`transaction_offsets` returns ``None`` for them)."""
+        partitions = self._renew_epochs()
+        self._seek_committed(partitions)
+        log.info("rewound %d partitions to their committed offsets", len(partitions))
+
+    def _revoked(self, revoked: set[Any]) -> None:
+        """Before ``revoked`` are taken away: commit what was acknowledged for them, then forget them."""
+        done = {tp: off for tp, off in self._acked.items() if tp in revoked}
+        if done:
+            self._commit_offsets(done, reason="before revocation")
+        for tp in revoked:
+            self._epochs.pop(tp, None)
+            self._acked.pop(tp, None)
+            self._committed.pop(tp, None)
+        self._revoked_since |= revoked
+        log.info("partitions revoked: %s", sorted(map(str, revoked)))
+
+    def _assigned(self, assigned: Iterable[Hashable]) -> None:
+        self._epoch += 1
+        for tp in assigned:
+            self._epochs[tp] = self._epoch
+            if tp in self._revoked_since:
+                self._came_back.add(tp)
+        self._revoked_since.clear()
+
+    def _renew_epochs(self) -> list[Any]:
+        """Give every assigned partition a new epoch (batches polled so far become stale); returns them."""
+        self._epoch += 1
+        for tp in self._epochs:
+            self._epochs[tp] = self._epoch
+        return list(self._epochs)
+
+    def commit(self, batch: Batch) -> None:
+        positions: Positions = batch.position or {}
+        if self.exactly_once:  # the sink committed the offsets in the batch's transaction
+            for tp, (_epoch, offset) in positions.items():
+                self._committed[tp] = offset
+            return
+        for tp, (epoch, offset) in positions.items():
+            if self._epochs.get(tp) != epoch:
+                log.warning("not committing %s up to %d: the partition was reassigned since the batch was polled; "
+                            "its records will be delivered again", tp, offset)
+                continue
+            self._acked[tp] = max(offset, self._acked.get(tp, 0))
+        if self._acked and self._commit_offsets(dict(self._acked), reason="acknowledged batch"):
+            self._acked.clear()
+
+    def _stale(self, batch: Batch) -> bool:
+        """Whether one of ``batch``'s partitions was revoked, reassigned or rewound since it was polled."""
+        positions: Positions = batch.position or {}
+        return any(self._epochs.get(tp) != epoch for tp, (epoch, _offset) in positions.items())
+
+    def assignment(self) -> set[Any]:
+        """Partitions currently assigned to this member."""
+        return set(self._epochs)
+
+    def owns_input(self) -> bool:
+        return bool(self._epochs)
