@@ -73,6 +73,7 @@ class GroupMember(ABC):
         self._acked: dict[Any, int] = {}  # acknowledged, not yet committed: partition -> next offset
         self._committed: dict[Any, int] = {}  # exactly_once: committed in a transaction by this member
         self._revoked_since: set[Any] = set()  # revoked, not assigned again yet
+        self._committed_revoked: dict[Any, int] = {}  # exactly_once: _committed of those
         self._came_back: set[Any] = set()  # assigned again after a revocation, not yet sought
 
     @abstractmethod
@@ -118,7 +119,8 @@ class GroupMember(ABC):
         for tp in revoked:
             self._epochs.pop(tp, None)
             self._acked.pop(tp, None)
-            self._committed.pop(tp, None)
+            if tp in self._committed:
+                self._committed_revoked[tp] = self._committed.pop(tp)
         self._revoked_since |= revoked
         log.info("partitions revoked: %s", sorted(map(str, revoked)))
 
@@ -128,7 +130,13 @@ class GroupMember(ABC):
             self._epochs[tp] = self._epoch
             if tp in self._revoked_since:
                 self._came_back.add(tp)
+                # back in the assignment that follows its revocation: no other member owned it in between, so
+                # what this member committed is its committed offset (the broker's answer can lag behind: Tansu
+                # applies transactional offsets only once overlapping transactions completed)
+                if tp in self._committed_revoked:
+                    self._committed[tp] = self._committed_revoked[tp]
         self._revoked_since.clear()
+        self._committed_revoked.clear()
 
     def _renew_epochs(self) -> list[Any]:
         """Give every assigned partition a new epoch (batches polled so far become stale); returns them."""
