@@ -99,21 +99,6 @@ class OutputRecord:
     as the model's), else ``model``."""
 
     @classmethod
-    def from_verdict(cls, record: InputRecord, verdict: Moderation, decision: Decision, *, model: str,
-                     policy_version: str, received_at: float, now: float | None = None,
-                     match: Match | None = None, decided_by: str = "model") -> OutputRecord:
-        """The output record of ``record``. ``received_at``/``now`` are ``time.time()`` seconds."""
-        return cls.of(record, verdict_fields(verdict, decision, model=model, policy_version=policy_version,
-                                             received_at=received_at, now=now, match=match, decided_by=decided_by))
-
-    @classmethod
-    def from_match(cls, record: InputRecord, match: Match, decision: Decision, *, method: str, model: str,
-                   policy_version: str, received_at: float, now: float | None = None) -> OutputRecord:
-        """The record of an input routed on its bank hit alone (see :func:`match_fields`)."""
-        return cls.of(record, match_fields(match, decision, method=method, model=model,
-                                           policy_version=policy_version, received_at=received_at, now=now))
-
-    @classmethod
     def of(cls, record: InputRecord, fields: Mapping[str, Any]) -> OutputRecord:
         """The output record of ``record`` with the record's own ``fields`` (:func:`verdict_fields` /
         :func:`match_fields`): the input gives ``id``, ``source`` and ``metadata``."""
