@@ -150,10 +150,10 @@ class ModerationWorker:
         record objects in between. The caller owns ``id``, ``source`` and the passthrough columns."""
         started = time.perf_counter()
         judgements, model_seconds = self.judge(ids, decoded, received_at=received_at, started=started)
-        records = [None if isinstance(j, DecodeError) else j for j in judgements]
-        result = ColumnResult(routes=[None if j is None else j.route for j in records],
+        routed = [None if isinstance(j, DecodeError) else j for j in judgements]  # None: no record for that input
+        result = ColumnResult(routes=[None if j is None else j.route for j in routed],
                               errors={i: j for i, j in enumerate(judgements) if isinstance(j, DecodeError)},
-                              columns=field_columns([None if j is None else j.fields for j in records]),
+                              columns=field_columns([None if j is None else j.fields for j in routed]),
                               model_seconds=model_seconds)
         if self._metrics is not None:
             self._metrics.observe_columns(result)
