@@ -10,6 +10,7 @@ job reads Parquet through Ray Data (:mod:`cola_moderation.connectors.parquet`); 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,6 +41,11 @@ class Endpoint(Protocol):
 
     def reachable(self, *, timeout_s: float = 1.0) -> str | None:
         """``None`` when it accepts connections, else why not (one line): polled while no input arrives."""
+
+    def prepare(self, members: Sequence[str]) -> None:
+        """Before the job's ``members`` (their names, as given to the opener) start: end what an earlier run of
+        the same members left unfinished (Kafka exactly-once: fence their transactional ids), so that no member
+        reads a position another member's predecessor still holds back."""
 
 
 class Opener(Protocol):

@@ -5,15 +5,18 @@ and a metadata request, one line naming the setting when nothing answers) and wh
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from cola_moderation.connectors.config import KafkaConfig
 from cola_moderation.connectors.errors import BrokerError
 from cola_moderation.operators.errors import ConfigError
 
 SETTING = "kafka.bootstrap_servers"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -25,11 +28,13 @@ class KafkaEndpoint:
     """``kafka.guarantee: exactly_once``: a failed write aborts its transaction and the batch is read again."""
     join_grace_s: float = 12.0
     """Two session timeouts: how long a member may go without partitions before its idle time counts."""
+    config: KafkaConfig | None = field(default=None, repr=False, compare=False)
+    """The settings the members open with (their transactional ids, for :meth:`prepare`)."""
 
     @classmethod
     def of(cls, config: KafkaConfig, *, bootstrap_servers: str | None = None) -> KafkaEndpoint:
         return cls(bootstrap_servers or config.bootstrap_servers, transactional=config.guarantee == "exactly_once",
-                   join_grace_s=2 * config.session_timeout_ms / 1000)
+                   join_grace_s=2 * config.session_timeout_ms / 1000, config=config)
 
     @property
     def description(self) -> str:
@@ -71,6 +76,20 @@ class KafkaEndpoint:
             except (OSError, ValueError) as exc:
                 errors.append(f"{address}: {getattr(exc, 'strerror', None) or exc}")
         return "; ".join(errors) or "no address"
+
+
+    def prepare(self, members: Sequence[str]) -> None:
+        """``exactly_once``: fence the members' transactional ids before any of them joins the group
+        (:func:`~cola_moderation.connectors.kafka.transactions.fence_transactional_ids` says why); otherwise
+        nothing."""
+        if not self.transactional or not members or self.config is None:
+            return
+        from cola_moderation.connectors.kafka.transactions import fence_transactional_ids, transactional_id
+
+        started = time.monotonic()
+        ids = [transactional_id(self.config, member) for member in members]
+        fence_transactional_ids(self.bootstrap_servers, ids)
+        log.info("fenced the transactional ids %s in %.2f s", ids, time.monotonic() - started)
 
 
 def answers_metadata(address: str, timeout_s: float) -> bool:

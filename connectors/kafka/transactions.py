@@ -26,6 +26,8 @@ broker whose read_committed fetches do not filter aborted transactions (Tansu 0.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Sequence
 from typing import Any
 
 from kafka import KafkaProducer
@@ -33,7 +35,12 @@ from kafka.errors import KafkaError
 
 from cola_moderation.connectors.base import RecordSerializer, Sink, Source
 from cola_moderation.connectors.config import KafkaConfig
-from cola_moderation.connectors.errors import SinkWriteError, TransactionAbortedError, TransactionFencedError
+from cola_moderation.connectors.errors import (
+    BrokerError,
+    SinkWriteError,
+    TransactionAbortedError,
+    TransactionFencedError,
+)
 from cola_moderation.connectors.kafka.sink import KafkaSink
 from cola_moderation.connectors.kafka.source import KafkaSource
 from cola_moderation.connectors.records import Batch
@@ -42,8 +49,44 @@ log = logging.getLogger(__name__)
 
 
 def transactional_id(config: KafkaConfig, member: str) -> str:
-    """The transactional id of consumer ``member``: ``<transactional_id_prefix or group_id>.<member>``."""
+    """The transactional id of consumer ``member``: ``<transactional_id_prefix or group_id>.<member>`` (the stream
+    endpoint's :meth:`~cola_moderation.connectors.kafka.endpoint.KafkaEndpoint.prepare` names them the same way)."""
     return f"{config.transactional_id_prefix or config.group_id}.{member}"
+
+
+def fence_transactional_ids(bootstrap_servers: str, transactional_ids: Sequence[str], *,
+                            timeout_s: float = 30.0) -> None:
+    """End what earlier producers with these transactional ids left open: ``init_transactions`` once per id (in
+    parallel), which aborts a predecessor's open transaction and fences it.
+
+    A job with several members runs this before any of them joins the group. Otherwise a member can fetch the
+    committed offset of a partition while another member's predecessor (killed with a transaction open) is not yet
+    fenced: a broker without KIP-447's stable offset fetch answers with the offsets from before that transaction (Tansu
+    holds back *every* transactional offset commit that overlaps an open transaction), and the member processes and
+    commits again what the previous run had committed. Raises a one-line :class:`BrokerError` when an id cannot be
+    initialised within ``timeout_s``."""
+    errors: list[str] = []
+
+    def fence(tid: str) -> None:
+        producer = None
+        try:
+            producer = KafkaProducer(bootstrap_servers=bootstrap_servers.split(","), transactional_id=tid,
+                                     max_block_ms=int(timeout_s * 1000))
+            producer.init_transactions()
+        except KafkaError as exc:
+            errors.append(f"{tid}: {type(exc).__name__}: {exc}")
+        finally:
+            if producer is not None:
+                producer.close(timeout=1)
+
+    threads = [threading.Thread(target=fence, args=(tid,), name=f"fence-{tid}") for tid in transactional_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise BrokerError(f"cannot fence the earlier producers of transactional ids {sorted(transactional_ids)} at "
+                          f"{bootstrap_servers}: " + "; ".join(sorted(errors)))
 
 
 def open_kafka(config: KafkaConfig, serializer: RecordSerializer, *, bootstrap_servers: str | None = None,

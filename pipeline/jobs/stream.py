@@ -207,8 +207,11 @@ def run_stream_job(config: PipelineConfig, *, bootstrap_servers: str | None = No
     from cola_moderation.pipeline.jobs.ray_runtime import check_worker_resources, init_ray
 
     # one-line errors within seconds, before Ray and the replicas start
-    stream_endpoint(config, bootstrap_servers=bootstrap_servers).check()
+    endpoint = stream_endpoint(config, bootstrap_servers=bootstrap_servers)
+    endpoint.check()
     check_model(config.model)
+    members = [f"cola-consumer-{i}" for i in range(config.stream.consumers)]
+    endpoint.prepare(members)  # before any member joins: what a killed earlier run left open is ended first
     init_ray(config.ray, address=address)  # before importing ray/serve: Ray reads its environment at import
     import ray
 
@@ -220,8 +223,7 @@ def run_stream_job(config: PipelineConfig, *, bootstrap_servers: str | None = No
     private = uses_private_cluster(config, address)
     deploy_moderation(config, address=address, http=False)
     actor: Any = ray.remote(StreamConsumer).options(num_cpus=stream.consumer_num_cpus, max_concurrency=2)
-    consumers: list[Any] = [actor.remote(config, bootstrap_servers=bootstrap_servers, name=f"cola-consumer-{i}")
-                 for i in range(stream.consumers)]
+    consumers: list[Any] = [actor.remote(config, bootstrap_servers=bootstrap_servers, name=name) for name in members]
     stop_event = stop_event or threading.Event()
     stopping = False
 

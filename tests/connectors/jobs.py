@@ -103,14 +103,17 @@ _COMMIT_LOG_LOCK = threading.Lock()
 def drain_kafka(config: Any, *, bootstrap: str | None, consumers: int, **options: Any) -> int:
     """``consumers`` group members (a thread, source and sink each; with exactly_once, transactional ids
     ``<group>.consumer-<i>``) drain the input topics; returns the inputs they committed."""
+    from cola_moderation.connectors.kafka.endpoint import kafka_endpoint
     from cola_moderation.connectors.kafka.transactions import open_kafka
 
+    members = [f"consumer-{index}" for index in range(consumers)]
+    kafka_endpoint(config, bootstrap_servers=bootstrap).prepare(members)  # as the stream job does
     done = [0] * consumers
     errors: list[BaseException] = []
 
     def member(index: int) -> None:
         try:
-            source, sink = open_kafka(config, SERIALIZER, bootstrap_servers=bootstrap, member=f"consumer-{index}")
+            source, sink = open_kafka(config, SERIALIZER, bootstrap_servers=bootstrap, member=members[index])
             with source, sink:
                 done[index] = drain(source, sink, **options)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread

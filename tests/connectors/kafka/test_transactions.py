@@ -210,6 +210,43 @@ def test_fenced_producers_open_transaction_is_aborted(kafka_broker, kafka_client
     assert read_topic(bootstrap, config.output_topic, expect=0, timeout_s=3, isolation_level="read_committed") == []
 
 
+def test_prepare_ends_a_killed_members_transaction_before_the_job_starts(kafka_broker) -> None:  # type: ignore[no-untyped-def]
+    """A member killed with a transaction open holds back the offsets its peers committed after it (Tansu applies no
+    transactional offset commit overlapping an open transaction; a KIP-447 broker answers UNSTABLE_OFFSET_COMMIT):
+    the endpoint's ``prepare`` fences the members' ids before they join, so every member reads committed offsets
+    that include every committed transaction, and the killed one's uncommitted offsets are discarded."""
+    from kafka.producer import KafkaProducer
+    from kafka.structs import OffsetAndMetadata
+
+    from cola_moderation.connectors.kafka.endpoint import kafka_endpoint
+
+    bootstrap = kafka_broker.bootstrap_servers
+    config = topics_config(bootstrap, partitions=2, guarantee="exactly_once")
+    topic = config.input_topics[0]
+
+    def producer(member: str) -> KafkaProducer:
+        made = KafkaProducer(bootstrap_servers=bootstrap.split(","), transactional_id=transactional_id(config, member),
+                             max_block_ms=10_000)
+        made.init_transactions()
+        return made
+
+    killed, peer = producer("consumer-0"), producer("consumer-1")
+    killed.begin_transaction()
+    killed.send(config.output_topic, b"never committed")
+    killed.send_offsets_to_transaction({TopicPartition(topic, 0): OffsetAndMetadata(5, "", -1)}, config.group_id)
+    killed.flush()  # open, and its producer "killed": nothing ends it
+    peer.begin_transaction()
+    peer.send(config.output_topic, b"committed")
+    peer.send_offsets_to_transaction({TopicPartition(topic, 1): OffsetAndMetadata(7, "", -1)}, config.group_id)
+    peer.commit_transaction()
+    peer.close(timeout=2)
+    before = committed_offsets(bootstrap, config)
+    kafka_endpoint(config).prepare(["consumer-0", "consumer-1"])
+    assert committed_offsets(bootstrap, config) == {0: None, 1: 7}, f"before prepare: {before}"
+    killed.close(timeout=0)
+    kafka_endpoint(topics_config(bootstrap, guarantee="at_least_once")).prepare(["consumer-0"])  # nothing to end
+
+
 def _commit_log(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
