@@ -77,7 +77,6 @@ class KafkaEndpoint:
                 errors.append(f"{address}: {getattr(exc, 'strerror', None) or exc}")
         return "; ".join(errors) or "no address"
 
-
     def prepare(self, members: Sequence[str]) -> None:
         """``exactly_once``: fence the members' transactional ids before any of them joins the group
         (:func:`~cola_moderation.connectors.kafka.transactions.fence_transactional_ids` says why); otherwise
