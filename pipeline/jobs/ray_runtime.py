@@ -25,6 +25,9 @@ RAY_ENV_DEFAULTS = {
     "RAY_DEDUP_LOGS": "1",
     # Serve's HTTP proxy installs this project's header guard (see pipeline/jobs/http_guard.py)
     "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "cola_moderation.pipeline.jobs.http_guard:proxy_middlewares",
+    # Serve gives a new HTTP proxy 5 s to answer its readiness check, three times, then kills it; a loaded 2-core
+    # node needs longer than that for the proxy's process to start and import (measured: deploy failed at load 12).
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
 }
 
 
