@@ -6,6 +6,9 @@ no producing, no commits) as the ceiling.
         [--client kafka-python|confluent] [--rounds 3]
 
 ``--client``: the ``kafka.client`` of source and sink, and the library of the bare consumer they are compared with.
+With ``--client confluent`` a bare relay (consume -> produce as many bytes as our path writes -> flush per batch,
+no commit) runs in each round too: writing every message back to the same broker on the same cores is part of our
+path's cost that the bare consumer does not pay.
 ``--rounds``: bare consumer and our path read the whole topic alternately this many times (each in a new consumer
 group); the ratio printed is the median of the rounds' ratios, each round's shown beside it (a single pass of a
 few seconds moves by 2x with the machine's load).
@@ -29,7 +32,8 @@ from kafka import KafkaConsumer
 
 from cola_moderation.connectors.kafka.transactions import open_kafka
 from cola_moderation.connectors.local.broker import EmbeddedBroker
-from tests.connectors.jobs import SERIALIZER, handle
+from cola_moderation.connectors.records import FilePosition, InputRecord
+from tests.connectors.jobs import PNG, SERIALIZER, handle, process
 from tests.connectors.kafka_util import produce, topics_config
 
 
@@ -68,6 +72,56 @@ def bare_confluent(config, total: int) -> float:  # type: ignore[no-untyped-def]
     finally:
         consumer.close()
     return time.perf_counter() - (started or time.perf_counter())
+
+
+def output_size(value: bytes) -> int:
+    """Bytes our path writes for one valid input: its output record's JSON."""
+    outcome = process(InputRecord("m0", value, {}, FilePosition("bench", 0)))
+    return len(SERIALIZER.json_bytes(outcome.record))  # type: ignore[union-attr]
+
+
+def relay_confluent(config, total: int, record_bytes: int) -> float:  # type: ignore[no-untyped-def]
+    """A bare confluent consume -> produce loop writing what our path writes (a ``record_bytes`` value per valid
+    input, the input itself per invalid one): what reading *and* writing costs the broker and the client, with none
+    of our per-message work (no record, no serializer, no headers, no commit)."""
+    from confluent_kafka import Consumer, Producer
+
+    consumer = Consumer({"bootstrap.servers": config.bootstrap_servers, "group.id": f"relay-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "fetch.max.bytes": config.fetch_max_bytes,
+                         "max.partition.fetch.bytes": config.max_partition_fetch_bytes,
+                         "receive.message.max.bytes": max(config.fetch_max_bytes + 512, 100_000_000)})
+    producer = Producer({"bootstrap.servers": config.bootstrap_servers, "acks": "all",
+                         "message.max.bytes": config.max_request_size, "linger.ms": config.linger_ms})
+    consumer.subscribe(list(config.input_topics))
+    done, started = 0, None
+    try:
+        while done < total:
+            got, nbytes, deadline = 0, 0, time.monotonic() + config.max_batch_wait_ms / 1000
+            # batches filled as our source fills them, so the flushes match
+            while got < config.max_batch_records and nbytes < config.max_batch_bytes:
+                remaining = max(0.0, deadline - time.monotonic())
+                for message in consumer.consume(num_messages=config.max_batch_records - got, timeout=remaining):
+                    if message.error() is None:
+                        value = message.value() or b""
+                        if value.startswith(PNG):
+                            producer.produce(config.output_topic, value=value[:record_bytes], key=message.key())
+                        else:
+                            producer.produce(config.dead_letter_topic, value=value, key=message.key())
+                        got, nbytes = got + 1, nbytes + len(message.value() or b"")
+                if remaining == 0.0:
+                    break
+            if got:
+                started = started or time.perf_counter()
+                producer.flush(30)
+                done += got
+    finally:
+        consumer.close()
+    return time.perf_counter() - (started or time.perf_counter())
+
+
+def relay(config, total: int, record_bytes: int) -> float | None:  # type: ignore[no-untyped-def]
+    return relay_confluent(config, total, record_bytes) if config.client == "confluent" else None
 
 
 def bare(config, total: int) -> float:  # type: ignore[no-untyped-def]
@@ -109,10 +163,14 @@ def main() -> None:
         started = time.perf_counter()
         produce(broker.bootstrap_servers, config.input_topics[0], messages)
         produced = time.perf_counter() - started
-        rounds = []
+        record_bytes = output_size(messages[1][1])
+        rounds: list[tuple[float, float]] = []
+        relays: list[float | None] = []
         for n in range(args.rounds):  # alternating, so load changes hit both alike; a new group reads it all again
             group = config.model_copy(update={"group_id": f"{config.group_id}-{n}"})
+            relay_group = config.model_copy(update={"group_id": f"{config.group_id}-relay-{n}"})
             rounds.append((bare(group, args.messages), ours(group, args.messages)))
+            relays.append(relay(relay_group, args.messages, record_bytes))
     ratios = sorted(ceiling / ours_s for ceiling, ours_s in rounds)
     ceiling, ours_s = statistics.median(c for c, _ in rounds), statistics.median(o for _, o in rounds)
     mib = args.messages * size / 1024 / 1024
@@ -125,6 +183,13 @@ def main() -> None:
           f"({mib / ours_s:.0f} MiB/s in)  (medians of {args.rounds} rounds)")
     print(f"  ratio ours / bare consumer: {statistics.median(ratios):.2f} (median; rounds "
           f"{', '.join(f'{r:.2f}' for r in (c / o for c, o in rounds))}; goal >= 0.9)")
+    if all(r is not None for r in relays):
+        relay_s = statistics.median(r for r in relays if r is not None)
+        print(f"  bare {args.client} relay, consume -> produce {record_bytes} B per input (the input itself per "
+              f"invalid one) -> flush per batch, no commit: {args.messages / relay_s:8.0f} msgs/s")
+        print(f"  ratio bare relay / bare consumer: {ceiling / relay_s:.2f}; ours / bare relay: "
+              f"{statistics.median(r / o for (_, o), r in zip(rounds, relays, strict=True) if r is not None):.2f} "
+              "(median of the rounds: what our code costs beyond writing every message back)")
 
 
 if __name__ == "__main__":
