@@ -52,15 +52,21 @@ def ours(config, total: int) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - (started or time.perf_counter())
 
 
-def bare_confluent(config, total: int) -> float:  # type: ignore[no-untyped-def]
+def confluent_consumer(config, name: str):  # type: ignore[no-untyped-def]
+    """A plain confluent consumer of the input topics, in a new group, with our source's fetch sizes."""
     from confluent_kafka import Consumer
 
-    consumer = Consumer({"bootstrap.servers": config.bootstrap_servers, "group.id": f"bare-{uuid.uuid4().hex[:6]}",
+    consumer = Consumer({"bootstrap.servers": config.bootstrap_servers, "group.id": f"{name}-{uuid.uuid4().hex[:6]}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
                          "fetch.max.bytes": config.fetch_max_bytes,
                          "max.partition.fetch.bytes": config.max_partition_fetch_bytes,
                          "receive.message.max.bytes": max(config.fetch_max_bytes + 512, 100_000_000)})
     consumer.subscribe(list(config.input_topics))
+    return consumer
+
+
+def bare_confluent(config, total: int) -> float:  # type: ignore[no-untyped-def]
+    consumer = confluent_consumer(config, "bare")
     done, started = 0, None
     try:
         while done < total:
@@ -84,16 +90,11 @@ def relay_confluent(config, total: int, record_bytes: int) -> float:  # type: ig
     """A bare confluent consume -> produce loop writing what our path writes (a ``record_bytes`` value per valid
     input, the input itself per invalid one): what reading *and* writing costs the broker and the client, with none
     of our per-message work (no record, no serializer, no headers, no commit)."""
-    from confluent_kafka import Consumer, Producer
+    from confluent_kafka import Producer
 
-    consumer = Consumer({"bootstrap.servers": config.bootstrap_servers, "group.id": f"relay-{uuid.uuid4().hex[:6]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "fetch.max.bytes": config.fetch_max_bytes,
-                         "max.partition.fetch.bytes": config.max_partition_fetch_bytes,
-                         "receive.message.max.bytes": max(config.fetch_max_bytes + 512, 100_000_000)})
+    consumer = confluent_consumer(config, "relay")
     producer = Producer({"bootstrap.servers": config.bootstrap_servers, "acks": "all",
                          "message.max.bytes": config.max_request_size, "linger.ms": config.linger_ms})
-    consumer.subscribe(list(config.input_topics))
     done, started = 0, None
     try:
         while done < total:

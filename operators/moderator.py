@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import torch
@@ -33,6 +34,10 @@ from cola_moderation.operators.detector.score import AdversarialDetector, embedd
 from cola_moderation.operators.errors import ConfigError, DecodeError
 
 log = logging.getLogger(__name__)
+
+DECODE_AHEAD_MIN = 8
+""":meth:`Moderator.moderate` overlaps decoding with encoding in chunks of at least this many inputs (measured on
+2 cores, 32 JPEGs, ViT-B/32 shape: ours / encoder alone 0.98 -> 1.01 fp32, 0.86 -> 0.97 bf16 in halves)."""
 
 @dataclass(frozen=True)
 class Moderation:
@@ -201,8 +206,25 @@ class Moderator:
         return results
 
     def moderate(self, items: Sequence[bytes]) -> list[Moderation | DecodeError]:
-        """One result per input, in order: a :class:`Moderation`, or the :class:`DecodeError` that stopped it."""
-        return self.moderate_decoded(self.decoder.decode(items), len(items))
+        """One result per input, in order: a :class:`Moderation`, or the :class:`DecodeError` that stopped it.
+
+        A call of ``2 * DECODE_AHEAD_MIN`` inputs or more runs in chunks of half a model batch (at least
+        ``DECODE_AHEAD_MIN``): the next chunk decodes on the decoder's threads while the model encodes this one
+        (decoding and encoding release the GIL). Results do not depend on the chunking: every image's views and probe
+        noise are its own."""
+        chunk = max(DECODE_AHEAD_MIN, -(-min(len(items), self.batch_size) // 2))
+        if len(items) < 2 * DECODE_AHEAD_MIN:
+            return self.moderate_decoded(self.decoder.decode(items), len(items))
+        parts = [items[start : start + chunk] for start in range(0, len(items), chunk)]
+        results: list[Moderation | DecodeError] = []
+        with ThreadPoolExecutor(1, thread_name_prefix="cola-decode-ahead") as ahead:
+            pending = ahead.submit(self.decoder.decode, parts[0])
+            for number, part in enumerate(parts):
+                decoded = pending.result()
+                if number + 1 < len(parts):
+                    pending = ahead.submit(self.decoder.decode, parts[number + 1])
+                results.extend(self.moderate_decoded(decoded, len(part)))
+        return results
 
     def moderate_decoded(self, decoded: DecodedBatch, count: int) -> list[Moderation | DecodeError]:
         """Like :meth:`moderate` for inputs decoded elsewhere (e.g. in the batch job's CPU tasks); ``count`` is the

@@ -102,3 +102,39 @@ def test_noise_probe_feeds_the_detector_whatever_the_batch(tiny_backbone: Backbo
     # an image's score does not depend on which batch it arrived in (the noise pattern is per image size)
     alone = torch.cat([probed.verdict(pixels[i : i + 1]).adversarial_scores for i in range(5)])
     torch.testing.assert_close(alone, verdict.adversarial_scores, atol=1e-5, rtol=0)
+
+
+def test_a_long_call_decodes_ahead_in_chunks_and_answers_as_one_batch_would(tiny_backbone: Backbone) -> None:
+    import threading
+
+    from cola_moderation.operators.moderator import DECODE_AHEAD_MIN
+
+    items = [b"not an image" if i % 7 == 0 else _png(i) for i in range(37)]
+    moderator = Moderator(tiny_backbone, taxonomy=TAXONOMY, method="cascade")
+    moderator.batch_size = 20  # chunks of max(DECODE_AHEAD_MIN, 10) inputs: 10, 10, 10, 7
+    whole = moderator.moderate_decoded(moderator.decoder.decode(items), len(items))
+    decode = moderator.decoder.decode
+    calls: list[tuple[int, str]] = []
+
+    def recording(part, **options):  # type: ignore[no-untyped-def]
+        calls.append((len(part), threading.current_thread().name))
+        return decode(part, **options)
+
+    moderator.decoder.decode = recording  # type: ignore[method-assign]
+    chunked = moderator.moderate(items)
+    assert [size for size, _ in calls] == [10, 10, 10, 7] and DECODE_AHEAD_MIN <= 10
+    assert all(name.startswith("cola-decode-ahead") for _, name in calls)
+    assert len(chunked) == len(items)
+    for index, (got, want) in enumerate(zip(chunked, whole, strict=True)):
+        assert isinstance(got, DecodeError) == (index % 7 == 0), index
+        if isinstance(want, Moderation):
+            assert isinstance(got, Moderation)
+            assert (got.label, got.cola_applied, got.suspected_adversarial) == (
+                want.label, want.cola_applied, want.suspected_adversarial), index
+            assert got.score == pytest.approx(want.score, abs=1e-5)
+            assert got.adversarial_score == pytest.approx(want.adversarial_score, abs=1e-5)
+    # a short call decodes in one go, on the caller's thread
+    calls.clear()
+    moderator.moderate(items[: 2 * DECODE_AHEAD_MIN - 1])
+    assert calls == [(2 * DECODE_AHEAD_MIN - 1, threading.current_thread().name)]
+    moderator.close()
