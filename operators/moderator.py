@@ -36,8 +36,10 @@ from cola_moderation.operators.errors import ConfigError, DecodeError
 log = logging.getLogger(__name__)
 
 DECODE_AHEAD_MIN = 8
-""":meth:`Moderator.moderate` overlaps decoding with encoding in chunks of at least this many inputs (measured on
-2 cores, 32 JPEGs, ViT-B/32 shape: ours / encoder alone 0.98 -> 1.01 fp32, 0.86 -> 0.97 bf16 in halves)."""
+""":meth:`Moderator.moderate` overlaps decoding with encoding in chunks of at least this many inputs (2 cores, 32
+JPEGs, ViT-B/32 shape, medians of 8 side-by-side runs: ours / encoder alone 0.945 -> 0.99 fp32, 0.865 -> 0.96 bf16;
+docs/benchmarks.md)."""
+
 
 @dataclass(frozen=True)
 class Moderation:
