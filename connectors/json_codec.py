@@ -7,7 +7,10 @@ parser; that is caught here too). The caller turns the error into the record's d
 
 Out: :func:`dumps_strict` writes standard JSON (``allow_nan=False``). Non-finite floats can still reach an output
 record from a source that allows them (a Parquet float column, a model score that overflowed); they are written as the
-strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` rather than as invalid JSON.
+strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` rather than as invalid JSON. :func:`dumps_compact` writes the
+same JSON as compact UTF-8 bytes through orjson (~8x the standard library's C encoder on an output record: the Kafka
+sink serialises every record on the polling thread) and falls back to :func:`dumps_strict` for what orjson spells
+differently or refuses.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import json
 import math
 from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 MAX_DEPTH = 32
 """Default nesting limit of untrusted JSON (objects and arrays); real envelopes and metadata use a handful."""
@@ -107,3 +112,38 @@ def dumps_strict(value: Any, *, default: Callable[[Any], Any] | None = None, **o
         return json.dumps(value, allow_nan=False, default=default, **options)
     except ValueError:
         return json.dumps(finite_or_string(value), allow_nan=False, default=default, **options)
+
+
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+"""Keys as the standard library writes them (``1`` -> ``"1"``); datetimes and dataclasses go to ``default``, as
+they do there."""
+
+
+def has_non_finite(value: Any) -> bool:
+    """Whether a NaN or infinite float (a ``float`` or a subclass, such as ``numpy.float64``) is anywhere in the
+    dicts, lists and tuples of ``value``."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
+
+
+def dumps_compact(value: Any, *, default: Callable[[Any], Any] | None = None, finite: bool = False) -> bytes:
+    """``dumps_strict(value, separators=(",", ":"), ensure_ascii=False, default=default).encode()``, through orjson.
+    The bytes parse to the same value; floats may be spelled differently (``1e16`` for ``1e+16``). ``finite``: the
+    caller has checked that ``value`` holds no non-finite float (:func:`has_non_finite`), which orjson would write as
+    ``null``; otherwise this checks. Integers beyond 64 bits, lone surrogates and values ``default`` refuses go
+    through :func:`dumps_strict`, which writes or raises exactly as before."""
+    if finite or not has_non_finite(value):
+        try:
+            return orjson.dumps(value, default=default, option=_ORJSON_OPTIONS)
+        except orjson.JSONEncodeError:
+            pass
+    return dumps_strict(value, separators=(",", ":"), ensure_ascii=False, default=default).encode()

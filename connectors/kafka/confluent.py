@@ -173,6 +173,10 @@ class ConfluentKafkaSource(GroupMember, Source):
         self._consumer.close()
 
 
+_REPORTS_EVERY = 256
+"""Sends between two calls that serve delivery reports (``poll(0)``) before the flush."""
+
+
 class ConfluentKafkaSink(Sink):
     """:class:`~cola_moderation.connectors.kafka.sink.KafkaSink` on librdkafka. Not thread-safe."""
 
@@ -213,15 +217,17 @@ class ConfluentKafkaSink(Sink):
         self._send(self.topics[Route.DEAD_LETTER], dead.record.id.encode(), value, headers,
                    what=f"dead letter {dead.record.id!r}")
 
-    def _send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], *, what: str) -> None:
-        def delivered(error: Any, _message: Any) -> None:
-            self._delivered += 1
-            if error is not None:
-                self._errors.append(f"{what} to topic {topic!r}: {error}")
+    def _on_delivery(self, error: Any, message: Any) -> None:
+        """librdkafka's delivery report of one send (served by ``poll`` / ``flush`` on this thread)."""
+        self._delivered += 1
+        if error is not None:
+            key = (message.key() or b"").decode("utf-8", "replace")
+            self._errors.append(f"record {key!r} to topic {message.topic()!r}: {error}")
 
+    def _send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], *, what: str) -> None:
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
+                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
                 self._sent += 1
                 break
             except BufferError:  # the client's queue is full: serve delivery reports, then retry
@@ -229,7 +235,8 @@ class ConfluentKafkaSink(Sink):
             except self._ck.KafkaException as exc:
                 self._errors.append(f"{what} to topic {topic!r}: {exc}")
                 break
-        self._producer.poll(0)
+        if self._sent % _REPORTS_EVERY == 0:  # keep the report queue short in long batches; flush serves the rest
+            self._producer.poll(0)
 
     def flush(self, batch: Batch | None = None) -> None:
         try:

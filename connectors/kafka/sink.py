@@ -27,7 +27,7 @@ from kafka.errors import KafkaError
 from cola_moderation.connectors.base import RecordSerializer, Sink, check_route
 from cola_moderation.connectors.config import KafkaConfig
 from cola_moderation.connectors.errors import SinkWriteError
-from cola_moderation.connectors.json_codec import dumps_strict, finite_or_string
+from cola_moderation.connectors.json_codec import dumps_compact, finite_or_string
 from cola_moderation.connectors.records import Batch, DeadLetter, Route
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def dead_letter_headers(dead: DeadLetter) -> list[tuple[str, bytes]]:
     headers += [(f"source.{key}", str(value).encode()) for key, value in dead.record.source.as_dict().items()]
     extra = {key: value for key, value in dead.record.metadata.items() if key != "headers"}
     if extra:
-        headers.append(("cola.metadata", dumps_strict(extra, default=_json_default).encode()))
+        headers.append(("cola.metadata", dumps_compact(extra, default=_json_default)))
     return headers + list(dead.record.headers)
 
 

@@ -60,7 +60,7 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 
-from cola_moderation.connectors.json_codec import dumps_strict
+from cola_moderation.connectors.json_codec import dumps_compact
 from cola_moderation.connectors.records import DeadLetter, InputRecord, Routed
 from cola_moderation.operators.errors import ColaError, ConfigError
 from cola_moderation.pipeline.jobs.http_inputs import BodyReader, RequestError, parse_upload, request_id
@@ -84,7 +84,7 @@ class StrictJSONResponse(JSONResponse):
     """Standard JSON bodies: non-finite floats written as strings instead of failing the response (500)."""
 
     def render(self, content: Any) -> bytes:
-        return dumps_strict(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return dumps_compact(content)
 
 
 class ServeDeployError(ColaError, RuntimeError):

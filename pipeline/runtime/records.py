@@ -19,6 +19,7 @@ last record columns in Arrow.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from cola_moderation.connectors.json_codec import dumps_strict, finite_or_string
+from cola_moderation.connectors.json_codec import dumps_compact, finite_or_string, has_non_finite
 from cola_moderation.connectors.records import (
     SOURCE_ARROW_TYPE,
     FilePosition,
@@ -112,7 +113,7 @@ class OutputRecord:
             "adversarial_score": self.adversarial_score, "suspected_adversarial": self.suspected_adversarial,
             "method": self.method, "model": self.model, "policy_version": self.policy_version,
             "source": self.source.as_dict(),
-            "processed_at": self.processed_at.astimezone(UTC).isoformat(timespec="milliseconds"),
+            "processed_at": _utc_text(self.processed_at),
             "latency_ms": self.latency_ms, "metadata": dict(self.metadata), "review_reasons": list(self.review_reasons),
             "frame": self.frame, "frame_count": self.frame_count, "decided_by": self.decided_by,
             "match": None if self.match is None else dict(self.match),
@@ -155,15 +156,27 @@ def json_default(value: Any) -> Any:
     raise TypeError(f"output record field of type {type(value).__name__} is not JSON-serialisable: {value!r}")
 
 
+def _utc_text(value: datetime) -> str:
+    """``value`` in UTC, to the millisecond (``2026-12-03T21:40:00.123+00:00``)."""
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="milliseconds")
+
+
 def dumps(record: OutputRecord) -> bytes:
     """Compact, standard UTF-8 JSON of ``record`` (non-finite floats as strings, see
-    :mod:`cola_moderation.connectors.json_codec`)."""
-    return dumps_json(record.to_json())
+    :mod:`cola_moderation.connectors.json_codec`). The record's own floats are checked here, so only the passthrough
+    metadata and the bank match are searched for non-finite ones."""
+    document = record.to_json()
+    finite = (math.isfinite(record.score) and math.isfinite(record.adversarial_score)
+              and math.isfinite(record.latency_ms) and all(math.isfinite(score) for _, score in record.topk)
+              and not has_non_finite(document["metadata"]) and not has_non_finite(document["match"]))
+    return dumps_compact(document, default=json_default, finite=finite)
 
 
 def dumps_json(document: Mapping[str, Any]) -> bytes:
     """Compact, standard UTF-8 JSON of a record's JSON form (any record type)."""
-    return dumps_strict(document, separators=(",", ":"), ensure_ascii=False, default=json_default).encode()
+    return dumps_compact(document, default=json_default)
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(name for name in ARROW_SCHEMA.names if name not in ("id", "source"))

@@ -54,6 +54,18 @@ def test_serialized_records_validate_and_round_trip(source: object) -> None:
                                         "cola.schema-version": str(SCHEMA_VERSION).encode()}
 
 
+def test_non_finite_scores_of_the_record_itself_are_strings_too() -> None:
+    import json
+
+    value = record(score=float("nan"), topk=(("cat", float("inf")),), adversarial_score=float("-inf"), metadata={},
+                   match={"bank": "b", "distance": float("nan")})
+    document = json.loads(OutputSerializer().json_bytes(value))
+    assert (document["score"], document["topk"][0]["score"], document["adversarial_score"]) == \
+        ("NaN", "Infinity", "-Infinity")
+    assert document["match"]["distance"] == "NaN"
+    assert json.loads(OutputSerializer().json_bytes(record(metadata={}))) == record(metadata={}).to_json()
+
+
 def test_invalid_documents_are_refused_by_the_schema() -> None:
     validator = jsonschema.Draft202012Validator(json_schema())
     document = record().to_json()
