@@ -7,8 +7,9 @@ hold the contract; what differs is only the client:
   ``max_batch_wait_ms``; rebalance callbacks (``on_assign`` / ``on_revoke``) run inside ``consume``; offsets are
   committed synchronously (``asynchronous=False``). Per-message errors from the client are logged and skipped (the
   client retries fetches itself).
-* sink: ``Producer.produce`` with a delivery callback per message; :meth:`ConfluentKafkaSink.flush` waits for every
-  callback and raises :class:`~cola_moderation.connectors.errors.SinkWriteError` if one failed or did not come.
+* sink: ``Producer.produce`` with delivery reports for failed sends only (``delivery.report.only.error``);
+  :meth:`ConfluentKafkaSink.flush` waits until every send was acknowledged or failed and raises
+  :class:`~cola_moderation.connectors.errors.SinkWriteError` if one failed or did not complete.
 * exactly-once: ``init_transactions`` / ``begin_transaction`` / ``send_offsets_to_transaction`` (with the consumer's
   group metadata, KIP-447) / ``commit_transaction``; an error librdkafka marks fatal (fenced) raises
   :class:`~cola_moderation.connectors.errors.TransactionFencedError`, any other aborts the transaction and rewinds
@@ -174,7 +175,7 @@ class ConfluentKafkaSource(GroupMember, Source):
 
 
 _REPORTS_EVERY = 256
-"""Sends between two calls that serve delivery reports (``poll(0)``) before the flush."""
+"""Sends between two calls that serve (failed sends') delivery reports (``poll(0)``) before the flush."""
 
 
 class ConfluentKafkaSink(Sink):
@@ -192,11 +193,13 @@ class ConfluentKafkaSink(Sink):
             "bootstrap.servers": bootstrap_servers or config.bootstrap_servers, "client.id": client_id,
             "acks": "all", "retries": config.producer_retries, "message.max.bytes": config.max_request_size,
             "linger.ms": config.linger_ms, "request.timeout.ms": config.request_timeout_ms,
+            # a report (a Python call and a Message object) per failed send only: flush() returns once every send is
+            # acknowledged or failed, with the failures' reports served, so what did not fail was written
+            "delivery.report.only.error": True,
             **config.client_options, **(producer_options or {}),
         }
         self._producer = self._ck.Producer(self._producer_options)
         self._sent = 0
-        self._delivered = 0
         self._errors: list[str] = []
 
     def add(self, route: Route, record: Any) -> None:
@@ -218,41 +221,39 @@ class ConfluentKafkaSink(Sink):
                    what=f"dead letter {dead.record.id!r}")
 
     def _on_delivery(self, error: Any, message: Any) -> None:
-        """librdkafka's delivery report of one send (served by ``poll`` / ``flush`` on this thread)."""
-        self._delivered += 1
+        """librdkafka's delivery report of a failed send (served by ``poll`` / ``flush`` on this thread)."""
         if error is not None:
             key = (message.key() or b"").decode("utf-8", "replace")
             self._errors.append(f"record {key!r} to topic {message.topic()!r}: {error}")
 
     def _send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], *, what: str) -> None:
+        self._sent += 1  # sends attempted since the last flush, failed ones included
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
-                self._sent += 1
                 break
             except BufferError:  # the client's queue is full: serve delivery reports, then retry
                 self._producer.poll(0.1)
             except self._ck.KafkaException as exc:
                 self._errors.append(f"{what} to topic {topic!r}: {exc}")
                 break
-        if self._sent % _REPORTS_EVERY == 0:  # keep the report queue short in long batches; flush serves the rest
+        if self._sent % _REPORTS_EVERY == 0:  # serve failures' reports in long batches; flush serves the rest
             self._producer.poll(0)
 
     def flush(self, batch: Batch | None = None) -> None:
         try:
             remaining = self._producer.flush(self.config.flush_timeout_s)
             errors = list(self._errors)
-            if remaining or self._delivered < self._sent:
-                errors.append(f"{max(remaining, self._sent - self._delivered)} sends did not complete within the "
-                              "flush")
+            if remaining:
+                errors.append(f"{remaining} sends did not complete within the flush")
             if errors:
-                raise SinkWriteError(f"{len(errors)} of {self._sent + len(self._errors)} records of batch "
+                raise SinkWriteError(f"{len(self._errors) + remaining} of {self._sent} records of batch "
                                      f"{batch.key if batch else '?'} were not written to Kafka; first: {errors[0]}")
         finally:
             self._clear()
 
     def _clear(self) -> None:
-        self._sent = self._delivered = 0
+        self._sent = 0
         self._errors = []
 
     def close(self) -> None:

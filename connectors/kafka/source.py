@@ -49,7 +49,9 @@ __all__ = ["KafkaSource", "Positions", "decode_headers", "headers_as_text", "mes
 
 
 def decode_headers(headers: Iterable[tuple[str, bytes | None]] | None) -> tuple[tuple[str, bytes], ...]:
-    return tuple((str(key), bytes(value or b"")) for key, value in headers or ())
+    if not headers:  # most messages: no generator to build
+        return ()
+    return tuple((str(key), bytes(value or b"")) for key, value in headers)
 
 
 def headers_as_text(headers: tuple[tuple[str, bytes], ...]) -> dict[str, str]:

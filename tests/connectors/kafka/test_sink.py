@@ -1,5 +1,5 @@
-"""KafkaSink: flush raises when the broker did not acknowledge (so the caller does not commit), oversized dead
-letters are written without their bytes, routes are checked."""
+"""The Kafka sink, on both clients: flush raises when the broker did not acknowledge (so the caller does not
+commit), oversized dead letters are written without their bytes, routes are checked."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import json
 import pytest
 
 from cola_moderation.connectors.errors import SinkWriteError
+from cola_moderation.connectors.base import Sink
+from cola_moderation.connectors.config import KafkaConfig
 from cola_moderation.connectors.kafka.sink import KafkaSink
 from cola_moderation.connectors.local.broker import EmbeddedBroker
 from cola_moderation.connectors.records import DeadLetter, FilePosition, InputRecord, Route
@@ -24,11 +26,19 @@ def _output(record_id: str) -> object:
     return process(_record(record_id, PNG)).record  # type: ignore[union-attr]
 
 
-def test_flush_raises_when_the_broker_is_gone() -> None:
+def open_sink(config: KafkaConfig) -> Sink:
+    if config.client == "confluent":
+        from cola_moderation.connectors.kafka.confluent import ConfluentKafkaSink
+
+        return ConfluentKafkaSink(config, SERIALIZER)
+    return KafkaSink(config, SERIALIZER)
+
+
+def test_flush_raises_when_the_broker_is_gone(kafka_client: str) -> None:
     with EmbeddedBroker() as broker:
         config = topics_config(broker.bootstrap_servers, request_timeout_ms=1500, flush_timeout_s=3.0,
-                               producer_retries=1)
-        sink = KafkaSink(config, SERIALIZER)
+                               producer_retries=1, client=kafka_client)
+        sink = open_sink(config)
         sink.add(Route.OUTPUT, _output("a"))
         sink.flush()  # acknowledged while the broker runs
         broker.stop()
@@ -38,9 +48,25 @@ def test_flush_raises_when_the_broker_is_gone() -> None:
         sink.close()
 
 
-def test_dead_letter_too_large_is_written_without_bytes_and_routes_checked(kafka_broker) -> None:  # type: ignore[no-untyped-def]
-    config = topics_config(kafka_broker.bootstrap_servers, max_request_size=64 * 1024)
-    with KafkaSink(config, SERIALIZER) as sink:
+def test_a_failed_delivery_report_names_the_record_and_fails_the_flush() -> None:
+    pytest.importorskip("confluent_kafka")
+    with EmbeddedBroker() as broker:  # librdkafka gives up on the send after 1 s: a report, not a flush timeout
+        config = topics_config(broker.bootstrap_servers, flush_timeout_s=20.0, client="confluent",
+                               client_options={"message.timeout.ms": 1000})
+        sink = open_sink(config)
+        sink.add(Route.OUTPUT, _output("a"))
+        sink.flush()
+        broker.stop()
+        sink.add(Route.OUTPUT, _output("b"))
+        with pytest.raises(SinkWriteError, match=r"1 of 1 records .*record 'b' to topic 'out-.*timed out"):
+            sink.flush()
+        sink.close()
+
+
+def test_dead_letter_too_large_is_written_without_bytes_and_routes_checked(kafka_broker,  # type: ignore[no-untyped-def]
+                                                                           kafka_client: str) -> None:
+    config = topics_config(kafka_broker.bootstrap_servers, max_request_size=64 * 1024, client=kafka_client)
+    with open_sink(config) as sink:
         sink.add_dead_letter(DeadLetter.from_exception(_record("big", b"z" * 100_000), ValueError("too big")))
         sink.add_dead_letter(DeadLetter.from_exception(_record("small", b"z"), ValueError("bad"), stage="decode"))
         sink.add(Route.QUARANTINE, _output("q"))
