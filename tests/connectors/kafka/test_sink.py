@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from cola_moderation.connectors.errors import SinkWriteError
 from cola_moderation.connectors.base import Sink
 from cola_moderation.connectors.config import KafkaConfig
+from cola_moderation.connectors.errors import SinkWriteError
 from cola_moderation.connectors.kafka.sink import KafkaSink
 from cola_moderation.connectors.local.broker import EmbeddedBroker
 from cola_moderation.connectors.records import DeadLetter, FilePosition, InputRecord, Route
