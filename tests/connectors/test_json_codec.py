@@ -60,4 +60,7 @@ def test_what_orjson_refuses_or_spells_differently_goes_through_the_standard_lib
 
 def test_finite_true_skips_the_search_and_is_only_for_values_known_finite() -> None:
     assert not has_non_finite({"a": [1.0, {"b": (2.0,)}], "c": "NaN"})
-    assert dumps_compact({"a": 1.0}, finite=True) == b'{"a":1.0}'
+    assert has_non_finite({"a": [1.0, {"b": (float("inf"),)}]})
+    # the caller's word is taken: a NaN it missed is written as orjson writes it (which is why callers check)
+    assert dumps_compact({"a": float("nan")}, finite=True) == b'{"a":null}'
+    assert dumps_compact({"a": float("nan")}) == b'{"a":"NaN"}'
