@@ -20,10 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cola_moderation.connectors.filesystem import is_uri
     from cola_moderation.pipeline.jobs.preflight import check_output_directory
 
     config = load_config(args.config)  # config and output mistakes: one line, before the heavy imports
-    check_output_directory(args.output)
+    if not is_uri(args.output):  # a URI's bucket is checked by its filesystem, not created as a local folder
+        check_output_directory(args.output)
     from cola_moderation.pipeline.jobs.batch import run_batch_job
 
     summary = run_batch_job(config, inputs=args.input, output=args.output, address=args.address)

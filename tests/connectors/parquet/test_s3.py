@@ -130,10 +130,13 @@ def test_batch_command_reads_and_writes_s3(s3: pafs.S3FileSystem, tiny_model_dir
     path.write_text(json.dumps(config))
     command = [sys.executable, "-m", "cola_moderation.pipeline.cli", "batch", "--config", str(path),
                "--input", f"s3://{BUCKET}/job-in/", "--output", f"s3://{BUCKET}/job-out", "--json"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["inputs"] == 24
+    assert not list(workdir.iterdir()), "a URI output must not create a local folder (s3:/...) in the cwd"
     counts = routes_by_id(s3, "job-out")
     assert sorted(i for c in counts.values() for i in c) == sorted(expected)  # every input exactly once
     assert set(counts["dead_letter"]) == {i for i, r in expected.items() if r == "dead_letter"}
