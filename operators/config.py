@@ -47,6 +47,11 @@ class ModelConfig(Section):
     """``auto``: bf16 on a CPU with native bf16 instructions, else fp32 (the choice is logged; see
     :mod:`cola_moderation.operators.backbones.precision`)."""
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
+    runtime: Literal["auto", "torch", "transformers"] = "auto"
+    """How a ``transformers`` CLIP checkpoint runs: ``torch`` builds it in plain torch from its files (no
+    ``transformers`` import: ~2 s less start-up per worker), ``transformers`` through ``CLIPModel``; ``auto`` takes
+    ``torch`` when the checkpoint is one it covers (standard CLIP with ``tokenizer.json``), else ``transformers``, and
+    logs why. Other families ignore it."""
 
     @field_validator("device")
     @classmethod

@@ -1,12 +1,14 @@
 """The backbone families and how a checkpoint's files choose one.
 
-=============  ==============================================  ==========================================
+=============  ==============================================  ==============================================
 family         files that select it                            module
-=============  ==============================================  ==========================================
+=============  ==============================================  ==============================================
 ``open_clip``  ``open_clip_config.json`` (+ weights)           :mod:`.openclip` (run as a ``CLIPModel``)
-``clip``       ``config.json`` with ``model_type: clip``       :mod:`.transformers_clip`
+``clip``       ``config.json`` with ``model_type: clip``       :mod:`.clip_torch` or :mod:`.transformers_clip`
 ``siglip``     ``config.json`` with ``model_type: siglip``     :mod:`.siglip`
-=============  ==============================================  ==========================================
+=============  ==============================================  ==============================================
+
+``clip`` has two runtimes (``model.runtime``): plain torch where it covers the checkpoint, ``transformers`` always.
 
 A new family is one module implementing :class:`~.base.Backbone` plus one row in :data:`FAMILIES`.
 """
@@ -14,6 +16,7 @@ A new family is one module implementing :class:`~.base.Backbone` plus one row in
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 
 from cola_moderation.operators.backbones import open_clip_format
@@ -22,10 +25,23 @@ from cola_moderation.operators.backbones.sources import ModelSource
 from cola_moderation.operators.config import ModelConfig
 from cola_moderation.operators.errors import ModelLoadError
 
+log = logging.getLogger(__name__)
+
 
 def _load_clip(config: ModelConfig, source: ModelSource) -> Backbone:
-    from cola_moderation.operators.backbones.transformers_clip import ClipBackbone
+    """``model.runtime``: plain torch (:mod:`.clip_torch`) where it covers the checkpoint, else ``transformers``."""
+    from cola_moderation.operators.backbones.transformers_clip import ClipBackbone, HubLoad
 
+    if config.runtime != "transformers":
+        from cola_moderation.operators.backbones import clip_torch
+
+        spec = clip_torch.plan(source)
+        if not isinstance(spec, str):
+            return clip_torch.TorchClipBackbone.load(config, HubLoad.plan(config, source), spec)
+        if config.runtime == "torch":
+            raise ModelLoadError(f"model.runtime=torch cannot run {config.path!r}: {spec}; use runtime: auto or "
+                                 "transformers")
+        log.info("model %s runs through transformers (model.runtime=auto): %s", config.path, spec)
     return ClipBackbone.load(config, source)
 
 

@@ -15,6 +15,14 @@ from cola_moderation.operators.defences.zeroshot import ZeroShotClassifier
 from cola_moderation.operators.errors import DeviceError, ModelLoadError
 
 
+@pytest.fixture(scope="module")
+def tiny_backbone(tiny_model_dir: Path) -> ClipBackbone:
+    """The shared tiny checkpoint through ``transformers`` (the suite's default fixture gets the torch runtime)."""
+    backbone = load_backbone(ModelConfig(path=str(tiny_model_dir), device="cpu", runtime="transformers"))
+    assert isinstance(backbone, ClipBackbone)
+    return backbone
+
+
 def test_loads_saved_checkpoint_through_the_user_path(tiny_backbone: ClipBackbone) -> None:
     assert tiny_backbone.geometry.size == 32
     assert tiny_backbone.device == torch.device("cpu")
