@@ -321,7 +321,10 @@ def plan(source: ModelSource) -> ClipTorchConfig | str:
         raise ModelLoadError(f"cannot read {found}: {exc}") from exc
     if not isinstance(config, dict):
         raise ModelLoadError(f"{found} is not a JSON object")
-    return read_config(config, source.file("tokenizer.json"))
+    try:
+        return read_config(config, source.file("tokenizer.json"))
+    except (TypeError, ValueError, ArithmeticError) as exc:  # e.g. "text_config": [], "hidden_size": "big"
+        raise ModelLoadError(f"{found}: not a usable CLIP config ({type(exc).__name__}: {exc})") from None
 
 
 class TorchClipBackbone(Backbone):

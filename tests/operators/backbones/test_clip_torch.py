@@ -147,3 +147,15 @@ def test_a_worker_loading_the_reference_model_never_imports_transformers() -> No
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["TorchClipBackbone", "False"]
+
+
+@pytest.mark.parametrize("change", [{"text_config": ["not", "a", "dict"]}, {"vision_config": {"hidden_size": "big"}},
+                                    {"vision_config": {"num_attention_heads": 0}}])
+def test_a_malformed_config_is_one_line(tiny_model_dir: Path, tmp_path: Path, change: dict[str, object]) -> None:
+    directory = copy_checkpoint(tiny_model_dir, tmp_path / "bad")
+    config = json.loads((directory / "config.json").read_text())
+    for key, value in change.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="not a usable CLIP config"):
+        load_backbone(ModelConfig(path=str(directory), device="cpu"))
