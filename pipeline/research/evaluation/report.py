@@ -20,7 +20,7 @@ Schema ``cola-eval/1`` (all accuracies and rates are fractions in [0, 1]; eps ke
     detection      {fpr: 0.05, threshold, by_eps: {eps_label: {method: {auroc, tpr_at_5pct_fpr, flagged_clean,
                     flagged_attacked}}}}   method in clip, cola, cascade (each has its own detector score)
     timings        {total_s, clean_scoring_s, threads, by_eps: {eps_label: {attack_s, scoring_s}}}
-    versions       {python, torch, transformers, pot, numpy, cola_git}
+    versions       {python, torch, transformers, numpy, cola_git}
 
 Two runs of the same command on the same machine give identical ``accuracy``, ``target_fooled``,
 ``cascade_escalated`` and ``detection``; ``timings`` differ.
@@ -55,7 +55,7 @@ SCHEMA = "cola-eval/1"
 
 def versions() -> dict[str, str | None]:
     found: dict[str, str | None] = {"python": platform.python_version()}
-    for package, key in (("torch", "torch"), ("transformers", "transformers"), ("pot", "pot"), ("numpy", "numpy")):
+    for package, key in (("torch", "torch"), ("transformers", "transformers"), ("numpy", "numpy")):
         try:
             found[key] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -33,6 +33,25 @@ def test_batched_values_match_pot_sinkhorn2_per_problem(method: str) -> None:
     torch.testing.assert_close(result.distances, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(("method", "eps", "tol"), [("sinkhorn", 0.1, 1e-6), ("log_sinkhorn", 0.02, 1e-6),
+                                                     ("log_sinkhorn", 0.05, 1e-3), ("sinkhorn", 0.5, 1e-9)])
+def test_the_same_iterations_as_pot_solve_batch(method: str, eps: float, tol: float) -> None:
+    """Our Sinkhorn is POT's ``ot.batch.solve_batch`` (the one COLA used): the same plans, stopping at the same
+    iteration, padded text columns included, in float32 as COLA runs it."""
+    from ot.batch import solve_batch
+
+    cost, a, b = (t.float() for t in _problems(20, 6, 9, seed=4))
+    b[:5, -3:] = 0  # padding: fewer texts in some classes
+    b = b / b.sum(1, keepdim=True)
+    config = TransportConfig(eps=eps, max_iter=3000, tol=tol, method=method)
+    ours = solve_entropic(cost, a, b, config)
+    shifted = cost - cost.amin(dim=(1, 2), keepdim=True)
+    theirs = solve_batch(shifted, reg=eps, a=a, b=b, max_iter=3000, tol=tol, method=method, grad="detach")
+    assert ours.iterations == int(theirs.log["n_iter"]) + 1
+    torch.testing.assert_close(ours.plans, theirs.plan, atol=1e-6, rtol=1e-5)
+    assert float(ours.plans[:5, :, -3:].abs().max()) == 0.0
+
+
 def test_values_approach_exact_ot_as_eps_shrinks() -> None:
     cost, a, b = _problems(6, 4, 6, seed=2)
     exact = torch.tensor([float(ot.emd2(a[p].numpy(), b[p].numpy(), cost[p].numpy())) for p in range(6)],
