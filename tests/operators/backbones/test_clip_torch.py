@@ -57,8 +57,10 @@ def test_auto_picks_torch_for_a_standard_checkpoint(tiny_model_dir: Path) -> Non
 
 
 def test_other_activations_and_the_legacy_end_of_text_pooling(tmp_path: Path) -> None:
-    """``eos_token_id: 2`` (configs written before transformers#24773) pools at the highest token id; gelu
-    variants in either tower."""
+    """gelu variants in either tower, and a config with ``eos_token_id: 2`` (written before transformers#24773),
+    which takes the pool-at-the-highest-id branch. With CLIP's vocabulary the highest id is the end-of-text token,
+    so that branch pools at the same position as the other: this checks the branch runs and agrees, not that the
+    two branches differ (they only do for tokens added beyond the vocabulary)."""
     model = new_clip_model(TINY, seed=3)
     model.config.text_config.hidden_act = "gelu"
     model.config.text_config.eos_token_id = 2
