@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from kafka.structs import TopicPartition as Partition
@@ -33,8 +32,8 @@ from cola_moderation.connectors.base import RecordSerializer, Sink, Source, chec
 from cola_moderation.connectors.config import KafkaConfig
 from cola_moderation.connectors.errors import SinkWriteError, TransactionAbortedError, TransactionFencedError
 from cola_moderation.connectors.kafka.membership import Collected, GroupMember, Positions, assemble_batch
-from cola_moderation.connectors.kafka.sink import _HEADER_OVERHEAD, dead_letter_headers
-from cola_moderation.connectors.kafka.source import message_to_record
+from cola_moderation.connectors.kafka.sink import _HEADER_OVERHEAD, RECORD_KIND, dead_letter_headers
+from cola_moderation.connectors.kafka.source import record_of
 from cola_moderation.connectors.records import Batch, DeadLetter, Route
 from cola_moderation.operators.errors import ConfigError
 
@@ -49,18 +48,6 @@ def _confluent() -> Any:
     except ImportError:
         raise ConfigError(INSTALL_HINT) from None
     return confluent_kafka
-
-
-@dataclass(frozen=True, slots=True)
-class _Message:
-    """A librdkafka message in the attribute shape :func:`message_to_record` reads."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes | None]] | None
 
 
 class ConfluentKafkaSource(GroupMember, Source):
@@ -80,11 +67,13 @@ class ConfluentKafkaSource(GroupMember, Source):
             "max.partition.fetch.bytes": config.max_partition_fetch_bytes,
             "receive.message.max.bytes": max(config.fetch_max_bytes + 512, 100_000_000),
             "isolation.level": "read_committed" if self.exactly_once else "read_uncommitted",
+            "on_commit": self._on_commit,
             **config.client_options,
         }
         self._consumer = ck.Consumer(options)
         self._init_membership()
         self._paused = False
+        self._partitions: dict[tuple[str, int], Partition] = {}  # one key object per partition, not per message
         self._consumer.subscribe(list(config.input_topics), on_assign=self._on_assigned, on_revoke=self._on_revoked)
 
     # -- rebalance callbacks (run inside consume) --
@@ -113,26 +102,34 @@ class ConfluentKafkaSource(GroupMember, Source):
             before = dict(self._epochs)  # rebalance callbacks run inside consume
             fetched = []
             for message in self._consumer.consume(num_messages=cfg.max_batch_records - len(items), timeout=remaining):
-                error = message.error()
-                if error is not None:
-                    log.warning("consumer error (skipped; the client retries): %s", error)
+                if message.error() is not None:
+                    log.warning("consumer error (skipped; the client retries): %s", message.error())
                     continue
-                view = _Message(message.topic(), message.partition(), message.offset(), message.key(),
-                                message.value(), message.headers())
-                fetched.append((Partition(view.topic, view.partition), message_to_record(view, cfg.value_format)))
-                nbytes += len(view.value or b"")
+                topic, partition, value = message.topic(), message.partition(), message.value()
+                tp = self._partitions.get((topic, partition)) or self._partitions.setdefault(
+                    (topic, partition), Partition(topic, partition))
+                fetched.append((tp, record_of(topic, partition, message.offset(), message.key(), value,
+                                              message.headers(), cfg.value_format)))
+                nbytes += len(value or b"")
             self._take(items, fetched, before)
             if remaining == 0.0:
                 break
         return assemble_batch(items, self._epochs)
 
-    def _commit_offsets(self, offsets: Mapping[Partition, int], *, reason: str) -> bool:
+    def _commit_offsets(self, offsets: Mapping[Partition, int], *, reason: str, wait: bool = True) -> bool:
         try:
-            self._consumer.commit(offsets=self._native(offsets, offsets), asynchronous=False)
+            self._consumer.commit(offsets=self._native(offsets, offsets), asynchronous=not wait)
         except self._ck.KafkaException as exc:  # retried with the next commit or before revocation
             log.warning("offset commit (%s) failed, will retry: %s", reason, exc)
             return False
+        if not wait:
+            self._inflight.update(offsets)
         return True
+
+    def _on_commit(self, error: Any, partitions: list[Any]) -> None:
+        """librdkafka's answer to an asynchronous commit (served inside ``consume`` / ``close`` on this thread)."""
+        for p in partitions:
+            self._commit_answered(Partition(p.topic, p.partition), p.offset, error or p.error)
 
     # -- exactly_once --
     def transaction_offsets(self, batch: Batch) -> list[Any] | None:
@@ -171,7 +168,11 @@ class ConfluentKafkaSource(GroupMember, Source):
         return self._paused
 
     def close(self) -> None:
-        self._consumer.close()
+        """Commit what is acknowledged or still unconfirmed (synchronously), then leave the group."""
+        try:
+            self._commit_unconfirmed(list(self._epochs), reason="on close")
+        finally:
+            self._consumer.close()
 
 
 _REPORTS_EVERY = 256
@@ -206,7 +207,7 @@ class ConfluentKafkaSink(Sink):
         check_route(route)
         key = self.serializer.key(record)
         self._send(self.topics[route], key.encode(), self.serializer.json_bytes(record), self._headers,
-                   what=f"{route.value} record {key!r}")
+                   kind=RECORD_KIND[route])
 
     def add_dead_letter(self, dead: DeadLetter) -> None:
         headers = dead_letter_headers(dead)
@@ -218,7 +219,7 @@ class ConfluentKafkaSink(Sink):
             headers.append(("payload.dropped", str(len(value)).encode()))
             value = b""
         self._send(self.topics[Route.DEAD_LETTER], dead.record.id.encode(), value, headers,
-                   what=f"dead letter {dead.record.id!r}")
+                   kind="dead letter")
 
     def _on_delivery(self, error: Any, message: Any) -> None:
         """librdkafka's delivery report of a failed send (served by ``poll`` / ``flush`` on this thread)."""
@@ -226,7 +227,7 @@ class ConfluentKafkaSink(Sink):
             key = (message.key() or b"").decode("utf-8", "replace")
             self._errors.append(f"record {key!r} to topic {message.topic()!r}: {error}")
 
-    def _send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], *, what: str) -> None:
+    def _send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], *, kind: str) -> None:
         self._sent += 1  # sends attempted since the last flush, failed ones included
         while True:
             try:
@@ -235,7 +236,7 @@ class ConfluentKafkaSink(Sink):
             except BufferError:  # the client's queue is full: serve delivery reports, then retry
                 self._producer.poll(0.1)
             except self._ck.KafkaException as exc:
-                self._errors.append(f"{what} to topic {topic!r}: {exc}")
+                self._errors.append(f"{kind} {key.decode(errors='replace')!r} to topic {topic!r}: {exc}")
                 break
         if self._sent % _REPORTS_EVERY == 0:  # serve failures' reports in long batches; flush serves the rest
             self._producer.poll(0)
@@ -284,9 +285,9 @@ class ConfluentTransactionalSink(ConfluentKafkaSink):
         except self._ck.KafkaException as exc:
             raise self._fenced_error(exc) from exc
 
-    def _send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], *, what: str) -> None:
+    def _send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], *, kind: str) -> None:
         self._begin()
-        super()._send(topic, key, value, headers, what=what)
+        super()._send(topic, key, value, headers, kind=kind)
 
     def _begin(self) -> None:
         if self._open:

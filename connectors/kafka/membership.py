@@ -17,6 +17,14 @@ told apart. Dropping them and moving on skipped them (for good once a later batc
 So a partition that comes back is sought to its committed offset (:meth:`GroupMember._seek_committed`; a failure
 there propagates: the job stops rather than skip), and the messages the client returned for it in that call are
 dropped: its records are read again from the committed offset.
+
+Commits (at-least-once): :meth:`GroupMember.commit` asks the client to commit a batch's offsets without waiting for
+the broker's answer where the client can (``wait=False``; librdkafka's asynchronous commit), so the next poll does
+not wait on a round trip. The offsets are still sent only after the sink acknowledged the batch, so nothing is
+committed that was not written. Until the broker confirms them they are "in flight": a failed one goes back to the
+acknowledged offsets (committed with the next batch) unless a later commit of the partition already carries it
+further, and revocation and :meth:`close` commit the in-flight and acknowledged offsets synchronously. A crash
+re-delivers at most the batches whose commit had not been confirmed.
 """
 
 from __future__ import annotations
@@ -71,14 +79,42 @@ class GroupMember(ABC):
         self._epoch = 0
         self._epochs: dict[Any, int] = {}  # assigned partition -> epoch of its assignment
         self._acked: dict[Any, int] = {}  # acknowledged, not yet committed: partition -> next offset
+        self._inflight: dict[Any, int] = {}  # sent without waiting, not yet confirmed: partition -> next offset
         self._committed: dict[Any, int] = {}  # exactly_once: committed in a transaction by this member
         self._revoked_since: set[Any] = set()  # revoked, not assigned again yet
         self._committed_revoked: dict[Any, int] = {}  # exactly_once: _committed of those
         self._came_back: set[Any] = set()  # assigned again after a revocation, not yet sought
 
     @abstractmethod
-    def _commit_offsets(self, offsets: Mapping[Any, int], *, reason: str) -> bool:
-        """Commit ``offsets`` (partition -> next offset) for the group; ``False`` if the commit failed."""
+    def _commit_offsets(self, offsets: Mapping[Any, int], *, reason: str, wait: bool = True) -> bool:
+        """Commit ``offsets`` (partition -> next offset) for the group; ``False`` if the commit failed. With
+        ``wait=False`` a client that can commits asynchronously: ``True`` then means sent, and the offsets go in
+        ``_inflight`` until :meth:`_commit_answered` hears the broker's answer."""
+
+    def _commit_answered(self, tp: Any, offset: int, error: Any) -> None:
+        """The broker's answer to an asynchronous commit of ``tp`` up to ``offset`` (``error`` None: committed)."""
+        if self._inflight.get(tp) != offset:
+            return  # a later commit carries the partition further (or it was revoked): that one counts
+        del self._inflight[tp]
+        if error is None:
+            return
+        if tp in self._epochs:
+            log.warning("offset commit of %s up to %d failed (%s); committing it with the next batch", tp, offset,
+                        error)
+            self._acked[tp] = max(offset, self._acked.get(tp, 0))
+        else:
+            log.warning("offset commit of %s up to %d failed (%s) after the partition was revoked; its new owner "
+                        "reads those records again", tp, offset, error)
+
+    def _commit_unconfirmed(self, partitions: Iterable[Any], *, reason: str) -> None:
+        """Commit, waiting for the answer, what was acknowledged or sent without an answer for ``partitions``."""
+        todo = {tp: max(self._acked.get(tp, -1), self._inflight.get(tp, -1)) for tp in partitions
+                if tp in self._acked or tp in self._inflight}
+        for tp in todo:
+            self._acked.pop(tp, None)
+            self._inflight.pop(tp, None)
+        if todo and not self._commit_offsets(todo, reason=reason):
+            self._acked.update(todo)  # retried with the next commit, if this member still owns them
 
     @abstractmethod
     def _seek_committed(self, partitions: list[Any]) -> None:
@@ -113,9 +149,7 @@ class GroupMember(ABC):
 
     def _revoked(self, revoked: set[Any]) -> None:
         """Before ``revoked`` are taken away: commit what was acknowledged for them, then forget them."""
-        done = {tp: off for tp, off in self._acked.items() if tp in revoked}
-        if done:
-            self._commit_offsets(done, reason="before revocation")
+        self._commit_unconfirmed(revoked, reason="before revocation")
         for tp in revoked:
             self._epochs.pop(tp, None)
             self._acked.pop(tp, None)
@@ -157,7 +191,7 @@ class GroupMember(ABC):
                             "its records will be delivered again", tp, offset)
                 continue
             self._acked[tp] = max(offset, self._acked.get(tp, 0))
-        if self._acked and self._commit_offsets(dict(self._acked), reason="acknowledged batch"):
+        if self._acked and self._commit_offsets(dict(self._acked), reason="acknowledged batch", wait=False):
             self._acked.clear()
 
     def _stale(self, batch: Batch) -> bool:

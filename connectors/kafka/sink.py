@@ -33,6 +33,8 @@ from cola_moderation.connectors.records import Batch, DeadLetter, Route
 log = logging.getLogger(__name__)
 
 _HEADER_OVERHEAD = 4096  # record + batch framing, generous
+RECORD_KIND = {route: f"{route.value} record" for route in Route}
+"""How a send failure names what it was sending (built once, not per record)."""
 
 
 def dead_letter_headers(dead: DeadLetter) -> list[tuple[str, bytes]]:
@@ -77,7 +79,7 @@ class KafkaSink(Sink):
         check_route(route)
         key = self.serializer.key(record)
         self._send(self.topics[route], key.encode(), self.serializer.json_bytes(record), self._headers,
-                   what=f"{route.value} record {key!r}")
+                   kind=RECORD_KIND[route])
 
     def add_dead_letter(self, dead: DeadLetter) -> None:
         headers = dead_letter_headers(dead)
@@ -89,13 +91,14 @@ class KafkaSink(Sink):
             headers.append(("payload.dropped", str(len(value)).encode()))
             value = b""
         self._send(self.topics[Route.DEAD_LETTER], dead.record.id.encode(), value, headers,
-                   what=f"dead letter {dead.record.id!r}")
+                   kind="dead letter")
 
-    def _send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], *, what: str) -> None:
+    def _send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], *, kind: str) -> None:
         try:
             self._futures.append(self._producer.send(topic, key=key, value=value, headers=headers))
         except KafkaError as exc:
-            self._errors.append(f"{what} to topic {topic!r}: {type(exc).__name__}: {exc}")
+            self._errors.append(f"{kind} {key.decode(errors='replace')!r} to topic {topic!r}: "
+                                f"{type(exc).__name__}: {exc}")
 
     def flush(self, batch: Batch | None = None) -> None:
         try:

@@ -45,7 +45,7 @@ from cola_moderation.connectors.records import Batch, DeadLetter, InputRecord, K
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KafkaSource", "Positions", "decode_headers", "headers_as_text", "message_to_record"]
+__all__ = ["KafkaSource", "Positions", "decode_headers", "headers_as_text", "message_to_record", "record_of"]
 
 
 def decode_headers(headers: Iterable[tuple[str, bytes | None]] | None) -> tuple[tuple[str, bytes], ...]:
@@ -61,11 +61,19 @@ def headers_as_text(headers: tuple[tuple[str, bytes], ...]) -> dict[str, str]:
 
 def message_to_record(message: Any, value_format: str) -> InputRecord | DeadLetter:
     """Turn one kafka-python ``ConsumerRecord`` into an :class:`InputRecord`, or a source-stage :class:`DeadLetter`."""
-    position = KafkaPosition(message.topic, message.partition, message.offset)
-    headers = decode_headers(message.headers)
-    key = message.key.decode("utf-8", "backslashreplace") if message.key else None
+    return record_of(message.topic, message.partition, message.offset, message.key, message.value, message.headers,
+                     value_format)
+
+
+def record_of(topic: str, partition: int, offset: int, raw_key: bytes | None, raw_value: bytes | None,
+              raw_headers: Iterable[tuple[str, bytes | None]] | None, value_format: str) -> InputRecord | DeadLetter:
+    """One Kafka message, given field by field (each client reads its own message type), as an
+    :class:`InputRecord` or a source-stage :class:`DeadLetter`."""
+    position = KafkaPosition(topic, partition, offset)
+    headers = decode_headers(raw_headers)
+    key = raw_key.decode("utf-8", "backslashreplace") if raw_key else None
     metadata: dict[str, Any] = {"headers": headers_as_text(headers)} if headers else {}
-    value: bytes = message.value or b""
+    value: bytes = raw_value or b""
     raw = InputRecord(key or position.default_id(), value, metadata, position, headers)
     if not value:
         return DeadLetter.from_exception(raw, MalformedRecordError(f"{position.default_id()}: empty message value"))
@@ -162,7 +170,9 @@ class KafkaSource(GroupMember, Source):
                 break
         return assemble_batch(items, self._epochs)
 
-    def _commit_offsets(self, offsets: Mapping[Any, int], *, reason: str) -> bool:
+    def _commit_offsets(self, offsets: Mapping[Any, int], *, reason: str, wait: bool = True) -> bool:
+        """Always synchronous (``wait`` is ignored): kafka-python answers asynchronous commits only inside a later
+        ``poll``, from its own thread's state."""
         try:
             self._consumer.commit(offsets={tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
         except KafkaError as exc:  # retried with the next commit or before revocation; else re-delivered

@@ -154,9 +154,9 @@ class TransactionalKafkaSink(KafkaSink):
         self._producer.init_transactions()
         resolve_group_coordinator(self._producer, config.group_id)
 
-    def _send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], *, what: str) -> None:
+    def _send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], *, kind: str) -> None:
         self._begin()
-        super()._send(topic, key, value, headers, what=what)
+        super()._send(topic, key, value, headers, kind=kind)
 
     def _begin(self) -> None:
         if self._open:

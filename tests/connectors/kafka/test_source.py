@@ -144,3 +144,27 @@ def test_partition_kept_through_a_rebalance_is_read_again_from_the_committed_off
         first.close()
         if second is not None:
             second.close()
+
+
+def test_every_committed_batch_is_on_the_broker_once_the_source_is_closed(kafka_broker, kafka_client) -> None:  # type: ignore[no-untyped-def]
+    """librdkafka commits each batch without waiting for the broker's answer; closing the source commits whatever
+    was still unconfirmed, so a graceful stop leaves the group at the end of the last committed batch."""
+    bootstrap = kafka_broker.bootstrap_servers
+    config = topics_config(bootstrap, partitions=2, max_batch_records=7, max_batch_wait_ms=100)
+    positions = produce(bootstrap, config.input_topics[0], [(f"k{i}".encode(), b"v", []) for i in range(40)])
+    source = _source(kafka_client, config, "closing")
+    try:
+        done, deadline = 0, time.monotonic() + 60
+        while done < 40 and time.monotonic() < deadline:
+            batch = source.poll()
+            source.commit(batch)
+            done += len(batch)
+        assert done == 40
+    finally:
+        source.close()
+    checker = KafkaConsumer(bootstrap_servers=bootstrap, group_id=config.group_id, enable_auto_commit=False)
+    try:
+        committed = [checker.committed(TopicPartition(config.input_topics[0], p)) for p in (0, 1)]
+    finally:
+        checker.close()
+    assert committed == [max(o for q, o in positions if q == p) + 1 for p in (0, 1)]
