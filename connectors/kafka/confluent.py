@@ -4,9 +4,11 @@ Same semantics as the kafka-python classes (:mod:`.source`, :mod:`.sink`, :mod:`
 hold the contract; what differs is only the client:
 
 * source: ``Consumer.consume`` in a loop bounded by ``max_batch_records`` / ``max_batch_bytes`` /
-  ``max_batch_wait_ms``; rebalance callbacks (``on_assign`` / ``on_revoke``) run inside ``consume``; offsets are
-  committed synchronously (``asynchronous=False``). Per-message errors from the client are logged and skipped (the
-  client retries fetches itself).
+  ``max_batch_wait_ms``; rebalance callbacks (``on_assign`` / ``on_revoke``) and the answers to commits
+  (``on_commit``) run inside ``consume``. A batch's offsets are committed without waiting for the broker's answer
+  (``asynchronous=True``, once the sink acknowledged the batch); revocation and :meth:`ConfluentKafkaSource.close`
+  commit synchronously what is unconfirmed (:mod:`.membership`). Per-message errors from the client are logged and
+  skipped (the client retries fetches itself).
 * sink: ``Producer.produce`` with delivery reports for failed sends only (``delivery.report.only.error``);
   :meth:`ConfluentKafkaSink.flush` waits until every send was acknowledged or failed and raises
   :class:`~cola_moderation.connectors.errors.SinkWriteError` if one failed or did not complete.
@@ -311,26 +313,37 @@ class ConfluentTransactionalSink(ConfluentKafkaSink):
                                           "committed offsets")
         try:
             self._begin()
-            super().flush(batch)  # every send acknowledged, or SinkWriteError
+            if self._errors:  # a send the client refused at once never joined the transaction: it must not commit
+                raise SinkWriteError(f"{len(self._errors)} of {self._sent} records of batch {batch.key} were not "
+                                     f"written to Kafka; first: {self._errors[0]}")
+            # No flush before the offsets: commit_transaction delivers every send of the transaction first and fails
+            # (abortable) if one failed, so the offsets' round trips overlap the sends' acknowledgements.
             self._producer.send_offsets_to_transaction(offsets, self.source.group_metadata(), self._timeout)
             self._producer.commit_transaction(self._timeout)
             self._open = False
+            self._clear()
         except (self._ck.KafkaException, SinkWriteError) as exc:
+            self._producer.poll(0)  # serve failed sends' delivery reports, to name the first one
+            failed = f"; first failed send: {self._errors[0]}" if self._errors and not isinstance(
+                exc, SinkWriteError) else ""
             if self._is_fatal(exc):
                 self._open = False
                 raise self._fenced_error(exc) from exc
             self._abort()
             self.source.rewind()
-            raise TransactionAbortedError(f"batch {batch.key}: transaction aborted ({type(exc).__name__}: {exc}); "
-                                          "the source was rewound to the committed offsets") from exc
+            raise TransactionAbortedError(f"batch {batch.key}: transaction aborted ({type(exc).__name__}: {exc}"
+                                          f"{failed}); the source was rewound to the committed offsets") from exc
 
     def _abort(self) -> None:
-        self._clear()
         if not self._open:
+            self._clear()
             return
         self._open = False
         try:
             self._producer.abort_transaction(self._timeout)
+            # the sends it purged report failure (_PURGE_QUEUE) now: served here, they belong to this transaction,
+            # not to the next one, which they would otherwise abort in turn
+            self._producer.poll(0)
         except self._ck.KafkaException as exc:
             if self._is_fatal(exc):
                 raise self._fenced_error(exc) from exc
@@ -338,6 +351,8 @@ class ConfluentTransactionalSink(ConfluentKafkaSink):
                         "open transaction", exc)
             self._producer = self._ck.Producer(self._producer_options)
             self._producer.init_transactions(self._timeout)
+        finally:
+            self._clear()
 
     def _is_fatal(self, exc: BaseException) -> bool:
         error = exc.args[0] if exc.args else None

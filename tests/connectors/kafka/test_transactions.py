@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from cola_moderation.connectors.errors import TransactionAbortedError, TransactionFencedError
 from cola_moderation.connectors.kafka.transactions import open_kafka, transactional_id
-from cola_moderation.connectors.records import Batch
+from cola_moderation.connectors.records import Batch, Route, Routed
 from tests.connectors.jobs import JPEG, PNG, SERIALIZER, drain, drain_kafka, handle, process
 from tests.connectors.kafka.test_delivery import ids_from_positions, mixed_inputs
 from tests.connectors.kafka_util import produce, read_topic, topics_config, transactional_sink_class
@@ -164,6 +165,35 @@ def test_stale_batch_is_aborted_and_its_records_retried(kafka_broker, kafka_clie
         assert 1 not in by_run, "read_committed saw the aborted transaction"
     else:  # Tansu: the aborted copies are there; nothing else may be
         assert set(by_run) <= {0, 1, 2} and sum(by_run[1].values()) == len(aborted.records)
+
+
+def test_a_send_the_client_refuses_aborts_the_transaction_and_commits_no_offsets(kafka_broker, kafka_client,  # type: ignore[no-untyped-def]
+                                                                                   broker_transactions) -> None:
+    """A record larger than ``max_request_size`` is refused by the producer before it joins the transaction; the
+    batch's transaction must abort (its offsets uncommitted, its records read again), not commit without it."""
+    bootstrap = kafka_broker.bootstrap_servers
+    config = topics_config(bootstrap, max_batch_records=10, guarantee="exactly_once", client=kafka_client,
+                           max_request_size=4096)
+    produce(bootstrap, config.input_topics[0], [(f"r-{i}".encode(), PNG + bytes([i]), []) for i in range(20)])
+    source, sink = open_kafka(config, SERIALIZER, bootstrap_servers=bootstrap, member="m")
+    with source, sink:
+        committed = first_batch(source)
+        handle(committed, sink, run=0)
+        source.commit(committed)
+        refused = first_batch(source)
+        outcomes = [process(record, run=1) for record in refused.records]
+        big = outcomes[3].record  # type: ignore[union-attr]
+        outcomes[3] = Routed(Route.OUTPUT, replace(big, metadata={**big.metadata, "pad": "x" * 8192}))
+        for outcome in outcomes:
+            sink.add_outcome(outcome)
+        with pytest.raises(TransactionAbortedError, match=rf"{big.id}"):
+            sink.flush(refused)
+        assert committed_offsets(bootstrap, config) == {0: 10}
+        assert drain(source, sink, run=2, idle_exit_s=1.5) == 10  # read again from the committed offset
+    by_run = outputs_by_run(bootstrap, config.output_topic, expect=20)
+    assert by_run[2] == collections.Counter({f"r-{i}": 1 for i in range(10, 20)})
+    if aborted_visible(broker_transactions) is None:
+        assert 1 not in by_run, "read_committed saw the aborted transaction"
 
 
 def test_fenced_producer_writes_nothing_after_fencing(kafka_broker, kafka_client) -> None:  # type: ignore[no-untyped-def]
