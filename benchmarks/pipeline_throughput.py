@@ -2,7 +2,8 @@
 
     ./dev bench pipeline_throughput [--config configs/reference.yaml] [--images 4000]
 
-1. raw: ModerationWorker.process in this process (decode + model + policy + records), the ceiling;
+1. raw: ModerationWorker.process in this process (decode + model + policy + records), the ceiling; measured before
+   and after the jobs (one process's rate moves by up to a third between minutes here), ratios against the faster;
 2. batch: ``cola batch`` (Ray Data read -> decode tasks -> model actor pool -> Parquet) on the same images, run
    twice (the first on a fresh cluster, the second on the now warm one): the whole job's rate, its start-up (time
    to the first written batch: the pool actor's process, imports and model loading) and its rate after that, the
@@ -132,7 +133,7 @@ def main() -> None:
 
     from cola_moderation.connectors.local.broker import EmbeddedBroker
 
-    raw = raw_throughput(config, images)
+    raw_before = raw_throughput(config, images)
     cold, warm = batch_runs(config, images, workdir)
     stream = float("nan")
     paced_latencies: dict[float, list[float]] = {}
@@ -145,9 +146,14 @@ def main() -> None:
                 paced = (messages * 10)[: max(200, int(rate * 15))]  # ~15 s at this load
                 paced = [(f"p{n}-".encode() + key, value, headers) for n, (key, value, headers) in enumerate(paced)]
                 _, paced_latencies[fraction] = stream_run(config, broker.bootstrap_servers, paced, rate=rate)
+    # The in-process rate of one process moves by up to a third between minutes on these shared machines: it is
+    # measured before and after the jobs, and the jobs are compared with the faster of the two (the harder bar).
+    raw_after = raw_throughput(config, images)
+    raw = max(raw_before, raw_after)
     print(f"config {args.config}, method {config.method}, {len(images)} images, batch {config.model.batch_size}, "
           f"{os.cpu_count()} CPUs")
-    print(f"  raw in-process decode+classify: {raw:8.1f} img/s")
+    print(f"  raw in-process decode+classify: {raw:8.1f} img/s   (before the jobs {raw_before:.1f}, after "
+          f"{raw_after:.1f}; ratios below are against the faster)")
     for name, run in (("batch job (Ray Data), warm:", warm), ("batch job, fresh cluster:", cold)):
         steady = run.steady_throughput or float("nan")
         print(f"  {name:32s}{run.throughput:8.1f} img/s   ratio {run.throughput / raw:.2f} (goal >= 0.85; whole "
