@@ -53,11 +53,15 @@ def ours(config, total: int) -> float:  # type: ignore[no-untyped-def]
 
 
 def confluent_consumer(config, name: str):  # type: ignore[no-untyped-def]
-    """A plain confluent consumer of the input topics, in a new group, with our source's fetch sizes."""
+    """A plain confluent consumer of the input topics, in a new group, with our source's fetch sizes and group
+    timeouts (librdkafka's default session timeout makes a new group's first fetch wait ~20 s here; not timed, but it
+    made each round of this script take a minute)."""
     from confluent_kafka import Consumer
 
     consumer = Consumer({"bootstrap.servers": config.bootstrap_servers, "group.id": f"{name}-{uuid.uuid4().hex[:6]}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "session.timeout.ms": config.session_timeout_ms,
+                         "heartbeat.interval.ms": config.heartbeat_interval_ms,
                          "fetch.max.bytes": config.fetch_max_bytes,
                          "max.partition.fetch.bytes": config.max_partition_fetch_bytes,
                          "receive.message.max.bytes": max(config.fetch_max_bytes + 512, 100_000_000)})

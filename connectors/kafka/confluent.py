@@ -126,12 +126,14 @@ class ConfluentKafkaSource(GroupMember, Source):
             return False
         if not wait:
             self._inflight.update(offsets)
+            self._sent.update(offsets)
         return True
 
     def _on_commit(self, error: Any, partitions: list[Any]) -> None:
         """librdkafka's answer to an asynchronous commit (served inside ``consume`` / ``close`` on this thread)."""
-        for p in partitions:
-            self._commit_answered(Partition(p.topic, p.partition), p.offset, error or p.error)
+        request_failed = error is not None and not any(p.error is not None for p in partitions)
+        for p in partitions:  # a partly failed commit sets ``error`` too: each partition's own error decides
+            self._commit_answered(Partition(p.topic, p.partition), p.offset, error if request_failed else p.error)
 
     # -- exactly_once --
     def transaction_offsets(self, batch: Batch) -> list[Any] | None:
@@ -313,26 +315,18 @@ class ConfluentTransactionalSink(ConfluentKafkaSink):
                                           "committed offsets")
         try:
             self._begin()
-            if self._errors:  # a send the client refused at once never joined the transaction: it must not commit
-                raise SinkWriteError(f"{len(self._errors)} of {self._sent} records of batch {batch.key} were not "
-                                     f"written to Kafka; first: {self._errors[0]}")
-            # No flush before the offsets: commit_transaction delivers every send of the transaction first and fails
-            # (abortable) if one failed, so the offsets' round trips overlap the sends' acknowledgements.
+            super().flush(batch)  # every send acknowledged, or SinkWriteError
             self._producer.send_offsets_to_transaction(offsets, self.source.group_metadata(), self._timeout)
             self._producer.commit_transaction(self._timeout)
             self._open = False
-            self._clear()
         except (self._ck.KafkaException, SinkWriteError) as exc:
-            self._producer.poll(0)  # serve failed sends' delivery reports, to name the first one
-            failed = f"; first failed send: {self._errors[0]}" if self._errors and not isinstance(
-                exc, SinkWriteError) else ""
             if self._is_fatal(exc):
                 self._open = False
                 raise self._fenced_error(exc) from exc
             self._abort()
             self.source.rewind()
-            raise TransactionAbortedError(f"batch {batch.key}: transaction aborted ({type(exc).__name__}: {exc}"
-                                          f"{failed}); the source was rewound to the committed offsets") from exc
+            raise TransactionAbortedError(f"batch {batch.key}: transaction aborted ({type(exc).__name__}: {exc}); "
+                                          "the source was rewound to the committed offsets") from exc
 
     def _abort(self) -> None:
         if not self._open:

@@ -23,8 +23,9 @@ the broker's answer where the client can (``wait=False``; librdkafka's asynchron
 not wait on a round trip. The offsets are still sent only after the sink acknowledged the batch, so nothing is
 committed that was not written. Until the broker confirms them they are "in flight": a failed one goes back to the
 acknowledged offsets (committed with the next batch) unless a later commit of the partition already carries it
-further, and revocation and :meth:`close` commit the in-flight and acknowledged offsets synchronously. A crash
-re-delivers at most the batches whose commit had not been confirmed.
+further, and revocation and ``close`` commit synchronously the highest offset acknowledged or sent (the client
+retries a failed commit on its own, so an older one can land after a newer one: until the next commit the broker may
+hold the older offset). A crash re-delivers at most the batches whose commit the broker does not hold.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class GroupMember(ABC):
         self._epochs: dict[Any, int] = {}  # assigned partition -> epoch of its assignment
         self._acked: dict[Any, int] = {}  # acknowledged, not yet committed: partition -> next offset
         self._inflight: dict[Any, int] = {}  # sent without waiting, not yet confirmed: partition -> next offset
+        self._sent: dict[Any, int] = {}  # the highest offset sent without waiting, confirmed or not, per partition
         self._committed: dict[Any, int] = {}  # exactly_once: committed in a transaction by this member
         self._revoked_since: set[Any] = set()  # revoked, not assigned again yet
         self._committed_revoked: dict[Any, int] = {}  # exactly_once: _committed of those
@@ -107,12 +109,15 @@ class GroupMember(ABC):
                         "reads those records again", tp, offset, error)
 
     def _commit_unconfirmed(self, partitions: Iterable[Any], *, reason: str) -> None:
-        """Commit, waiting for the answer, what was acknowledged or sent without an answer for ``partitions``."""
-        todo = {tp: max(self._acked.get(tp, -1), self._inflight.get(tp, -1)) for tp in partitions
-                if tp in self._acked or tp in self._inflight}
+        """Commit, waiting for the answer, the highest offset acknowledged or sent without waiting for
+        ``partitions``: also one already confirmed, since the client retries a commit on its own and a retried older
+        commit can land after a newer one."""
+        todo = {tp: max(self._acked.get(tp, -1), self._inflight.get(tp, -1), self._sent.get(tp, -1))
+                for tp in partitions if tp in self._acked or tp in self._inflight or tp in self._sent}
         for tp in todo:
             self._acked.pop(tp, None)
             self._inflight.pop(tp, None)
+            self._sent.pop(tp, None)
         if todo and not self._commit_offsets(todo, reason=reason):
             self._acked.update(todo)  # retried with the next commit, if this member still owns them
 

@@ -194,11 +194,13 @@ def deployment_options(config: PipelineConfig, *, access_log: bool = True) -> di
                    "downscale_delay_s": s.downscale_delay_s}
     if s.initial_replicas is not None:
         autoscaling["initial_replicas"] = s.initial_replicas
-    return {"name": DEPLOYMENT_NAME, "autoscaling_config": autoscaling, "max_ongoing_requests": s.max_ongoing_requests,
-            "ray_actor_options": worker_options(config.ray),
-            "graceful_shutdown_wait_loop_s": s.graceful_shutdown_wait_loop_s,
-            "graceful_shutdown_timeout_s": s.graceful_shutdown_timeout_s,
-            "logging_config": {"enable_access_log": access_log}}
+    options = {"name": DEPLOYMENT_NAME, "autoscaling_config": autoscaling,
+               "max_ongoing_requests": s.max_ongoing_requests, "ray_actor_options": worker_options(config.ray),
+               "graceful_shutdown_wait_loop_s": s.graceful_shutdown_wait_loop_s,
+               "graceful_shutdown_timeout_s": s.graceful_shutdown_timeout_s}
+    if not access_log:  # only then: a deployment's own logging_config replaces the app's (e.g. KubeRay's JSON logs)
+        options["logging_config"] = {"enable_access_log": False}
+    return options
 
 
 def build_app(config: PipelineConfig, *, access_log: bool = True) -> Application:

@@ -28,6 +28,7 @@ class RecordingMember(GroupMember):
         if wait:
             return not self.fail_sync
         self._inflight.update(offsets)
+        self._sent.update(offsets)
         return True
 
     def _seek_committed(self, partitions: list[Any]) -> None:
@@ -91,3 +92,17 @@ def test_a_stale_batch_is_not_committed() -> None:
     member._assigned([P0])  # a new epoch
     member.commit(_batch(1, p0=10))
     assert member.calls == []
+
+
+def test_revocation_commits_the_highest_offset_sent_even_when_every_answer_was_success() -> None:
+    """The client retries a commit on its own, so an older commit can land after a newer one and leave the broker
+    holding the older offset although both answers were success: revocation commits the highest one again."""
+    member = RecordingMember()
+    member._assigned([P0])
+    member.commit(_batch(1, p0=10))
+    member.commit(_batch(1, p0=20))
+    member._commit_answered(P0, 20, None)
+    member._commit_answered(P0, 10, None)  # late: a retried request, applied after the one up to 20
+    assert member._inflight == {} and member._acked == {}
+    member._revoked({P0})
+    assert member.calls[-1] == ({P0: 20}, True)
