@@ -55,6 +55,15 @@ class KafkaConfig(Section):
     transaction_timeout_ms: Annotated[int, Field(ge=1000)] = 60_000
     """``exactly_once``: the broker aborts a transaction left open this long (a consumer killed and not restarted
     under the same name holds back read_committed readers of its partitions until then)."""
+    commit_batches: Annotated[int, Field(ge=1, le=1000)] = 1
+    """Batches per commit: the stream job flushes and commits the input offsets (``exactly_once``: commits one
+    transaction) once this many batches are written, or ``commit_interval_ms`` after the oldest of them was, or when
+    the input goes idle. 1 (the default): every batch. More amortises a commit's round trips (a transaction's four)
+    over several batches without making the model's batches bigger; the price: outputs become visible
+    (read_committed) and inputs acknowledged up to that much later, and a crash or an aborted transaction re-delivers
+    the whole group (docs/delivery.md)."""
+    commit_interval_ms: Annotated[int, Field(ge=1)] = 1000
+    """With ``commit_batches`` > 1: the longest a written batch waits for its group's commit."""
     client: Literal["kafka-python", "confluent"] = "kafka-python"
     """The Kafka client library: ``kafka-python`` (pure Python, the default) or ``confluent`` (librdkafka through
     ``confluent-kafka``, the ``confluent`` extra: ~2.5x the consumer rate on 10 KiB messages, docs/benchmarks.md).
@@ -73,6 +82,11 @@ class KafkaConfig(Section):
             raise ValueError("input_topics must not contain the output, quarantine or dead-letter topic")
         if self.client == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
             raise ValueError("client: confluent needs confluent-kafka: pip install 'cola-moderation[confluent]'")
+        if self.guarantee == "exactly_once" and self.commit_batches > 1 and \
+                self.commit_interval_ms * 2 > self.transaction_timeout_ms:
+            raise ValueError(f"commit_interval_ms ({self.commit_interval_ms}) must be at most half of "
+                             f"transaction_timeout_ms ({self.transaction_timeout_ms}): a transaction stays open that "
+                             "long, plus the time its last batch takes")
         if self.guarantee == "exactly_once":
             owned = sorted(set(self.client_options) & _EXACTLY_ONCE_OWNED)
             if owned:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from cola_moderation.connectors.records import Batch, DeadLetter, InputRecord
@@ -198,6 +198,19 @@ class GroupMember(ABC):
             self._acked[tp] = max(offset, self._acked.get(tp, 0))
         if self._acked and self._commit_offsets(dict(self._acked), reason="acknowledged batch", wait=False):
             self._acked.clear()
+
+    def combine(self, batches: Sequence[Batch]) -> Batch:
+        """The one batch a grouped commit of ``batches`` (in poll order) commits: per partition the offset after the
+        last batch's messages, under the oldest epoch any of them was polled in, so that the group is stale (not
+        committed at-least-once; its transaction aborted exactly-once) if any of its batches is. It holds no
+        records: the loop writes each batch's before it commits the group."""
+        positions: Positions = {}
+        for batch in batches:
+            for tp, (epoch, offset) in (batch.position or {}).items():
+                earlier = positions.get(tp)
+                positions[tp] = (epoch if earlier is None else min(epoch, earlier[0]), offset)
+        key = batches[0].key if len(batches) == 1 else f"{batches[0].key} .. {batches[-1].key} ({len(batches)} batches)"
+        return Batch(key, (), (), positions)
 
     def _stale(self, batch: Batch) -> bool:
         """Whether one of ``batch``'s partitions was revoked, reassigned or rewound since it was polled."""

@@ -108,9 +108,15 @@ class StreamConsumer:
         # exactly_once: a failed transaction is aborted and its batches polled again (the loop's own handling)
         write_retry = (RetryPolicy(stream.broker_retry_s, setting="stream.broker_retry_s", **backoff)
                        if stream.broker_retry_s > 0 and not self.endpoint.transactional else None)
+        # grouped commits (kafka.commit_batches): a source that can make one commit of several batches says so
+        combine = getattr(source, "combine", None)
+        group = self.config.kafka if connector.section == "kafka" and combine is not None else None
         self._loop = DeliveryLoop(source, sink, submit, max_in_flight=stream.max_in_flight,
                                   on_committed=lambda _batch, outcomes: self._count(outcomes),
-                                  process_retry=process_retry, write_retry=write_retry)
+                                  process_retry=process_retry, write_retry=write_retry,
+                                  commit_batches=group.commit_batches if group else 1,
+                                  commit_interval_s=group.commit_interval_ms / 1000 if group else 1.0,
+                                  combine=combine)
         try:
             self._loop.run(stop)
         except SinkWriteError as exc:  # the write retries ran out: name the broker, one line

@@ -22,6 +22,14 @@ its first failure; ``write_retry`` re-adds a batch's records to the sink and com
 ``SinkWriteError`` whose message names the batch, the attempts and the last cause. A retried write may repeat
 records the broker had already taken (at-least-once); nothing is committed before its write succeeded.
 
+Grouped commits (``commit_batches`` > 1, optional): written batches are committed together, once ``commit_batches`` of
+them are written or the oldest was written ``commit_interval_s`` ago, and whenever a poll returns no input (idle) or
+the loop stops: one flush and one offset commit (exactly_once: one transaction) for the group, ``source.combine``
+making the group's one commit token. What a commit costs is then paid once per group, while processing keeps its
+batch size; the price is that outputs become visible (read_committed) and inputs acknowledged later, and that a
+crash or an aborted transaction re-delivers the whole group. A batch counts as committed (``on_committed``,
+``LoopState.committed_*``) only once its group is.
+
 Stopping: ``stop(state)`` is asked before every poll; once it says so, or the source is exhausted (``poll`` returns
 ``None``), the batches in flight are finished, written and committed, and :meth:`DeliveryLoop.run` returns. An
 exception (sink write failure, processing failure) leaves the batches not yet committed uncommitted: a restart
@@ -111,6 +119,10 @@ class LoopState:
     committed_batches: int = 0
     committed_inputs: int = 0
     in_flight: deque[InFlight] = field(default_factory=deque)
+    written: list[tuple[Batch, Sequence[Outcome]]] = field(default_factory=list)
+    """Batches written to the sink, not yet committed (grouped commits), with their outcomes, in poll order."""
+    written_since: float = 0.0
+    """``time.monotonic()`` when the oldest batch of ``written`` was written."""
     started: float = field(default_factory=time.monotonic)
     last_input: float = field(default_factory=time.monotonic)
     """``time.monotonic()`` of the last poll that returned inputs (or of the start)."""
@@ -122,7 +134,7 @@ class LoopState:
     @property
     def pending_inputs(self) -> int:
         """Inputs polled but not yet committed."""
-        return sum(len(item.batch) for item in self.in_flight)
+        return sum(len(item.batch) for item in self.in_flight) + sum(len(batch) for batch, _ in self.written)
 
 
 class DeliveryLoop:
@@ -130,19 +142,28 @@ class DeliveryLoop:
 
     ``submit(batch)`` starts processing ``batch.records`` (never called for a batch without records).
     ``commit(batch)`` makes the written batch durable and acknowledges it (default: flush, then commit).
-    ``on_committed(batch, outcomes)`` runs after each commit (counting, logging). The loop does not close the
-    source or the sink.
+    ``on_committed(batch, outcomes)`` runs after each commit (counting, logging). ``commit_batches`` /
+    ``commit_interval_s`` group commits (see the module docstring); ``combine(batches)`` then makes the one batch
+    that ``commit`` is called with (its ``position`` covers every batch's; e.g. ``source.combine``). The loop does not
+    close the source or the sink.
     """
 
     def __init__(self, source: Source, sink: Sink, submit: Callable[[Batch], Pending], *, max_in_flight: int = 1,
                  commit: Callable[[Batch], None] | None = None,
                  on_committed: Callable[[Batch, Sequence[Outcome]], None] | None = None,
                  process_retry: RetryPolicy | None = None, write_retry: RetryPolicy | None = None,
+                 commit_batches: int = 1, commit_interval_s: float = 1.0,
+                 combine: Callable[[Sequence[Batch]], Batch] | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         """``write_retry`` applies to the default commit step only (a custom ``commit``, e.g. a transaction, has its
         own failure handling)."""
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        if commit_batches < 1:
+            raise ValueError(f"commit_batches must be at least 1, got {commit_batches}")
+        if commit_batches > 1 and combine is None:
+            raise ValueError("commit_batches > 1 needs combine: the source's way to make one commit of several "
+                             "batches")
         self.source = source
         self.sink = sink
         self.submit = submit
@@ -151,6 +172,9 @@ class DeliveryLoop:
         self.on_committed = on_committed
         self.process_retry = process_retry
         self.write_retry = write_retry if commit is None else None
+        self.commit_batches = commit_batches
+        self.commit_interval_s = commit_interval_s
+        self.combine = combine
         self.sleep = sleep
         self.state = LoopState()
 
@@ -176,22 +200,20 @@ class DeliveryLoop:
             # write finished batches in poll order; wait for the oldest when the window is full
             while in_flight and (len(in_flight) >= self.max_in_flight or _ready(in_flight[0])):
                 self.write_oldest()
+            if not len(batch) and not in_flight:  # idle: what is written does not wait for the group to fill
+                self.commit_written()
         while in_flight:  # stopping: finish what was submitted, commit what was written
             self.write_oldest()
+        self.commit_written()
         return state
 
     def write_oldest(self) -> None:
-        """Write and commit the oldest batch in flight. If its transaction was aborted (exactly_once), the source
-        has been rewound to the committed offsets: every batch in flight is dropped and polled again."""
-        in_flight = self.state.in_flight
-        try:
-            self.write(in_flight[0])
-        except TransactionAbortedError as exc:
-            log.warning("%s; dropping %d batches in flight, they are polled again", exc, len(in_flight))
-            self.state.aborted_batches += len(in_flight)
-            in_flight.clear()
-            return
-        in_flight.popleft()
+        """Write the oldest batch in flight, and commit it (with the batches written before it, when commits are
+        grouped) once its group is due."""
+        item = self.state.in_flight[0]
+        outcomes = self.outcomes(item)  # raises: the batch stays in flight, uncommitted
+        self.state.in_flight.popleft()
+        self.write(item.batch, outcomes)
 
     def outcomes(self, item: InFlight) -> Sequence[Outcome]:
         """Wait for ``item``'s outcomes (one per record, in order); with ``process_retry`` a failed batch is
@@ -229,42 +251,75 @@ class DeliveryLoop:
         except Exception as exc:  # noqa: BLE001 - surfaces from result(), where the retry policy sees it
             return Failed(exc)
 
-    def write(self, item: InFlight) -> None:
-        """Write ``item``'s source dead letters and outcomes, then commit the batch (with ``write_retry``: again
-        after a ``SinkWriteError``, see the module docstring)."""
-        outcomes = self.outcomes(item)
-        batch = item.batch
+    def write(self, batch: Batch, outcomes: Sequence[Outcome]) -> None:
+        """Add ``batch``'s source dead letters and ``outcomes`` to the sink; commit once the group is due."""
+        state = self.state
+        if not state.written:
+            state.written_since = time.monotonic()
+        state.written.append((batch, outcomes))
+        self._add(batch, outcomes)
+        if len(state.written) >= self.commit_batches or \
+                time.monotonic() - state.written_since >= self.commit_interval_s:
+            self.commit_written()
+
+    def _add(self, batch: Batch, outcomes: Sequence[Outcome]) -> None:
+        for dead in batch.dead_letters:
+            self.sink.add_dead_letter(dead)
+        for outcome in outcomes:
+            self.sink.add_outcome(outcome)
+
+    def commit_written(self) -> None:
+        """Commit the batches written and not yet committed, as one (with ``write_retry``: again after a
+        ``SinkWriteError``, their records re-added; see the module docstring). If the transaction was aborted
+        (exactly_once), the source has been rewound to the committed offsets: those batches and every batch in
+        flight are dropped and polled again."""
+        state = self.state
+        written = state.written
+        if not written:
+            return
+        group = written[0][0]
+        if len(written) > 1:
+            assert self.combine is not None  # commit_batches > 1 needs it (__init__)
+            group = self.combine([batch for batch, _ in written])
         first_failure: float | None = None
         attempt = 1
         while True:
             try:
-                for dead in batch.dead_letters:
-                    self.sink.add_dead_letter(dead)
-                for outcome in outcomes:
-                    self.sink.add_outcome(outcome)
-                self.commit(batch)
+                if attempt > 1:
+                    for batch, outcomes in written:
+                        self._add(batch, outcomes)
+                self.commit(group)
                 break
+            except TransactionAbortedError as exc:
+                log.warning("%s; dropping %d batches written and %d in flight, they are polled again", exc,
+                            len(written), len(state.in_flight))
+                state.aborted_batches += len(written) + len(state.in_flight)
+                written.clear()
+                state.in_flight.clear()
+                return
             except SinkWriteError as exc:
                 policy = self.write_retry
-                if policy is None or isinstance(exc, (TransactionAbortedError, TransactionFencedError)):
+                if policy is None or isinstance(exc, TransactionFencedError):
                     raise
                 now = time.monotonic()
                 first_failure = now if first_failure is None else first_failure
                 if now - first_failure >= policy.within_s:
                     raise SinkWriteError(
-                        f"batch {batch.key}: not written after {attempt} attempts over {now - first_failure:.0f} s "
+                        f"batch {group.key}: not written after {attempt} attempts over {now - first_failure:.0f} s "
                         f"({policy.setting or 'retry limit'}); nothing of it was committed; last: {_one_line(exc)}"
                     ) from exc
                 delay = policy.delay(attempt)
-                log.warning("batch %s: write failed (%s); retrying in %.1f s (attempt %d)", batch.key,
+                log.warning("batch %s: write failed (%s); retrying in %.1f s (attempt %d)", group.key,
                             _one_line(exc), delay, attempt + 1)
                 self.sleep(delay)
                 attempt += 1
-        self.state.committed_batches += 1
-        self.state.committed_inputs += len(batch)
-        self.state.last_commit = time.monotonic()
-        if self.on_committed is not None:
-            self.on_committed(batch, (*batch.dead_letters, *outcomes))
+        committed, state.written = written, []
+        state.last_commit = time.monotonic()
+        for batch, outcomes in committed:
+            state.committed_batches += 1
+            state.committed_inputs += len(batch)
+            if self.on_committed is not None:
+                self.on_committed(batch, (*batch.dead_letters, *outcomes))
 
 
 @dataclass

@@ -58,28 +58,35 @@ def handle(batch: Batch, sink: Sink, *, run: int = 0) -> None:
 
 
 def drain(source: Source, sink: Sink, *, run: int = 0, idle_exit_s: float = 3.0, max_inputs: int | None = None,
-          sleep_per_batch_s: float = 0.0, commit_log: Path | None = None, max_in_flight: int = 1) -> int:
+          sleep_per_batch_s: float = 0.0, commit_log: Path | None = None, max_in_flight: int = 1,
+          commit_batches: int = 1, commit_interval_s: float = 1.0) -> int:
     """Run the delivery loop until the source is exhausted, idle for ``idle_exit_s``, or ``max_inputs`` inputs were
     committed. Returns the number of inputs committed. ``sleep_per_batch_s``: slow "processing" and a pause between
-    flush and commit, so a kill often lands inside a batch, flushed or not."""
+    flush and commit, so a kill often lands inside a batch, flushed or not. ``commit_batches`` /
+    ``commit_interval_s``: grouped commits (the source's ``combine``), as the stream job makes them."""
 
     def submit(batch: Batch) -> Done:
         if sleep_per_batch_s:
             time.sleep(sleep_per_batch_s / 2)
         return Done([process(record, run=run) for record in batch.records])
 
+    commits = 0
+
     def commit(batch: Batch) -> None:
+        nonlocal commits
         sink.flush(batch)
         if sleep_per_batch_s:
             time.sleep(sleep_per_batch_s / 2)
         source.commit(batch)
+        commits += 1
 
     def log_commit(batch: Batch, _outcomes: object) -> None:
         if commit_log is None:
             return
         offsets = {f"{tp.topic}:{tp.partition}": off for tp, (_epoch, off) in (batch.position or {}).items()} \
             if isinstance(batch.position, dict) else {}
-        entry = {"run": run, "key": batch.key, "offsets": offsets, "inputs": len(batch),
+        entry = {"run": run, "commit": f"{run}.{threading.get_ident()}.{commits}",  # the commit that covered it
+                 "key": batch.key, "offsets": offsets, "inputs": len(batch),
                  "ids": [r.id for r in batch.records] + [d.record.id for d in batch.dead_letters]}
         with _COMMIT_LOG_LOCK, open(commit_log, "a") as log:
             log.write(json.dumps(entry) + "\n")
@@ -93,7 +100,9 @@ def drain(source: Source, sink: Sink, *, run: int = 0, idle_exit_s: float = 3.0,
             state.last_input = time.monotonic()  # still joining the consumer group
         return not state.in_flight and time.monotonic() - state.last_input > idle_exit_s
 
-    loop = DeliveryLoop(source, sink, submit, max_in_flight=max_in_flight, commit=commit, on_committed=log_commit)
+    loop = DeliveryLoop(source, sink, submit, max_in_flight=max_in_flight, commit=commit, on_committed=log_commit,
+                        commit_batches=commit_batches, commit_interval_s=commit_interval_s,
+                        combine=getattr(source, "combine", None))
     return loop.run(stop).committed_inputs
 
 
@@ -114,8 +123,9 @@ def drain_kafka(config: Any, *, bootstrap: str | None, consumers: int, **options
     def member(index: int) -> None:
         try:
             source, sink = open_kafka(config, SERIALIZER, bootstrap_servers=bootstrap, member=members[index])
-            with source, sink:
-                done[index] = drain(source, sink, **options)
+            with source, sink:  # kafka.commit_batches / commit_interval_ms as the stream job applies them
+                done[index] = drain(source, sink, commit_batches=config.commit_batches,
+                                    commit_interval_s=config.commit_interval_ms / 1000, **options)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             errors.append(exc)
 
@@ -156,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"committed_inputs": done, "skipped_batches": 0}), flush=True)
             return 0
         source, sink = open_kafka(kafka, SERIALIZER, bootstrap_servers=args.bootstrap, member="cola-source")
+        options.update(commit_batches=kafka.commit_batches, commit_interval_s=kafka.commit_interval_ms / 1000)
     else:
         from cola_moderation.connectors.config import ParquetConfig
         from cola_moderation.connectors.parquet.sink import ParquetSink

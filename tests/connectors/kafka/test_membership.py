@@ -106,3 +106,23 @@ def test_revocation_commits_the_highest_offset_sent_even_when_every_answer_was_s
     assert member._inflight == {} and member._acked == {}
     member._revoked({P0})
     assert member.calls[-1] == ({P0: 20}, True)
+
+
+def test_a_group_commits_each_partitions_last_offset_and_is_stale_if_any_of_its_batches_is() -> None:
+    member = RecordingMember()
+    member._assigned([P0, P1])  # epoch 1
+    first, second = _batch(1, p0=10), _batch(1, p0=14, p1=3)
+    group = member.combine([first, second])
+    assert group.position == {P0: (1, 14), P1: (1, 3)} and not member._stale(group)
+    member.commit(group)
+    assert member.calls == [({P0: 14, P1: 3}, False)]
+    # p0 came back in a rebalance between the batches (epoch 2): the first batch's records are read again, so the
+    # group must not commit (exactly_once: its transaction is aborted), though its last batch alone is current
+    member._revoked({P0})
+    member._assigned([P0])
+    current = _batch(2, p0=4)
+    group = member.combine([_batch(1, p0=20), current])
+    assert not member._stale(current) and member._stale(group) and group.position == {P0: (1, 4)}
+    calls = len(member.calls)  # the last: the revocation's synchronous commit of p0
+    member.commit(group)  # at-least-once: the stale partition is left for its records to be delivered again
+    assert len(member.calls) == calls and member.calls[-1] == ({P0: 14}, True)

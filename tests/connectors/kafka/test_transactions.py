@@ -102,10 +102,13 @@ def add_outputs(sink: Any, batch: Batch, *, run: int) -> None:
         sink.add_outcome(process(record, run=run))
 
 
+@pytest.mark.parametrize("commit_batches", [1, 4])
 def test_two_consumers_commit_outputs_and_offsets_in_one_transaction(kafka_broker, kafka_client, broker_transactions,  # type: ignore[no-untyped-def]
-                                                                     tmp_path: Path) -> None:
+                                                                     tmp_path: Path, commit_batches: int) -> None:
+    """One transaction per batch, or (``kafka.commit_batches: 4``) per group of up to four batches."""
     bootstrap = kafka_broker.bootstrap_servers
-    config = topics_config(bootstrap, partitions=4, max_batch_records=50, guarantee="exactly_once", client=kafka_client)
+    config = topics_config(bootstrap, partitions=4, max_batch_records=50, guarantee="exactly_once", client=kafka_client,
+                           commit_batches=commit_batches, commit_interval_ms=5000)
     messages, expected = mixed_inputs(600, seed=2)
     messages = [(k, v[:5000], h) for k, v, h in messages]
     positions = produce(bootstrap, config.input_topics[0], messages)
@@ -114,6 +117,10 @@ def test_two_consumers_commit_outputs_and_offsets_in_one_transaction(kafka_broke
     assert drain_kafka(config, bootstrap=bootstrap, consumers=2, idle_exit_s=3.0, commit_log=log) == 600
     counts = collections.Counter(expected.values())
     committed_ids = {i for entry in _commit_log(log) for i in entry["ids"]}
+    groups = collections.Counter(entry["commit"] for entry in _commit_log(log))
+    assert max(groups.values()) <= commit_batches
+    if commit_batches > 1:  # 600 inputs in batches of at most 50 from two members: most commits cover several
+        assert len(groups) <= len(_commit_log(log)) // 2, groups
     broker = aborted_visible(broker_transactions)
     for route, topic in (("output", config.output_topic), ("quarantine", config.quarantine_topic),
                          ("dead_letter", config.dead_letter_topic)):
@@ -284,14 +291,17 @@ def _commit_log(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("commit_batches", [1, 3])
 def test_sigkill_three_times_two_consumers_each_id_exactly_once(kafka_broker, kafka_client, broker_transactions,  # type: ignore[no-untyped-def]
-                                                                tmp_path: Path) -> None:
+                                                                tmp_path: Path, commit_batches: int) -> None:
+    """Killed mid-transaction (or flushed and not committed) three times, with a transaction per batch or per group
+    of three (``kafka.commit_batches``): every input is committed by exactly one transaction."""
     confluent_kafka = pytest.importorskip("confluent_kafka")  # noqa: F841 - the peer reader needs it
     from cola_moderation.connectors.local.kafka_tools import read_committed_peer
 
     bootstrap = kafka_broker.bootstrap_servers
     config = topics_config(bootstrap, partitions=4, max_batch_records=40, guarantee="exactly_once", client=kafka_client,
-                           transaction_timeout_ms=20_000)
+                           transaction_timeout_ms=20_000, commit_batches=commit_batches, commit_interval_ms=5000)
     messages, expected = mixed_inputs(2400, seed=3)
     messages = [(k, v[:3000], h) for k, v, h in messages]
     expected = ids_from_positions(config, messages, produce(bootstrap, config.input_topics[0], messages), expected)
@@ -331,6 +341,8 @@ def test_sigkill_three_times_two_consumers_each_id_exactly_once(kafka_broker, ka
                 {i for entry in _commit_log(log) for i in entry["ids"]}, aborted_visible(broker_transactions)))
         assert set(got[route]) <= want, f"{route}: unexpected ids {sorted(set(got[route]) - want)[:5]}"
     # every input was committed by exactly one transaction (the jobs' own log of committed batches)
+    groups = collections.Counter(entry["commit"] for entry in _commit_log(log))
+    assert max(groups.values()) <= commit_batches and (commit_batches == 1 or max(groups.values()) > 1)
     committed = collections.Counter(i for entry in _commit_log(log) for i in entry["ids"])
     assert max(committed.values()) == 1, [i for i, c in committed.items() if c > 1][:5]
     duplicates = sum(c - 1 for counter in got.values() for c in counter.values())
@@ -341,7 +353,9 @@ def test_sigkill_three_times_two_consumers_each_id_exactly_once(kafka_broker, ka
         print(f"\n{duplicates} copies from aborted transactions visible (the broker does not filter them: {reason})")
 
 
-def test_delivery_loop_drops_batches_in_flight_after_an_abort(kafka_broker, kafka_client, broker_transactions) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("commit_batches", [1, 3])
+def test_delivery_loop_drops_batches_in_flight_after_an_abort(kafka_broker, kafka_client, broker_transactions,  # type: ignore[no-untyped-def]
+                                                              commit_batches: int) -> None:
     from cola_moderation.pipeline.runtime.delivery import DeliveryLoop, Done
 
     bootstrap = kafka_broker.bootstrap_servers
@@ -364,7 +378,8 @@ def test_delivery_loop_drops_batches_in_flight_after_an_abort(kafka_broker, kafk
 
     with source, sink:
         loop = DeliveryLoop(source, sink, lambda b: Done([process(r, run=1) for r in b.records]), max_in_flight=4,
-                            commit=commit, on_committed=lambda b, _o: committed.update(r.id for r in b.records))
+                            commit=commit, on_committed=lambda b, _o: committed.update(r.id for r in b.records),
+                            commit_batches=commit_batches, combine=source.combine)
         state = loop.run(stop)
     assert state.aborted_batches >= 1
     assert committed == collections.Counter({f"w-{i}": 1 for i in range(100)})

@@ -142,3 +142,89 @@ def test_wrong_outcome_count_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="1 outcomes for 2 records"):
         DeliveryLoop(source, ListSink(source.log), lambda b: Done(outcomes(b)[:1])).run()
     assert source.log == []
+
+
+def joined(batches: Sequence[Batch]) -> Batch:
+    """A ``combine``: one batch standing for ``batches`` (what a Kafka source's merged offsets are)."""
+    return Batch("+".join(b.key for b in batches), ())
+
+
+def test_grouped_commits_write_every_batch_and_commit_once_per_group() -> None:
+    source = ListSource([batch("a", 1), batch("b", 2), batch("c", 1), batch("d", 1), batch("e", 1)])
+    sink = ListSink(source.log)
+    counted: list[str] = []
+    seen: list[tuple[int, int]] = []
+
+    def stop(state: LoopState) -> bool:
+        seen.append((state.committed_inputs, state.pending_inputs))
+        return False
+
+    state = DeliveryLoop(source, sink, lambda b: Done(outcomes(b)), commit_batches=2, combine=joined,
+                         on_committed=lambda b, _o: counted.append(b.key)).run(stop)
+    assert source.log == [("flush", "a+b=output:a-0,output:b-0,dead:b-1"), ("commit", "a+b"),
+                          ("flush", "c+d=output:c-0,output:d-0"), ("commit", "c+d"),
+                          ("flush", "e=output:e-0"), ("commit", "e")]  # the last one alone, when the source ends
+    assert counted == ["a", "b", "c", "d", "e"] and state.committed_batches == 5 and state.committed_inputs == 6
+    # a written batch is pending, not committed, until its group is
+    assert seen == [(0, 0), (0, 1), (3, 0), (3, 1), (5, 0), (5, 1)]
+
+
+def test_a_poll_without_input_commits_what_is_written_and_the_interval_bounds_the_wait() -> None:
+    source = ListSource([batch("a", 1), Batch("idle", ()), batch("b", 1), batch("c", 1)])
+    DeliveryLoop(source, ListSink(source.log), lambda b: Done(outcomes(b)), commit_batches=10, combine=joined).run()
+    assert [entry for entry in source.log if entry[0] == "commit"] == [("commit", "a"), ("commit", "b+c")]
+    source = ListSource([batch("a", 1), batch("b", 1)])
+    DeliveryLoop(source, ListSink(source.log), lambda b: Done(outcomes(b)), commit_batches=10, commit_interval_s=0.0,
+                 combine=joined).run()
+    assert [entry for entry in source.log if entry[0] == "commit"] == [("commit", "a"), ("commit", "b")]
+
+
+def test_an_aborted_group_drops_its_batches_and_those_in_flight_uncounted() -> None:
+    from cola_moderation.connectors.errors import TransactionAbortedError
+
+    source = ListSource([batch(key, 1) for key in "abcdefg"])
+    counted: list[str] = []
+    commits: list[str] = []
+
+    class NotReadyYet(Done):  # "d" is still being processed when "e" and "f" are polled
+        def ready(self) -> bool:
+            return False
+
+    def commit(b: Batch) -> None:
+        commits.append(b.key)
+        if len(commits) == 2:
+            raise TransactionAbortedError(f"batch {b.key}: transaction aborted")
+
+    def submit(b: Batch) -> Done:
+        return (NotReadyYet if b.key == "d" else Done)(outcomes(b))
+
+    state = DeliveryLoop(source, ListSink(source.log), submit, max_in_flight=3, commit=commit, commit_batches=2,
+                         combine=joined, on_committed=lambda b, _o: counted.append(b.key)).run()
+    # c and d written, e and f in flight when c+d's transaction aborted: a real source polls all four again
+    assert commits == ["a+b", "c+d", "g"]
+    assert state.aborted_batches == 4 and counted == ["a", "b", "g"] and state.committed_inputs == 3
+
+
+def test_a_failed_group_write_is_retried_with_every_batch_of_the_group() -> None:
+    from cola_moderation.connectors.errors import SinkWriteError
+    from cola_moderation.pipeline.runtime.delivery import RetryPolicy
+
+    class FlakySink(ListSink):
+        failures = 1
+
+        def flush(self, batch: Batch | None = None) -> None:
+            if self.failures:
+                self.failures -= 1
+                self.buffer = []  # what the broker did not take is gone from the client
+                raise SinkWriteError("broker unreachable")
+            super().flush(batch)
+
+    source = ListSource([batch("a", 1), batch("b", 1)])
+    state = DeliveryLoop(source, FlakySink(source.log), lambda b: Done(outcomes(b)), commit_batches=2, combine=joined,
+                         write_retry=RetryPolicy(within_s=5), sleep=lambda _s: None).run()
+    assert source.log == [("flush", "a+b=output:a-0,output:b-0"), ("commit", "a+b")] and state.committed_batches == 2
+
+
+def test_grouped_commits_need_a_way_to_combine_batches() -> None:
+    with pytest.raises(ValueError, match="commit_batches > 1 needs combine"):
+        DeliveryLoop(ListSource([]), ListSink([]), lambda b: Done(()), commit_batches=2)
