@@ -118,6 +118,9 @@ class LoopState:
 
     committed_batches: int = 0
     committed_inputs: int = 0
+    commits: int = 0
+    """Commit steps that succeeded (exactly_once: transactions committed); fewer than ``committed_batches`` when
+    commits are grouped."""
     in_flight: deque[InFlight] = field(default_factory=deque)
     written: list[tuple[Batch, Sequence[Outcome]]] = field(default_factory=list)
     """Batches written to the sink, not yet committed (grouped commits), with their outcomes, in poll order."""
@@ -314,6 +317,7 @@ class DeliveryLoop:
                 self.sleep(delay)
                 attempt += 1
         committed, state.written = written, []
+        state.commits += 1
         state.last_commit = time.monotonic()
         for batch, outcomes in committed:
             state.committed_batches += 1

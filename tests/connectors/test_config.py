@@ -31,6 +31,9 @@ def test_client_options_pass_through_untouched() -> None:
      r"client_options \['isolation_level'\] conflict with guarantee: exactly_once"),
     ({"transaction_timeout_ms": 10}, "transaction_timeout_ms"),
     ({"client": "librdkafka"}, "client"),
+    ({"commit_batches": 0}, "commit_batches"),
+    ({"guarantee": "exactly_once", "commit_batches": 4, "commit_interval_ms": 40_000},
+     r"commit_interval_ms \(40000\) must be at most half of transaction_timeout_ms \(60000\)"),
     ({"client": "confluent", "guarantee": "exactly_once", "client_options": {"transactional.id": "x"}},
      r"client_options \['transactional.id'\] conflict with guarantee: exactly_once"),
 ])

@@ -114,15 +114,18 @@ def test_max_records_stops_at_a_batch_boundary(kafka_broker: Any, tiny_model_dir
     assert first.inputs + rest.inputs == 80  # nothing lost, nothing written twice (all batches were committed)
 
 
+@pytest.mark.parametrize("commit_batches", [1, 3])
 def test_exactly_once_two_consumers_through_a_rebalance(kafka_broker: Any, tiny_model_dir: Path,
-                                                         local_worker: LocalWorker, broker_transactions: Any) -> None:
+                                                         local_worker: LocalWorker, broker_transactions: Any,
+                                                         commit_batches: int) -> None:
     """c1 joins while c0 is mid-stream (a rebalance; c0's batches in flight may turn stale and be aborted): every
     input is committed once, and read_committed readers see each id once where the broker filters aborted
-    transactions."""
+    transactions. With ``kafka.commit_batches: 3`` a transaction holds up to three batches."""
     import threading
 
     bootstrap = kafka_broker.bootstrap_servers
-    topics = topics_config(bootstrap, partitions=4, guarantee="exactly_once")
+    topics = topics_config(bootstrap, partitions=4, guarantee="exactly_once", commit_batches=commit_batches,
+                           commit_interval_ms=5000)
     config = base_config(tiny_model_dir, bootstrap, **topics.model_dump(exclude={"bootstrap_servers"}))
     produce(bootstrap, topics.input_topics[0],
             [(f"x{i}".encode(), png(i) if i % 10 else b"not an image", []) for i in range(160)])
@@ -147,6 +150,10 @@ def test_exactly_once_two_consumers_through_a_rebalance(kafka_broker: Any, tiny_
     for thread in threads:
         thread.join(timeout=120)
     assert summaries[0].inputs + summaries[1].inputs == 160  # each input committed by exactly one transaction
+    states = [consumer._loop.state for consumer in consumers if consumer._loop is not None]
+    assert sum(state.commits for state in states) <= sum(state.committed_batches for state in states)
+    if commit_batches > 1:  # the job's config reached its loop: transactions of several batches
+        assert sum(state.commits for state in states) < sum(state.committed_batches for state in states), states
     routes = summaries[0].routes + summaries[1].routes
     got = collections.Counter(m.key.decode() for route, topic in (("output", topics.output_topic),
                                                                   ("quarantine", topics.quarantine_topic),
