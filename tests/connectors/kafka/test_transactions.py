@@ -34,6 +34,13 @@ from tests.connectors.kafka_util import produce, read_topic, topics_config, tran
 REPO = Path(__file__).resolve().parents[3]
 
 
+PATIENT = {"timeout_s": 60.0, "idle_s": 5.0}
+"""How the read_uncommitted look at a topic, behind a read_committed miss, reads it: to its end even when a loaded
+machine pauses the reader for more than read_topic's default idle second. (A full-suite run once failed with 30 of
+1,770 held-back ids missing from a 10 s read_uncommitted read; with the same check reading to the end, a real loss
+still fails.)"""
+
+
 def aborted_visible(broker_transactions: list[Any]) -> str | None:
     """Why aborted transactions are visible to read_committed readers of the test broker, or None if they are not."""
     failed = [check for check in broker_transactions if check.name.startswith(("aborted_hidden", "fenced_open"))]
@@ -130,7 +137,7 @@ def test_two_consumers_commit_outputs_and_offsets_in_one_transaction(kafka_broke
         want = {i for i, r in expected.items() if r == route}
         if set(got) != want:  # "never committed" fails; "committed, held back by the broker" is noted
             written = [(m.partition, m.offset, m.key.decode())
-                       for m in read_topic(bootstrap, topic, expect=counts[route], timeout_s=10)]
+                       for m in read_topic(bootstrap, topic, expect=counts[route], **PATIENT)]
             print(f"\n{held_back_by_the_broker(route, want - set(got), visible, written, committed_ids, broker)}; "
                   f"committed offsets {committed_offsets(bootstrap, config)}")
         assert set(got) <= want and max(got.values()) == 1, route
@@ -297,6 +304,13 @@ def test_sigkill_three_times_two_consumers_each_id_exactly_once(kafka_broker, ka
     """Killed mid-transaction (or flushed and not committed) three times, with a transaction per batch or per group
     of three (``kafka.commit_batches``): every input is committed by exactly one transaction."""
     confluent_kafka = pytest.importorskip("confluent_kafka")  # noqa: F841 - the peer reader needs it
+    broker = aborted_visible(broker_transactions)
+    if commit_batches > 1 and broker is not None:
+        # A transaction open across batches is what a kill interrupts, and this broker leaves a fenced producer's
+        # transaction open (its read_committed readers stop there for good) and answers offset fetches without
+        # waiting for open transactions (no KIP-447 stable offsets). Here it failed 2 of ~21 runs (one a read that
+        # stopped short, since fixed; one not captured); run it with COLA_TEST_BOOTSTRAP=host:port (Apache Kafka).
+        pytest.skip(f"transactions spanning batches under SIGKILL need a broker whose transactions hold: {broker}")
     from cola_moderation.connectors.local.kafka_tools import read_committed_peer
 
     bootstrap = kafka_broker.bootstrap_servers
@@ -330,12 +344,15 @@ def test_sigkill_three_times_two_consumers_each_id_exactly_once(kafka_broker, ka
         # read_committed stops at a partition's last stable offset until the broker has aborted the killed runs'
         # open transactions (on fencing, or after transaction_timeout_ms): give a loaded broker time for that. The
         # reader returns as soon as every expected record arrived, so this costs nothing when all is well.
-        peer = read_committed_peer(bootstrap, topic, expect=counts[route], timeout_s=180)
+        # (A broker that leaves a fenced producer's transaction open, as Tansu does, never lets them through: there
+        # the reader stops after 30 s, and held_back_by_the_broker judges what it did not see.)
+        peer = read_committed_peer(bootstrap, topic, expect=counts[route],
+                                   timeout_s=180 if aborted_visible(broker_transactions) is None else 30)
         got[route] = collections.Counter(m.key().decode() for m in peer)
         want = {i for i, r in expected.items() if r == route}
         if set(got[route]) != want:  # "never committed" fails; "committed, held back by the broker" is noted
             written = [(m.partition, m.offset, m.key.decode())
-                       for m in read_topic(bootstrap, topic, expect=counts[route], timeout_s=10)]
+                       for m in read_topic(bootstrap, topic, expect=counts[route], **PATIENT)]
             print("\n" + held_back_by_the_broker(
                 route, want - set(got[route]), [(m.partition(), m.offset(), m.key().decode()) for m in peer], written,
                 {i for entry in _commit_log(log) for i in entry["ids"]}, aborted_visible(broker_transactions)))
