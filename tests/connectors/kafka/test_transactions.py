@@ -308,7 +308,7 @@ def test_sigkill_three_times_two_consumers_each_id_exactly_once(kafka_broker, ka
     if commit_batches > 1 and broker is not None:
         # A transaction open across batches is what a kill interrupts, and this broker leaves a fenced producer's
         # transaction open (its read_committed readers stop there for good) and answers offset fetches without
-        # waiting for open transactions (no KIP-447 stable offsets). Here it failed 2 of ~21 runs (one a read that
+        # waiting for open transactions (no KIP-447 stable offsets). Here it failed 2 of ~43 runs (one a read that
         # stopped short, since fixed; one not captured); run it with COLA_TEST_BOOTSTRAP=host:port (Apache Kafka).
         pytest.skip(f"transactions spanning batches under SIGKILL need a broker whose transactions hold: {broker}")
     from cola_moderation.connectors.local.kafka_tools import read_committed_peer
