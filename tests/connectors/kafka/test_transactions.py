@@ -347,7 +347,7 @@ def test_sigkill_three_times_two_consumers_each_id_exactly_once(kafka_broker, ka
         # (A broker that leaves a fenced producer's transaction open, as Tansu does, never lets them through: there
         # the reader stops after 30 s, and held_back_by_the_broker judges what it did not see.)
         peer = read_committed_peer(bootstrap, topic, expect=counts[route],
-                                   timeout_s=180 if aborted_visible(broker_transactions) is None else 30)
+                                   timeout_s=180 if broker is None else 30)
         got[route] = collections.Counter(m.key().decode() for m in peer)
         want = {i for i, r in expected.items() if r == route}
         if set(got[route]) != want:  # "never committed" fails; "committed, held back by the broker" is noted
