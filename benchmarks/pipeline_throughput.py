@@ -2,8 +2,11 @@
 
     ./dev bench pipeline_throughput [--config configs/reference.yaml] [--images 4000]
 
-1. raw: ModerationWorker.process in this process (decode + model + policy + records), the ceiling; measured before
-   and after the jobs (one process's rate moves by up to a third between minutes here), ratios against the faster;
+1. raw: ModerationWorker.process in this process (decode + model + policy + records) with the torch threads of one
+   model worker (Ray gives an actor of ``ray.worker_num_cpus`` CPUs max(1, floor) threads), the ceiling the goals
+   are stated against; measured before and after the jobs (one process's rate moves by up to a third between minutes
+   here), ratios against the faster. For context, the same in one process with a thread per core (the whole
+   machine in one process; not a goal);
 2. batch: ``cola batch`` (Ray Data read -> decode tasks -> model actor pool -> Parquet) on the same images, run
    twice (the first on a fresh cluster, the second on the now warm one): the whole job's rate, its start-up (time
    to the first written batch: the pool actor's process, imports and model loading) and its rate after that, the
@@ -45,12 +48,13 @@ def sample_images(count: int) -> list[tuple[str, bytes, str]]:
     return [(f"img-{i}", rows[i % len(rows)]["image"], rows[i % len(rows)]["true_label"]) for i in range(count)]
 
 
-def raw_throughput(config: PipelineConfig, images: list[tuple[str, bytes, str]]) -> float:
+def raw_throughput(config: PipelineConfig, images: list[tuple[str, bytes, str]], threads: int | None = None) -> float:
     from cola_moderation.pipeline.runtime.worker import ModerationWorker
 
-    # The same CPU threads a pool actor gets (Ray sets OMP_NUM_THREADS from the actor's CPUs): a fair ceiling, and
-    # no oversubscription when other jobs share the machine.
-    torch.set_num_threads(max(1, int(config.ray.worker_num_cpus)))
+    # By default the same CPU threads a pool actor gets (Ray sets OMP_NUM_THREADS from the actor's CPUs): a fair
+    # ceiling, and no oversubscription when other jobs share the machine.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or max(1, int(config.ray.worker_num_cpus)))
     worker = ModerationWorker(config)
     worker.start()
     records = [InputRecord(i, b, {}, FilePosition("bench", n)) for n, (i, b, _) in enumerate(images)]
@@ -61,6 +65,7 @@ def raw_throughput(config: PipelineConfig, images: list[tuple[str, bytes, str]])
         worker.process(records[start : start + size])
     seconds = time.perf_counter() - started
     worker.close()
+    torch.set_num_threads(previous)
     return len(records) / seconds
 
 
@@ -150,16 +155,21 @@ def main() -> None:
     # measured before and after the jobs, and the jobs are compared with the faster of the two (the harder bar).
     raw_after = raw_throughput(config, images)
     raw = max(raw_before, raw_after)
+    cores = os.cpu_count() or 1
+    raw_cores = raw_throughput(config, images, threads=cores)
     print(f"config {args.config}, method {config.method}, {len(images)} images, batch {config.model.batch_size}, "
           f"{os.cpu_count()} CPUs")
     print(f"  raw in-process decode+classify: {raw:8.1f} img/s   (before the jobs {raw_before:.1f}, after "
           f"{raw_after:.1f}; ratios below are against the faster)")
+    print(f"  (context: the same with {cores} torch threads: {raw_cores:8.1f} img/s; the batch job runs "
+          f"{config.ray.actor_pool_min}..{config.ray.actor_pool_max} model actors of "
+          f"{max(1, int(config.ray.worker_num_cpus))} thread(s))")
     for name, run in (("batch job (Ray Data), warm:", warm), ("batch job, fresh cluster:", cold)):
         steady = run.steady_throughput or float("nan")
         print(f"  {name:32s}{run.throughput:8.1f} img/s   ratio {run.throughput / raw:.2f} (goal >= 0.85; whole "
               f"job: {run.seconds:.1f} s, of which {run.first_output_s or float('nan'):.1f} s start-up: first model "
               f"rows at {run.first_rows_s or float('nan'):.1f} s; Ray cluster {run.cluster_s or 0.0:.1f} s before "
-              "the clock)")
+              f"the clock; {run.throughput / raw_cores:.2f}x the {cores}-thread process)")
         print(f"  {'  after the first batch:':32s}{steady:8.1f} img/s   ratio {steady / raw:.2f} (like for like: "
               "neither side counts model loading)")
     if args.no_stream:
