@@ -1,5 +1,6 @@
 """Which parts of Kafka transactions a broker implements, as the exactly-once stream path uses them: transactional
-offset commits, read_committed filtering of aborted and open transactions, producer fencing. A minimal reproduction
+offset commits, read_committed filtering of aborted and open transactions, producer fencing, fencing of offsets
+from members no longer in the group. A minimal reproduction
 (kafka-python 3 transactional producer; kafka-python and confluent-kafka read_committed consumers) on fresh topics.
 
     .venv/bin/python benchmarks/broker_transactions.py                   # the embedded broker (Tansu)

@@ -14,7 +14,10 @@
    runs a warm-up batch before its clock starts);
 3. stream: ``cola stream`` (embedded broker -> consumer actors -> Serve deployment -> broker), active time;
 4. stream end-to-end latency (input message timestamp -> output message timestamp) at 50% and 90% of the measured
-   stream rate, p50 / p99.
+   stream rate, p50 / p99;
+5. with ``--exactly-once``: the stream job with ``kafka.guarantee: exactly_once`` (a transaction per batch, or per
+   ``kafka.commit_batches``) and at-least-once, alternating, two rounds: what exactly-once costs with the model in
+   the loop (the consumer keeps ``stream.max_in_flight`` batches at the replicas while it commits).
 Goals (issue 26): batch / raw >= 0.85, stream / raw >= 0.9.
 """
 
@@ -129,6 +132,8 @@ def main() -> None:
     parser.add_argument("--no-stream", action="store_true", help="raw and batch only (skip the stream job)")
     parser.add_argument("--kafka-client", choices=("kafka-python", "confluent"), default=None,
                         help="kafka.client of the stream job (default: the config's)")
+    parser.add_argument("--exactly-once", action="store_true",
+                        help="also the stream job exactly-once vs at-least-once, alternating, two rounds")
     args = parser.parse_args()
     config = load_config(args.config)
     if args.kafka_client:
@@ -142,6 +147,7 @@ def main() -> None:
     cold, warm = batch_runs(config, images, workdir)
     stream = float("nan")
     paced_latencies: dict[float, list[float]] = {}
+    guarantees: dict[str, list[float]] = {"at_least_once": [], "exactly_once": []}
     messages = [(i.encode(), b, []) for i, b, _ in images]
     if not args.no_stream:
         with EmbeddedBroker() as broker:
@@ -151,6 +157,14 @@ def main() -> None:
                 paced = (messages * 10)[: max(200, int(rate * 15))]  # ~15 s at this load
                 paced = [(f"p{n}-".encode() + key, value, headers) for n, (key, value, headers) in enumerate(paced)]
                 _, paced_latencies[fraction] = stream_run(config, broker.bootstrap_servers, paced, rate=rate)
+            if args.exactly_once:
+                exactly_once = config.model_copy(update={"kafka": config.kafka.model_copy(
+                    update={"guarantee": "exactly_once"})})
+                for _ in range(2):
+                    guarantees["at_least_once"].append(stream_run(config, broker.bootstrap_servers, messages,
+                                                                  rate=None)[0])
+                    guarantees["exactly_once"].append(stream_run(exactly_once, broker.bootstrap_servers, messages,
+                                                                 rate=None)[0])
     # The in-process rate of one process moves by up to a third between minutes on these shared machines: it is
     # measured before and after the jobs, and the jobs are compared with the faster of the two (the harder bar).
     raw_after = raw_throughput(config, images)
@@ -180,6 +194,12 @@ def main() -> None:
         cuts = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [float("nan")] * 99
         print(f"  stream end-to-end latency at {fraction:.0%} load, {stream * fraction:.0f} img/s ({len(latencies)} "
               f"records): p50 {cuts[49]:.0f} ms, p99 {cuts[98]:.0f} ms")
+    if args.exactly_once:
+        alo, eo = guarantees["at_least_once"], guarantees["exactly_once"]
+        alo_rate, eo_rate = statistics.median(alo), statistics.median(eo)
+        print(f"  stream exactly-once (commit_batches {config.kafka.commit_batches}): {eo_rate:8.1f} img/s vs "
+              f"at-least-once {alo_rate:.1f}: ratio {eo_rate / alo_rate:.2f} "
+              f"(rounds {', '.join(f'{e / a:.2f}' for e, a in zip(eo, alo, strict=True))})")
 
 
 if __name__ == "__main__":

@@ -81,6 +81,9 @@ def probe_transactions(bootstrap: str, *, peer: bool = True, timeout_s: float = 
       one's send / commit fails with ``ProducerFencedError`` and what it sends after fencing is not written;
     * ``fenced_open_aborted``: the first producer's open transaction (written before fencing) is aborted, so
       read_committed does not see it;
+    * ``stale_member_fenced``: offsets sent in a transaction with group metadata that is not the group's (a member
+      id the group does not have, a generation it is not at) are rejected while a real member holds the group
+      (KIP-447: a consumer that lost its partitions in a rebalance it has not seen yet cannot commit them);
     * ``abandoned_timed_out`` (only with ``abandoned_wait_s``): a transaction whose producer went away without
       ending it (``transaction_timeout_ms`` 2000) is aborted by the broker within ``abandoned_wait_s``, so
       read_committed readers get past it.
@@ -150,6 +153,7 @@ def probe_transactions(bootstrap: str, *, peer: bool = True, timeout_s: float = 
     seen = read("read_committed")
     check("fenced_writes_hidden", b"zombie-1" not in seen, f"read_committed saw {seen}")
     check("fenced_open_aborted", b"open-1" not in seen and b"committed-2" in seen, f"read_committed saw {seen}")
+    check(*_stale_member_check(servers, source, txn_id=f"{txn_id}-stale", timeout_s=max(timeout_s, 10.0)))
     for made in (first, second):
         with contextlib.suppress(KafkaError):
             made.close(timeout=2)
@@ -184,6 +188,45 @@ def probe_transactions(bootstrap: str, *, peer: bool = True, timeout_s: float = 
             check("aborted_hidden_peer", b"aborted-1" not in peer_seen and b"committed-2" in peer_seen,
                   f"confluent-kafka (read_committed) saw {peer_seen}")
     return checks
+
+
+def _stale_member_check(servers: list[str], topic: str, *, txn_id: str, timeout_s: float) -> tuple[str, bool, str]:
+    """The ``stale_member_fenced`` check of :func:`probe_transactions`: a member joins a fresh group on ``topic``,
+    then a transaction sends offsets for that group under another member id and generation."""
+    from kafka.errors import KafkaError
+    from kafka.structs import OffsetAndMetadata
+
+    name = "stale_member_fenced"
+    group = f"{txn_id}-group"
+    member = KafkaConsumer(topic, bootstrap_servers=servers, group_id=group, enable_auto_commit=False,
+                           session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    producer: KafkaProducer | None = None
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not member.assignment() and time.monotonic() < deadline:
+            member.poll(timeout_ms=200)
+        if not member.assignment():
+            return name, False, f"no member of {group} was assigned {topic} within {timeout_s:g} s"
+        real = member.group_metadata()
+        stale = real._replace(generation_id=real.generation_id + 7, member_id="stale-member")
+        producer = KafkaProducer(bootstrap_servers=servers, transactional_id=txn_id, acks="all", max_block_ms=10_000)
+        producer.init_transactions()
+        producer.begin_transaction()
+        try:
+            producer.send_offsets_to_transaction({TopicPartition(topic, 0): OffsetAndMetadata(3, "", -1)}, stale)
+            producer.commit_transaction()
+        except KafkaError as exc:
+            return name, True, f"rejected: {type(exc).__name__}: {exc}"
+        committed = member.committed(TopicPartition(topic, 0))
+        return name, False, (f"a transaction with member id {stale.member_id!r} and generation {stale.generation_id} "
+                             f"committed offset {committed} while {real.member_id!r} held {group} at generation "
+                             f"{real.generation_id}")
+    finally:
+        with contextlib.suppress(KafkaError):
+            member.close()
+        if producer is not None:
+            with contextlib.suppress(KafkaError):
+                producer.close(timeout=0)
 
 
 def read_committed_peer(bootstrap: str, topic: str, *, expect: int = 0, timeout_s: float = 3.0,

@@ -305,12 +305,16 @@ def test_sigkill_three_times_two_consumers_each_id_exactly_once(kafka_broker, ka
     of three (``kafka.commit_batches``): every input is committed by exactly one transaction."""
     confluent_kafka = pytest.importorskip("confluent_kafka")  # noqa: F841 - the peer reader needs it
     broker = aborted_visible(broker_transactions)
-    if commit_batches > 1 and broker is not None:
-        # A transaction open across batches is what a kill interrupts, and this broker leaves a fenced producer's
-        # transaction open (its read_committed readers stop there for good) and answers offset fetches without
-        # waiting for open transactions (no KIP-447 stable offsets). Here it failed 2 of ~43 runs (one a read that
-        # stopped short, since fixed; one not captured); run it with COLA_TEST_BOOTSTRAP=host:port (Apache Kafka).
-        pytest.skip(f"transactions spanning batches under SIGKILL need a broker whose transactions hold: {broker}")
+    unfenced = next((check for check in broker_transactions if check.name == "stale_member_fenced"), None)
+    if commit_batches > 1 and unfenced is not None:
+        # After a kill the restarted members rebalance while they work. A member that has not yet seen the rebalance
+        # can commit a transaction whose offsets cover partitions another member already reads from their previous
+        # committed offset; Kafka rejects that TxnOffsetCommit by the group generation in the offsets' metadata
+        # (KIP-447), a broker failing probe_transactions' stale_member_fenced does not, and the partition's inputs
+        # are committed twice: the broker's failure, not ours. A transaction spanning batches stays open longer, so
+        # here (Tansu) it happened in 2 of ~150 runs (once captured: ids committed in three transactions each);
+        # with a transaction per batch not seen. Run it with COLA_TEST_BOOTSTRAP=host:port (Apache Kafka).
+        pytest.skip(f"a broker that accepts offsets from members not in the group: {unfenced.detail}")
     from cola_moderation.connectors.local.kafka_tools import read_committed_peer
 
     bootstrap = kafka_broker.bootstrap_servers
