@@ -48,6 +48,15 @@ def process(record: InputRecord, *, run: int = 0) -> Outcome:
         source=record.source, processed_at=datetime.now(UTC), latency_ms=0.0, metadata={**metadata, "run": run}))
 
 
+def handle(batch: Batch, sink: Sink, *, run: int = 0) -> None:
+    """Write one batch's outcomes and flush (no commit): for tests that drive a source and a sink by hand."""
+    for dead in batch.dead_letters:
+        sink.add_dead_letter(dead)
+    for record in batch.records:
+        sink.add_outcome(process(record, run=run))
+    sink.flush(batch)
+
+
 def drain(source: Source, sink: Sink, *, run: int = 0, idle_exit_s: float = 3.0, max_inputs: int | None = None,
           sleep_per_batch_s: float = 0.0, commit_log: Path | None = None, max_in_flight: int = 1,
           commit_batches: int = 1, commit_interval_s: float = 1.0) -> int:
