@@ -18,7 +18,7 @@ whose processing failed.
 Retries (both optional, :class:`RetryPolicy`): ``process_retry`` re-submits a batch whose processing failed (a lost
 replica, ``ActorDiedError``, a deployment restarting) with exponential backoff until ``within_s`` seconds passed since
 its first failure; ``write_retry`` re-adds a batch's records to the sink and commits again after a failed commit
-(``SinkWriteError``: broker unreachable) in the same way. Giving up raises one :class:`ProcessingError` /
+or a failed add (``SinkWriteError``: broker unreachable) in the same way. Giving up raises one :class:`ProcessingError` /
 ``SinkWriteError`` whose message names the batch, the attempts and the last cause. A retried write may repeat
 records the broker had already taken (at-least-once); nothing is committed before its write succeeded.
 
@@ -260,7 +260,13 @@ class DeliveryLoop:
         if not state.written:
             state.written_since = time.monotonic()
         state.written.append((batch, outcomes))
-        self._add(batch, outcomes)
+        try:
+            self._add(batch, outcomes)
+        except SinkWriteError as exc:  # a sink that fails on add, not only on flush: the same retry as a commit
+            if self.write_retry is None or isinstance(exc, TransactionFencedError):
+                raise
+            self.commit_written(failed=exc)
+            return
         if len(state.written) >= self.commit_batches or \
                 time.monotonic() - state.written_since >= self.commit_interval_s:
             self.commit_written()
@@ -271,11 +277,12 @@ class DeliveryLoop:
         for outcome in outcomes:
             self.sink.add_outcome(outcome)
 
-    def commit_written(self) -> None:
+    def commit_written(self, failed: SinkWriteError | None = None) -> None:
         """Commit the batches written and not yet committed, as one (with ``write_retry``: again after a
         ``SinkWriteError``, their records re-added; see the module docstring). If the transaction was aborted
         (exactly_once), the source has been rewound to the committed offsets: those batches and every batch in
-        flight are dropped and polled again."""
+        flight are dropped and polled again. ``failed``: adding the newest batch's records already failed, so the
+        first attempt is a retry."""
         state = self.state
         written = state.written
         if not written:
@@ -286,7 +293,24 @@ class DeliveryLoop:
             group = self.combine([batch for batch, _ in written])
         first_failure: float | None = None
         attempt = 1
+        error = failed
         while True:
+            if error is not None:
+                policy = self.write_retry
+                if policy is None or isinstance(error, TransactionFencedError):
+                    raise error
+                now = time.monotonic()
+                first_failure = now if first_failure is None else first_failure
+                if now - first_failure >= policy.within_s:
+                    raise SinkWriteError(
+                        f"batch {group.key}: not written after {attempt} attempts over {now - first_failure:.0f} s "
+                        f"({policy.setting or 'retry limit'}); nothing of it was committed; last: {_one_line(error)}"
+                    ) from error
+                delay = policy.delay(attempt)
+                log.warning("batch %s: write failed (%s); retrying in %.1f s (attempt %d)", group.key,
+                            _one_line(error), delay, attempt + 1)
+                self.sleep(delay)
+                attempt += 1
             try:
                 if attempt > 1:
                     for batch, outcomes in written:
@@ -301,21 +325,7 @@ class DeliveryLoop:
                 state.in_flight.clear()
                 return
             except SinkWriteError as exc:
-                policy = self.write_retry
-                if policy is None or isinstance(exc, TransactionFencedError):
-                    raise
-                now = time.monotonic()
-                first_failure = now if first_failure is None else first_failure
-                if now - first_failure >= policy.within_s:
-                    raise SinkWriteError(
-                        f"batch {group.key}: not written after {attempt} attempts over {now - first_failure:.0f} s "
-                        f"({policy.setting or 'retry limit'}); nothing of it was committed; last: {_one_line(exc)}"
-                    ) from exc
-                delay = policy.delay(attempt)
-                log.warning("batch %s: write failed (%s); retrying in %.1f s (attempt %d)", group.key,
-                            _one_line(exc), delay, attempt + 1)
-                self.sleep(delay)
-                attempt += 1
+                error = exc
         committed, state.written = written, []
         state.commits += 1
         state.last_commit = time.monotonic()

@@ -228,3 +228,31 @@ def test_a_failed_group_write_is_retried_with_every_batch_of_the_group() -> None
 def test_grouped_commits_need_a_way_to_combine_batches() -> None:
     with pytest.raises(ValueError, match="commit_batches > 1 needs combine"):
         DeliveryLoop(ListSource([]), ListSink([]), lambda b: Done(()), commit_batches=2)
+
+
+def test_a_sink_that_fails_on_add_gets_the_same_retry_as_a_failed_flush() -> None:
+    from cola_moderation.connectors.errors import SinkWriteError
+    from cola_moderation.pipeline.runtime.delivery import RetryPolicy
+
+    class AddFailsSink(ListSink):
+        failures = 1
+
+        def add(self, route: Route, record: Any) -> None:
+            if self.failures and record == "b-0":
+                self.failures -= 1
+                self.buffer = []  # the client dropped what it held
+                raise SinkWriteError("broker unreachable")
+            super().add(route, record)
+
+    def run(retry: RetryPolicy | None) -> tuple[ListSource, LoopState]:
+        source = ListSource([batch("a", 1), batch("b", 1), batch("c", 1)])
+        state = DeliveryLoop(source, AddFailsSink(source.log), lambda b: Done(outcomes(b)), commit_batches=2,
+                             combine=joined, write_retry=retry, sleep=lambda _s: None).run()
+        return source, state
+
+    source, state = run(RetryPolicy(within_s=5))
+    assert source.log == [("flush", "a+b=output:a-0,output:b-0"), ("commit", "a+b"),
+                          ("flush", "c=output:c-0"), ("commit", "c")]
+    assert state.committed_batches == 3
+    with pytest.raises(SinkWriteError, match="broker unreachable"):  # no retry policy: the job stops uncommitted
+        run(None)
