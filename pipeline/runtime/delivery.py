@@ -18,9 +18,10 @@ whose processing failed.
 Retries (both optional, :class:`RetryPolicy`): ``process_retry`` re-submits a batch whose processing failed (a lost
 replica, ``ActorDiedError``, a deployment restarting) with exponential backoff until ``within_s`` seconds passed since
 its first failure; ``write_retry`` re-adds a batch's records to the sink and commits again after a failed commit
-or a failed add (``SinkWriteError``: broker unreachable) in the same way. Giving up raises one :class:`ProcessingError` /
-``SinkWriteError`` whose message names the batch, the attempts and the last cause. A retried write may repeat
-records the broker had already taken (at-least-once); nothing is committed before its write succeeded.
+or a failed add (``SinkWriteError``: broker unreachable) in the same way. Giving up raises one
+:class:`ProcessingError` / ``SinkWriteError`` whose message names the batch, the attempts and the last cause. A
+retried write may repeat records the broker had already taken (at-least-once); nothing is committed before its write
+succeeded.
 
 Grouped commits (``commit_batches`` > 1, optional): written batches are committed together, once ``commit_batches`` of
 them are written or the oldest was written ``commit_interval_s`` ago, and whenever a poll returns no input (idle) or
