@@ -97,7 +97,8 @@ def answers_metadata(address: str, timeout_s: float) -> bool:
     from kafka.errors import KafkaError
 
     try:
-        consumer = KafkaConsumer(bootstrap_servers=[address], request_timeout_ms=int(timeout_s * 1000),
+        consumer = KafkaConsumer(bootstrap_servers=[address], enable_auto_commit=False,  # no group: no warning
+                                 request_timeout_ms=int(timeout_s * 1000),
                                  session_timeout_ms=min(6000, int(timeout_s * 1000) - 1),
                                  heartbeat_interval_ms=min(1500, int(timeout_s * 1000) // 4))
     except (KafkaError, OSError, ValueError):

@@ -11,6 +11,10 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from cola_moderation.connectors.kafka.client_logs import quiet_cancelled_refreshes
+
+quiet_cancelled_refreshes()
+
 Message = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 """(key, value, headers)."""
 

@@ -284,7 +284,9 @@ def shutdown_moderation(*, private_cluster: bool) -> None:
             serve.delete(APP_NAME)
         except Exception as exc:  # noqa: BLE001 - Serve never started (the deploy was refused): nothing to drain
             log.debug("no Serve application to delete before shutdown: %s", exc)
-        serve.shutdown()
+        # No serve.shutdown(): with the application drained there is nothing left for it to do that ray.shutdown()
+        # does not, and on Ray 2.60 it prints "(raylet) Task ServeController.graceful_shutdown failed ... killed by
+        # ray.kill" to the console every time (the controller kills itself under its own retried task).
         ray.shutdown()
     else:
         serve.delete(APP_NAME)
