@@ -77,6 +77,26 @@ READ_NUM_CPUS = 0.25
 BLOCK_BYTES = 1 << 20
 
 
+def model_inputs(rows: int, *, batch_size: int, size: int, files: int) -> int:
+    """About how many blocks reach the model stage: the decode tasks' batches of ``batch_size`` rows (uint8 pixels,
+    ``3 x size x size`` bytes a row) are merged into blocks of up to :data:`BLOCK_BYTES`, and no block spans two
+    input files. A pool actor takes a block at a time, so actors beyond this number would only start and idle."""
+    batches_per_block = max(1, BLOCK_BYTES // (batch_size * 3 * size * size))
+    return max(1, files, -(-rows // (batches_per_block * batch_size)))
+
+
+def pool_size(config: PipelineConfig, *, rows: int, size: int, files: int) -> tuple[int, int]:
+    """(min, max) model actors for a job of ``rows`` rows: ``ray.actor_pool_min`` / ``max``, but no more than the
+    blocks the job gives the model stage (a small job does not start actors it cannot use; logged)."""
+    inputs = model_inputs(rows, batch_size=config.model.batch_size, size=size, files=files)
+    pool_min = min(config.ray.actor_pool_min, inputs)
+    pool_max = max(pool_min, min(config.ray.actor_pool_max, inputs))
+    if pool_min < config.ray.actor_pool_min:
+        log.info("%d model actor(s) instead of ray.actor_pool_min=%d: %d rows reach the model stage as ~%d block(s)",
+                 pool_min, config.ray.actor_pool_min, rows, inputs)
+    return pool_min, pool_max
+
+
 def decoded_batch(batch: pa.Table, live: list[int], decoded_rows: list[int], errors: dict[int, DecodeError]
                   ) -> DecodedBatch:
     """The :class:`DecodedBatch` of the decode stage's columns: rows ``live[k]`` for ``k`` in ``decoded_rows``
@@ -223,7 +243,13 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
     import ray.data
     from ray.util.debug import log_once
 
-    check_worker_resources(config.ray, workers=config.ray.actor_pool_min, max_workers=config.ray.actor_pool_max,
+    total_rows = 0
+    for file in files:
+        parquet = open_parquet(file)
+        total_rows += parquet.metadata.num_rows
+        parquet.close()
+    pool_min, pool_max = pool_size(config, rows=total_rows, size=geometry.size, files=len(files))
+    check_worker_resources(config.ray, workers=pool_min, max_workers=pool_max,
                            reserve_cpus=READ_NUM_CPUS + config.ray.decode_num_cpus)
     quiet_ray_console()  # ray.data installs its console handler at import
     context = ray.data.DataContext.get_current()
@@ -233,11 +259,6 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
     # block, so decoding waits for the whole read and the model for the whole decode.
     context.target_max_block_size = BLOCK_BYTES
 
-    total_rows = 0
-    for file in files:
-        parquet = open_parquet(file)
-        total_rows += parquet.metadata.num_rows
-        parquet.close()
     summary = RunSummary(skipped_batches=len(done), skipped_files=skipped_files, cluster_s=cluster_s)
     started = time.perf_counter()
     dataset = (
@@ -254,7 +275,7 @@ def run_batch_job(config: PipelineConfig, *, inputs: str | list[str], output: st
         dataset = dataset.map_batches(
             ModelStage, batch_size=config.model.batch_size, batch_format="pyarrow",
             fn_constructor_kwargs={"config": config},
-            compute=ray.data.ActorPoolStrategy(min_size=config.ray.actor_pool_min, max_size=config.ray.actor_pool_max),
+            compute=ray.data.ActorPoolStrategy(min_size=pool_min, max_size=pool_max),
             num_cpus=config.ray.worker_num_cpus, num_gpus=config.ray.worker_num_gpus,
             resources=dict(config.ray.worker_resources) or None, **pool_restart_args(config.ray.actor_max_restarts))
     writer = BatchWriter(sink, summary, started=started)

@@ -182,3 +182,32 @@ def test_batch_command_prints_a_summary(config: PipelineConfig, dataset: Path, t
                  "--output", str(tmp_path / "o"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["inputs"] == 20
+
+
+def test_the_model_pool_is_no_larger_than_the_blocks_the_job_gives_it(config: PipelineConfig) -> None:
+    from cola_moderation.pipeline.jobs.batch import BLOCK_BYTES, model_inputs, pool_size
+
+    per_block = BLOCK_BYTES // (64 * 3 * 28 * 28) * 64  # 28 px rows: 6 batches of 64 to a block
+    assert model_inputs(per_block, batch_size=64, size=28, files=1) == 1
+    assert model_inputs(per_block + 1, batch_size=64, size=28, files=1) == 2
+    assert model_inputs(8000, batch_size=64, size=28, files=1) == 21
+    assert model_inputs(10, batch_size=64, size=28, files=3) == 3  # no block spans two files
+    assert model_inputs(100, batch_size=64, size=224, files=1) == 2  # 224 px: a batch is a block
+    two = config.model_copy(update={"ray": config.ray.model_copy(update={"actor_pool_min": 2, "actor_pool_max": 4}),
+                                    "model": config.model.model_copy(update={"batch_size": 64})})
+    assert pool_size(two, rows=300, size=28, files=1) == (1, 1)
+    assert pool_size(two, rows=1000, size=28, files=1) == (2, 3)
+    assert pool_size(two, rows=8000, size=28, files=1) == (2, 4)
+
+
+def test_a_small_job_starts_only_the_actors_it_can_use(config: PipelineConfig, dataset: Path, tmp_path: Path,
+                                                       recwarn: pytest.WarningsRecorder) -> None:
+    """With ``ray.actor_pool_min: 2`` a one-block job used to start a second actor that never got work, and Ray Data
+    warned about it on the console."""
+    from cola_moderation.pipeline.jobs.batch import run_batch_job
+
+    two = config.model_copy(update={"ray": config.ray.model_copy(
+        update={"worker_num_cpus": 0.5, "actor_pool_min": 2, "actor_pool_max": 2})})
+    summary = run_batch_job(two, inputs=str(dataset / "b.parquet"), output=tmp_path / "out", progress=False)
+    assert sum(summary.routes.values()) == 20
+    assert not [w for w in recwarn if "minimum number of concurrent actors" in str(w.message)]
