@@ -284,9 +284,11 @@ def shutdown_moderation(*, private_cluster: bool) -> None:
             serve.delete(APP_NAME)
         except Exception as exc:  # noqa: BLE001 - Serve never started (the deploy was refused): nothing to drain
             log.debug("no Serve application to delete before shutdown: %s", exc)
-        # No serve.shutdown(): with the application drained there is nothing left for it to do that ray.shutdown()
-        # does not, and on Ray 2.60 it prints "(raylet) Task ServeController.graceful_shutdown failed ... killed by
-        # ray.kill" to the console every time (the controller kills itself under its own retried task).
+        # serve.shutdown() also stops this process's deployment-handle routers: without it their metrics threads
+        # outlive ray.shutdown() and a later ray.init in the same process fails ("ray.init twice"). On Ray 2.60 it
+        # prints "(raylet) Task ServeController.graceful_shutdown failed ... killed by ray.kill" (the controller ends
+        # itself inside that task); harmless.
+        serve.shutdown()
         ray.shutdown()
     else:
         serve.delete(APP_NAME)
