@@ -11,7 +11,9 @@
    twice (the first on a fresh cluster, the second on the now warm one): the whole job's rate, its start-up (time
    to the first written batch: the pool actor's process, imports and model loading) and its rate after that, the
    steady state a longer job converges to and the like-for-like comparison with raw (which loads its model and
-   runs a warm-up batch before its clock starts);
+   runs a warm-up batch before its clock starts); and the CPU seconds of each call by kind of process (model actors,
+   Ray Data's helper actors, task workers, Ray's own processes, this process; ``benchmarks/_proc_cpu.py``), the
+   profile of where a job's time goes on a machine its processes keep busy;
 3. stream: ``cola stream`` (embedded broker -> consumer actors -> Serve deployment -> broker), active time;
 4. stream end-to-end latency (input message timestamp -> output message timestamp) at 50% and 90% of the measured
    stream rate, p50 / p99;
@@ -32,6 +34,7 @@ import time
 from pathlib import Path
 
 import _common  # noqa: F401  (sets the offline environment)
+import _proc_cpu
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -73,16 +76,21 @@ def raw_throughput(config: PipelineConfig, images: list[tuple[str, bytes, str]],
 
 
 def batch_runs(config: PipelineConfig, images: list[tuple[str, bytes, str]], workdir: Path,
-               ) -> tuple[RunSummary, RunSummary]:
-    """(cold, warm) job summaries: the first job on a fresh Ray cluster also pays for the cluster's worker
-    processes; the second reuses them (its pool actor still starts, imports and loads the model)."""
+               ) -> tuple[RunSummary, RunSummary, dict[str, str]]:
+    """(cold, warm) job summaries, and where each call's CPU went (this process and its Ray cluster, by kind of
+    process): the first job on a fresh Ray cluster also pays for the cluster and its worker processes; the second
+    reuses them (its pool actors still start, import and load the model)."""
     from cola_moderation.pipeline.jobs.batch import run_batch_job
 
     path = workdir / "bench.parquet"
     pq.write_table(pa.table({"id": [i for i, _, _ in images], "image": [b for _, b, _ in images]}), path)
-    cold, warm = (run_batch_job(config, inputs=str(path), output=workdir / f"out-{run}", progress=False)
-                  for run in ("cold", "warm"))
-    return cold, warm
+    summaries: dict[str, RunSummary] = {}
+    profiles: dict[str, str] = {}
+    for run in ("cold", "warm"):
+        before = _proc_cpu.snapshot()
+        summaries[run] = run_batch_job(config, inputs=str(path), output=workdir / f"out-{run}", progress=False)
+        profiles[run] = _proc_cpu.describe(before, _proc_cpu.snapshot())
+    return summaries["cold"], summaries["warm"], profiles
 
 
 def stream_run(config: PipelineConfig, bootstrap: str, messages: list, rate: float | None,
@@ -144,7 +152,7 @@ def main() -> None:
     from cola_moderation.connectors.local.broker import EmbeddedBroker
 
     raw_before = raw_throughput(config, images)
-    cold, warm = batch_runs(config, images, workdir)
+    cold, warm, cpu = batch_runs(config, images, workdir)
     stream = float("nan")
     paced_latencies: dict[float, list[float]] = {}
     guarantees: dict[str, list[float]] = {"at_least_once": [], "exactly_once": []}
@@ -178,7 +186,8 @@ def main() -> None:
     print(f"  (context: the same with {cores} torch threads: {raw_cores:8.1f} img/s; the batch job runs "
           f"{config.ray.actor_pool_min}..{config.ray.actor_pool_max} model actors of "
           f"{max(1, int(config.ray.worker_num_cpus))} thread(s))")
-    for name, run in (("batch job (Ray Data), warm:", warm), ("batch job, fresh cluster:", cold)):
+    for name, run, profile in (("batch job (Ray Data), warm:", warm, cpu["warm"]),
+                               ("batch job, fresh cluster:", cold, cpu["cold"])):
         steady = run.steady_throughput or float("nan")
         print(f"  {name:32s}{run.throughput:8.1f} img/s   ratio {run.throughput / raw:.2f} (goal >= 0.85; whole "
               f"job: {run.seconds:.1f} s, of which {run.first_output_s or float('nan'):.1f} s start-up: first model "
@@ -186,6 +195,7 @@ def main() -> None:
               f"the clock; {run.throughput / raw_cores:.2f}x the {cores}-thread process)")
         print(f"  {'  after the first batch:':32s}{steady:8.1f} img/s   ratio {steady / raw:.2f} (like for like: "
               "neither side counts model loading)")
+        print(f"  {'  CPU of the call, by process:':32s}{profile}")
     if args.no_stream:
         return
     print(f"  stream job (Kafka {config.kafka.client} + Serve): {stream:8.1f} img/s   ratio {stream / raw:.2f} "
