@@ -8,7 +8,7 @@ holds the import boundary.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -91,6 +91,15 @@ def decode_rows(batch: pa.Table, *, size: int, config: DecodeConfig, hashing: bo
             "pdq_quality", pa.array([h and h.pdq_quality for h in hashes], pa.int32()))
     return batch
 
+
+
+def read_and_decode(items: pa.Table, *, read: Callable[[pa.Table], Iterator[pa.Table]],
+                    decode: Callable[[pa.Table], pa.Table], batch_rows: int) -> Iterator[pa.Table]:
+    """Fused read and decode stage (``ray.read_decode``): each table ``read`` yields, decoded ``batch_rows`` rows at a
+    time (the batches the separate decode stage would get, except that none spans two read tables)."""
+    for table in read(items):
+        for start in range(0, table.num_rows, batch_rows):
+            yield decode(table.slice(start, batch_rows))
 
 
 def _tables(source: ParquetSource, file: str, config: ParquetConfig) -> Iterator[SourceTable]:

@@ -72,6 +72,11 @@ def init_ray(config: RayConfig, *, address: str | None = None) -> dict[str, Any]
     return dict(ray.cluster_resources())
 
 
+def is_private_cluster() -> bool:
+    """Whether this process started the cluster it is connected to (loopback, fixed size: it never grows)."""
+    return _private_cluster
+
+
 def quiet_ray_console() -> None:
     """Ray Data's and Serve's console handlers at WARNING unless our root logger asks for INFO (their session log
     files keep everything)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -32,6 +32,12 @@ class RayConfig(Section):
     """Custom resources each worker requires (e.g. ``{model_node: 1}`` to place workers on labelled nodes)."""
     decode_num_cpus: Annotated[float, Field(gt=0)] = 0.5
     """CPUs per decode task of the batch job."""
+    read_decode: Literal["auto", "fused", "separate"] = "auto"
+    """How the batch job reads and decodes: ``separate`` read tasks and decode tasks (decoding of one file spreads
+    over as many tasks as the cluster has room for), ``fused`` (each file read and decoded in one task: a worker
+    process fewer, no hand-over between the two), or ``auto``: fused on a private cluster with room for at most one
+    decode task beside the model pool, where a separate stage buys no parallelism; separate everywhere else (a shared
+    cluster may grow)."""
     actor_pool_min: Annotated[int, Field(ge=1)] = 1
     actor_pool_max: Annotated[int, Field(ge=1)] = 1
     actor_max_restarts: Annotated[int, Field(ge=-1)] = 0

@@ -211,3 +211,32 @@ def test_a_small_job_starts_only_the_actors_it_can_use(config: PipelineConfig, d
     summary = run_batch_job(two, inputs=str(dataset / "b.parquet"), output=tmp_path / "out", progress=False)
     assert sum(summary.routes.values()) == 20
     assert not [w for w in recwarn if "minimum number of concurrent actors" in str(w.message)]
+
+
+def test_read_and_decode_fuse_only_where_a_separate_stage_buys_nothing(config: PipelineConfig) -> None:
+    from cola_moderation.pipeline.jobs.batch import fuse_read_decode
+
+    def with_ray(**update: object) -> PipelineConfig:
+        return config.model_copy(update={"ray": config.ray.model_copy(update=update)})
+
+    half = with_ray(worker_num_cpus=0.5)  # decode tasks of 0.5 CPU, read tasks of 0.25
+    assert fuse_read_decode(half, workers=2, private=True, cluster_cpus=2)  # room for one decode task
+    assert not fuse_read_decode(half, workers=2, private=True, cluster_cpus=4)  # room for five
+    assert not fuse_read_decode(half, workers=2, private=False, cluster_cpus=2)  # a shared cluster may grow
+    assert fuse_read_decode(with_ray(read_decode="fused"), workers=1, private=False, cluster_cpus=64)
+    assert not fuse_read_decode(with_ray(read_decode="separate"), workers=1, private=True, cluster_cpus=2)
+
+
+def test_separate_read_and_decode_tasks_route_every_row_as_the_fused_stage_does(
+        config: PipelineConfig, dataset: Path, first_run: tuple[Path, RunSummary], tmp_path: Path) -> None:
+    """The module's jobs run fused (a private 2-CPU cluster with a 1-CPU actor: room for one decode task); this one
+    forces the separate stages, as a shared or larger cluster runs them."""
+    from cola_moderation.pipeline.jobs.batch import fuse_read_decode, run_batch_job
+
+    assert fuse_read_decode(config, workers=1, private=True, cluster_cpus=2)  # how first_run ran
+    separate = config.model_copy(update={"ray": config.ray.model_copy(update={"read_decode": "separate"})})
+    summary = run_batch_job(separate, inputs=str(dataset / "*.parquet"), output=tmp_path / "out", progress=False)
+    assert summary.routes == first_run[1].routes
+    columns = ["id", "route", "label", "error_message"]
+    fused = read_all(first_run[0])[columns].sort_values("id").reset_index(drop=True)
+    assert read_all(tmp_path / "out")[columns].sort_values("id").reset_index(drop=True).equals(fused)

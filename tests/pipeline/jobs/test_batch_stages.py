@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from cola_moderation.connectors.config import ParquetConfig
 from cola_moderation.connectors.filesystem import expand
 from cola_moderation.operators.config import DecodeConfig
 from cola_moderation.operators.decode import ImageDecoder
-from cola_moderation.pipeline.jobs.batch_stages import decode_rows, read_file
+from cola_moderation.pipeline.jobs.batch_stages import decode_rows, read_and_decode, read_file
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -76,3 +77,13 @@ def test_read_and_decode_stages_do_not_import_torch(tmp_path: Path) -> None:
     # A fresh interpreter: what a Ray worker process running only these stages imports.
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [5, []]
+
+
+def test_the_fused_read_and_decode_stage_gives_the_separate_stages_rows(tmp_path: Path) -> None:
+    path = _input(tmp_path)
+    read = partial(read_file, files=expand(str(path)), passthrough=pa.schema([pa.field("note", pa.string())]),
+                   config=ParquetConfig(), done=frozenset(), max_image_bytes=DecodeConfig().max_bytes)
+    decode = partial(decode_rows, size=28, config=DecodeConfig())
+    parts = list(read_and_decode(pa.table({"index": [0]}), read=read, decode=decode, batch_rows=2))
+    assert [t.num_rows for t in parts] == [2, 2, 1]  # decoded batch_rows at a time
+    assert pa.concat_tables(parts).equals(_stages(path, size=28))
