@@ -92,7 +92,6 @@ def decode_rows(batch: pa.Table, *, size: int, config: DecodeConfig, hashing: bo
     return batch
 
 
-
 def read_and_decode(items: pa.Table, *, read: Callable[[pa.Table], Iterator[pa.Table]],
                     decode: Callable[[pa.Table], pa.Table], batch_rows: int) -> Iterator[pa.Table]:
     """Fused read and decode stage (``ray.read_decode``): each table ``read`` yields, decoded ``batch_rows`` rows at a
