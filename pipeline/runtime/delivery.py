@@ -231,23 +231,31 @@ class DeliveryLoop:
                 policy = self.process_retry
                 if policy is None:
                     raise
-                now = time.monotonic()
-                first_failure = now if first_failure is None else first_failure
-                if now - first_failure >= policy.within_s:
-                    raise ProcessingError(
-                        f"batch {item.batch.key}: processing failed {item.attempt} times over "
-                        f"{now - first_failure:.0f} s ({policy.setting or 'retry limit'}); last: {_one_line(exc)}"
-                    ) from exc
-                delay = policy.delay(item.attempt)
-                log.warning("batch %s: processing failed (%s); retrying in %.1f s (attempt %d)", item.batch.key,
-                            _one_line(exc), delay, item.attempt + 1)
-                self.sleep(delay)
+                first_failure = self._back_off(policy, exc, item.batch.key, first_failure, item.attempt,
+                                               what="processing", give_up=ProcessingError,
+                                               failed=f"processing failed {item.attempt} times")
                 item.attempt += 1
                 item.pending = self._resubmit(item.batch)
         if len(outcomes) != len(item.batch.records):
             raise RuntimeError(f"batch {item.batch.key}: processing returned {len(outcomes)} outcomes for "
                                f"{len(item.batch.records)} records")
         return outcomes
+
+    def _back_off(self, policy: RetryPolicy, exc: Exception, key: str, first_failure: float | None, attempt: int,
+                  *, what: str, give_up: type[Exception], failed: str, note: str = "") -> float:
+        """Sleep before retry ``attempt + 1`` of batch ``key``'s ``what`` (logged), or, once ``policy.within_s`` has
+        passed since ``first_failure``, raise ``give_up`` naming the batch, ``failed``, the time spent, the setting
+        and the last cause. Returns ``first_failure`` (now, on the first failure)."""
+        now = time.monotonic()
+        first_failure = now if first_failure is None else first_failure
+        if now - first_failure >= policy.within_s:
+            raise give_up(f"batch {key}: {failed} over {now - first_failure:.0f} s ({policy.setting or 'retry limit'}"
+                          f"); {note}last: {_one_line(exc)}") from exc
+        delay = policy.delay(attempt)
+        log.warning("batch %s: %s failed (%s); retrying in %.1f s (attempt %d)", key, what, _one_line(exc), delay,
+                    attempt + 1)
+        self.sleep(delay)
+        return first_failure
 
     def _resubmit(self, batch: Batch) -> Pending:
         try:
@@ -300,17 +308,9 @@ class DeliveryLoop:
                 policy = self.write_retry
                 if policy is None or isinstance(error, TransactionFencedError):
                     raise error
-                now = time.monotonic()
-                first_failure = now if first_failure is None else first_failure
-                if now - first_failure >= policy.within_s:
-                    raise SinkWriteError(
-                        f"batch {group.key}: not written after {attempt} attempts over {now - first_failure:.0f} s "
-                        f"({policy.setting or 'retry limit'}); nothing of it was committed; last: {_one_line(error)}"
-                    ) from error
-                delay = policy.delay(attempt)
-                log.warning("batch %s: write failed (%s); retrying in %.1f s (attempt %d)", group.key,
-                            _one_line(error), delay, attempt + 1)
-                self.sleep(delay)
+                first_failure = self._back_off(policy, error, group.key, first_failure, attempt, what="write",
+                                               give_up=SinkWriteError, failed=f"not written after {attempt} attempts",
+                                               note="nothing of it was committed; ")
                 attempt += 1
             try:
                 if attempt > 1:
