@@ -83,9 +83,9 @@ def snapshot() -> Snapshot | None:
 def usage(before: Snapshot, after: Snapshot) -> dict[str, float]:
     """CPU seconds per group between two snapshots (a process new in ``after`` counts whole)."""
     totals = dict.fromkeys(GROUPS, 0.0)
-    for pid, (group, seconds) in after.own.items():
+    for pid, (group, seconds) in after.own.items():  # a worker that changed title since counts in its new group
         previous = before.own.get(pid)
-        totals[group] += seconds - (previous[1] if previous and previous[0] == group else 0.0)
+        totals[group] += seconds - (previous[1] if previous else 0.0)
     # a reaped child's time counts whole in its parent's; what it used before ``before`` was counted then
     gone = sum(seconds for pid, (_group, seconds) in before.own.items() if pid not in after.own)
     reaped = sum(after.reaped.values()) - sum(before.reaped.get(pid, 0.0) for pid in after.reaped)

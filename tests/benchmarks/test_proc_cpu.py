@@ -56,3 +56,10 @@ def test_a_child_seen_alive_then_reaped_is_not_counted_twice() -> None:
     after = _proc_cpu.Snapshot(own={1: ("this process", 6.0)}, reaped={1: 8.5}, taken=1.0)  # 2 exited, reaped by 1
     totals = _proc_cpu.usage(before, after)
     assert totals["this process"] == 1.0 and totals["exited processes"] == 0.5 and totals["model actors"] == 0.0
+
+
+def test_a_worker_that_took_on_an_actor_since_counts_only_its_new_time() -> None:
+    before = _proc_cpu.Snapshot(own={7: ("task workers", 0.5)}, reaped={}, taken=0.0)  # an idle worker's imports
+    after = _proc_cpu.Snapshot(own={7: ("model actors", 3.0)}, reaped={}, taken=1.0)
+    totals = _proc_cpu.usage(before, after)
+    assert totals["model actors"] == 2.5 and totals["task workers"] == 0.0
