@@ -221,7 +221,16 @@ def _stale_member_check(servers: list[str], topic: str, *, txn_id: str, timeout_
             producer.commit_transaction()
         except KafkaError as exc:
             return name, True, f"rejected: {type(exc).__name__}: {exc}"
+        # The broker acknowledges the commit before the offset shows (Tansu applies the transaction's markers after
+        # EndTxn answers: CI once read None here), so read until it shows; an offset that never shows was not applied.
+        settle = time.monotonic() + 5.0
         committed = member.committed(TopicPartition(topic, 0))
+        while committed is None and time.monotonic() < settle:
+            time.sleep(0.2)
+            committed = member.committed(TopicPartition(topic, 0))
+        if committed is None:
+            return name, True, (f"the broker accepted the transaction of member id {stale.member_id!r} but did not "
+                                f"apply its offset within 5 s")
         return name, False, (f"a transaction with member id {stale.member_id!r} and generation {stale.generation_id} "
                              f"committed offset {committed} while {real.member_id!r} held {group} at generation "
                              f"{real.generation_id}")
