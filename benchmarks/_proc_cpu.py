@@ -52,6 +52,12 @@ def _stat(pid: str) -> tuple[int, float, float] | None:
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks, (int(fields[13]) + int(fields[14])) / ticks
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds ``pid`` has used so far (all its threads), or NaN once it is gone or without ``/proc``."""
+    stat = _stat(str(pid))
+    return stat[1] if stat is not None else float("nan")
+
+
 def snapshot() -> Snapshot | None:
     """This process and every live descendant, or None without ``/proc``."""
     if not Path("/proc/self/stat").exists():

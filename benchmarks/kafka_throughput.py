@@ -17,6 +17,12 @@ few seconds moves by 2x with the machine's load).
 ``--commit-batches``: ``kafka.commit_batches`` of our path, one row each against the same bare consumer (a crash
 re-delivers up to that many batches; docs/delivery.md, "Grouped commits").
 
+Each path's CPU time is printed too (median over the rounds, each whole call, group join and close included): the
+embedded broker's process and this one (the client library's threads included). On a small machine the broker
+shares the cores with the client, so what the broker does for our writes is taken from what it can serve the
+consumer. ``--pin-broker`` puts the broker's threads on the last core and this process on the others, so the two
+stop competing: the bare consumer is then bound by the broker's one core, and the rows show what our writes cost it.
+
 Timing starts at the first non-empty batch (the ~3 s group join is excluded) and, for our path, ends at the last
 commit. Not part of CI.
 """
@@ -29,12 +35,14 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kafka import KafkaConsumer
 
+from benchmarks._proc_cpu import cpu_seconds
 from cola_moderation.connectors.kafka.transactions import open_kafka
 from cola_moderation.connectors.local.broker import EmbeddedBroker
 from cola_moderation.connectors.records import Batch, FilePosition, InputRecord
@@ -157,6 +165,39 @@ def bare(config, total: int) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - (started or time.perf_counter())
 
 
+class Metered:
+    """Times each path's call and the CPU the broker and this process spent in it."""
+
+    def __init__(self, broker_pid: int) -> None:
+        self.broker_pid = broker_pid
+        self.cpu: dict[str, list[tuple[float, float]]] = {}  # path -> [(broker s, this process s)] per round
+
+    def __call__(self, path: str, run: Callable[[], float]) -> float:
+        broker, client = cpu_seconds(self.broker_pid), cpu_seconds(os.getpid())
+        seconds = run()
+        self.cpu.setdefault(path, []).append((cpu_seconds(self.broker_pid) - broker, cpu_seconds(os.getpid()) - client))
+        return seconds
+
+    def report(self) -> None:
+        print("  CPU s per pass (median of the rounds; the whole call, group join and close included): broker / "
+              "this process")
+        for path, pairs in self.cpu.items():
+            print(f"    {path:<34} {statistics.median(b for b, _ in pairs):5.2f} / "
+                  f"{statistics.median(c for _, c in pairs):5.2f}")
+
+
+def pin_apart(broker_pid: int) -> str:
+    """The broker's threads on the last core, this process's on the others; says which."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise SystemExit("--pin-broker needs at least 2 cores")
+    for task in Path(f"/proc/{broker_pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {cores[-1]})
+    for task in Path("/proc/self/task").iterdir():  # threads started later inherit their creator's cores
+        os.sched_setaffinity(int(task.name), set(cores[:-1]))
+    return f"broker on core {cores[-1]}, this process on {', '.join(map(str, cores[:-1]))}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=20_000)
@@ -167,6 +208,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--commit-batches", type=int, nargs="+", default=[1],
                         help="kafka.commit_batches of our path: one row each, against the same bare consumer")
+    parser.add_argument("--pin-broker", action="store_true",
+                        help="the broker on the last core, this process on the others (see above)")
     args = parser.parse_args()
     size = int(args.kb * 1024)
     with EmbeddedBroker() as broker:
@@ -179,20 +222,25 @@ def main() -> None:
         produce(broker.bootstrap_servers, config.input_topics[0], messages)
         produced = time.perf_counter() - started
         record_bytes = output_size(messages[1][1])
+        pinned = pin_apart(broker.pid) if args.pin_broker else "broker and client share the cores"
+        metered = Metered(broker.pid)
         rounds: list[tuple[float, dict[int, float]]] = []  # (bare, {commit_batches: ours})
         relays: list[float] = []  # confluent only
         for n in range(args.rounds):  # alternating, so load changes hit both alike; a new group reads it all again
             def group(tag: str, n: int = n):  # type: ignore[no-untyped-def]
                 return config.model_copy(update={"group_id": f"{config.group_id}-{tag}-{n}"})
 
-            ceiling = bare(group("bare"), args.messages)
-            rounds.append((ceiling, {k: ours(group(f"ours{k}"), args.messages, k) for k in args.commit_batches}))
+            ceiling = metered("bare consumer", lambda: bare(group("bare"), args.messages))
+            rounds.append((ceiling, {k: metered(f"ours, commit per {k} batch(es)",
+                                                lambda k=k: ours(group(f"ours{k}"), args.messages, k))
+                                     for k in args.commit_batches}))
             if args.client == "confluent":
-                relays.append(relay_confluent(group("relay"), args.messages, record_bytes))
+                relays.append(metered("bare relay", lambda: relay_confluent(group("relay"), args.messages,
+                                                                            record_bytes)))
     ceiling = statistics.median(c for c, _ in rounds)
     mib = args.messages * size / 1024 / 1024
     print(f"{args.messages} messages of {args.kb:g} KiB, {args.partitions} partitions, batches of {args.batch}, "
-          f"client {args.client}")
+          f"client {args.client}; {pinned}")
     print(f"  producing the input (kafka-python, acks=all): {args.messages / produced:8.0f} msgs/s")
     print(f"  bare {args.client} consumer, no processing:   {args.messages / ceiling:8.0f} msgs/s "
           f"({mib / ceiling:.0f} MiB/s)")
@@ -211,6 +259,7 @@ def main() -> None:
         print(f"  ratio bare relay / bare consumer: {ceiling / relay_s:.2f}; ours (per {first}) / bare relay: "
               f"{statistics.median(r / o[first] for (_, o), r in zip(rounds, relays, strict=True)):.2f} "
               "(median of the rounds: what our code costs beyond writing every message back)")
+    metered.report()
 
 
 if __name__ == "__main__":
