@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import time
@@ -63,3 +64,20 @@ def test_a_worker_that_took_on_an_actor_since_counts_only_its_new_time() -> None
     after = _proc_cpu.Snapshot(own={7: ("model actors", 3.0)}, reaped={}, taken=1.0)
     totals = _proc_cpu.usage(before, after)
     assert totals["model actors"] == 2.5 and totals["task workers"] == 0.0
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_cpu_seconds_counts_every_thread_of_a_process_and_nan_once_it_is_gone() -> None:
+    # two threads burning 0.3 s of CPU each: kafka_throughput reads the broker's (multi-threaded) process this way
+    code = ("import threading, time\n"
+            "def burn():\n    end = time.thread_time() + 0.3\n    while time.thread_time() < end: pass\n"
+            "threads = [threading.Thread(target=burn) for _ in range(2)]\n"
+            "[t.start() for t in threads]; [t.join() for t in threads]\nprint('done', flush=True)\ntime.sleep(30)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "done"
+        assert _proc_cpu.cpu_seconds(child.pid) >= 0.55
+    finally:
+        child.kill()
+        child.wait()
+    assert math.isnan(_proc_cpu.cpu_seconds(child.pid))  # the process is gone
